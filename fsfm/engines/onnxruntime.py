@@ -1,0 +1,79 @@
+"""ONNX Runtime engine: the embedded default (CPU), with CUDA/TensorRT providers when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from fsfm.engines.base import EngineError
+
+# Preference order when the caller does not name providers: the fastest one installed wins.
+_PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+class OnnxRuntimeEngine:
+    """Runs an ONNX file with one input through an ``onnxruntime.InferenceSession``.
+
+    threads: intra-op threads; ``None`` lets ONNX Runtime use every core. The service gives each
+    model's engine its own session, and one batch at a time, so intra-op parallelism is what
+    uses the machine.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise EngineError(f"ONNX file not found: {self.path}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        installed = set(ort.get_available_providers())
+        if providers is None:
+            chosen = [p for p in _PREFERRED_PROVIDERS if p in installed]
+        else:
+            missing = [p for p in providers if p not in installed]
+            if missing:
+                raise EngineError(f"ONNX Runtime providers not installed: {missing}; installed: {sorted(installed)}")
+            chosen = list(providers)
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise EngineError(f"cannot load {self.path}: {exc}") from exc
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise EngineError(f"{self.path} has {len(inputs)} inputs; engines take models with one input")
+        self.input_name: str = inputs[0].name
+        self.input_shape = tuple(inputs[0].shape)
+        self.output_names: tuple[str, ...] = tuple(o.name for o in self.session.get_outputs())
+        self.providers: list[str] = self.session.get_providers()
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        try:
+            outputs = self.session.run(list(self.output_names), {self.input_name: batch})
+        except Exception as exc:
+            raise EngineError(f"inference failed on {self.path.name}: {exc}") from exc
+        return dict(zip(self.output_names, outputs))
+
+    def warmup(self, sample: np.ndarray, passes: int = 2) -> None:
+        for _ in range(passes):
+            self.run(sample)

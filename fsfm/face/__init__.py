@@ -1,0 +1,1 @@
+"""The face pipeline shared by training and serving: detect -> crop -> normalise."""

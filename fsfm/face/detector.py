@@ -1,0 +1,54 @@
+"""The detector interface and its factory: the service and training choose a detector by config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from fsfm.face.types import DetectedFace
+
+
+class FaceDetector(Protocol):
+    """Finds faces with 5 landmarks in an RGB uint8 image of shape (H, W, 3)."""
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        """All faces found, highest score first. An image without faces gives an empty list."""
+        ...
+
+
+class DetectorConfig(BaseModel):
+    """Which detector to run and how. ``weights`` is a folder (MTCNN) or file (RetinaFace) of ONNX."""
+
+    kind: Literal["mtcnn", "retinaface"] = "mtcnn"
+    weights: Path | None = Field(
+        default=None, description="ONNX weights; default: the converted MTCNN in the fsfm cache"
+    )
+    min_face_size: int = Field(default=20, ge=8, description="smallest face side (pixels) searched for")
+    score_threshold: float = Field(default=0.9, ge=0.0, le=1.0, description="final detection threshold")
+    threads: int | None = Field(
+        default=1, description="ONNX Runtime intra-op threads per net (1: detections of concurrent requests run side by side)"
+    )
+
+
+def create_detector(config: DetectorConfig | None = None) -> FaceDetector:
+    """Build the configured detector from local ONNX files. Never downloads: MTCNN's converted
+    weights come from ``fsfm setup``; RetinaFace needs ``weights`` pointing at a converted file."""
+    config = config or DetectorConfig()
+    if config.kind == "mtcnn":
+        from fsfm.assets import mtcnn_dir
+        from fsfm.face.mtcnn import MtcnnDetector
+
+        folder = config.weights or mtcnn_dir()
+        if not all((folder / f"{net}.onnx").is_file() for net in ("pnet", "rnet", "onet")):
+            raise FileNotFoundError(f"MTCNN ONNX weights not found in {folder}: run `fsfm setup` first")
+        return MtcnnDetector(folder, config.min_face_size, config.score_threshold, config.threads)
+    from fsfm.face.retinaface import RetinaFaceDetector
+
+    if config.weights is None or not config.weights.is_file():
+        raise FileNotFoundError(
+            "RetinaFace needs detector weights: convert yours with `fsfm setup --retinaface FILE` and set the ONNX path"
+        )
+    return RetinaFaceDetector(config.weights, config.min_face_size, config.score_threshold, config.threads)

@@ -1,0 +1,79 @@
+"""Writers of checkpoint files in the official FSFM layouts (method spec §6.2-6.3), for loader tests.
+
+The key names and shapes are the spec's, built independently of our pretraining model so that a
+drift in our model's names would be caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path, PosixPath
+
+import torch
+
+from fsfm.models.config import ViTConfig
+from fsfm.models.vit import Block, ViTClassifier, ViTEncoder
+
+
+def _prefixed(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{prefix}{k}": v.clone() for k, v in module.state_dict().items()}
+
+
+def _mlp_head(prefix: str, dim_in: int, hidden: int, dim_out: int) -> dict[str, torch.Tensor]:
+    """BYOL-style projector/predictor: Linear -> LayerNorm -> ReLU -> Linear (indices 0, 1, 3)."""
+    return {
+        f"{prefix}0.weight": torch.randn(hidden, dim_in) * 0.02,
+        f"{prefix}0.bias": torch.zeros(hidden),
+        f"{prefix}1.weight": torch.ones(hidden),
+        f"{prefix}1.bias": torch.zeros(hidden),
+        f"{prefix}3.weight": torch.randn(dim_out, hidden) * 0.02,
+        f"{prefix}3.bias": torch.zeros(dim_out),
+    }
+
+
+def official_pretrain_state(config: ViTConfig, decoder_dim: int = 32, decoder_depth: int = 2) -> dict[str, torch.Tensor]:
+    """The online network's ``model`` dict of ``checkpoint-N.pth``: encoder, ``norm``, ``mask_token``,
+    rep decoder, projector, predictor and pixel decoder."""
+    d, n = config.embed_dim, config.num_patches + 1
+    encoder = ViTEncoder(config)
+    state = {k: v.clone() for k, v in encoder.state_dict().items()}
+    state |= {"norm.weight": torch.ones(d), "norm.bias": torch.zeros(d), "mask_token": torch.randn(1, 1, d) * 0.02}
+    state |= {"rep_decoder_embed.weight": torch.randn(d, d) * 0.02, "rep_decoder_embed.bias": torch.zeros(d)}
+    state["rep_decoder_pos_embed"] = torch.zeros(1, n, d)
+    for i in range(2):
+        state |= _prefixed(f"rep_decoder_blocks.{i}.", Block(d, config.num_heads))
+    state |= {"rep_decoder_norm.weight": torch.ones(d), "rep_decoder_norm.bias": torch.zeros(d)}
+    state |= {"rep_decoder_pred.weight": torch.randn(d, d) * 0.02, "rep_decoder_pred.bias": torch.zeros(d)}
+    state |= _mlp_head("projector.projection_head.", d, 64, 16)
+    state |= _mlp_head("predictor.projection_head.", 16, 64, 16)
+    state |= {"decoder_embed.weight": torch.randn(decoder_dim, d) * 0.02, "decoder_embed.bias": torch.zeros(decoder_dim)}
+    state["decoder_pos_embed"] = torch.zeros(1, n, decoder_dim)
+    for i in range(decoder_depth):
+        state |= _prefixed(f"decoder_blocks.{i}.", Block(decoder_dim, 2))
+    state |= {"decoder_norm.weight": torch.ones(decoder_dim), "decoder_norm.bias": torch.zeros(decoder_dim)}
+    patch_values = config.patch_size**2 * config.in_chans
+    state |= {"decoder_pred.weight": torch.randn(patch_values, decoder_dim) * 0.02, "decoder_pred.bias": torch.zeros(patch_values)}
+    return state
+
+
+def official_args(**extra: object) -> argparse.Namespace:
+    """``args`` as the official scripts pickle it: a Namespace holding pathlib paths."""
+    return argparse.Namespace(
+        output_dir=PosixPath("/data/output_dir"), log_dir=PosixPath("/data/output_dir"), model="fsfm_vit_base_patch16", **extra
+    )
+
+
+def save_official(path: Path, state: dict[str, torch.Tensor], epoch: int = 400) -> Path:
+    """``{'model', 'optimizer', 'epoch', 'scaler', 'args'}`` as the official training loops save it."""
+    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "epoch": epoch, "scaler": {"scale": 65536.0}, "args": official_args()}, path)
+    return path
+
+
+def official_finetuned_state(config: ViTConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A DfD/DiFF fine-tuned ``model`` dict: encoder + ``fc_norm`` + ``head`` (no ``norm``), with a
+    head large enough that outputs vary."""
+    torch.manual_seed(seed)
+    model = ViTClassifier(config, num_classes=2, global_pool=True)
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    torch.nn.init.normal_(model.pos_embed, std=0.02)
+    return {k: v.clone() for k, v in model.state_dict().items()}

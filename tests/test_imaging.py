@@ -1,0 +1,85 @@
+"""Image decoding rejects bad input with a clear code, before any expensive work."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fsfm.imaging import ImageError, ImageLimits, decode_image, sniff_image_type
+
+
+def png_bomb(side: int) -> bytes:
+    """A valid 1-bit greyscale PNG of side x side zeros: tiny on disk, side² pixels decoded."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = b"\x00" * (1 + (side + 7) // 8)  # filter byte + packed bits
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def encode(array: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_decodes_supported_formats(photo, fmt) -> None:
+    image = decode_image(encode(photo, fmt))
+    assert image.shape == (48, 64, 3) and image.dtype == np.uint8
+    if fmt == "PNG":  # lossless
+        assert np.array_equal(image, photo)
+
+
+def test_type_is_sniffed_from_bytes_not_names(photo) -> None:
+    assert sniff_image_type(encode(photo, "PNG")) == "png"
+    assert sniff_image_type(encode(photo, "JPEG")) == "jpeg"
+    assert sniff_image_type(b"GIF89a....") is None
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "empty"),
+        (b"hello, I am text and not an image", "unsupported_type"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 30, "corrupt"),
+    ],
+)
+def test_bad_bytes_get_a_code(data, code) -> None:
+    with pytest.raises(ImageError) as info:
+        decode_image(data)
+    assert info.value.code == code
+
+
+def test_truncated_jpeg_is_corrupt(photo) -> None:
+    data = encode(np.tile(photo, (8, 8, 1)), "JPEG")
+    with pytest.raises(ImageError) as info:
+        decode_image(data[: len(data) // 2])
+    assert info.value.code == "corrupt"
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    bomb = png_bomb(20_000)
+    assert len(bomb) < 1_000_000
+    with pytest.raises(ImageError) as info:
+        decode_image(bomb)
+    assert info.value.code == "too_large" and "20000x20000" in str(info.value)
+
+
+def test_limits_are_configurable(photo) -> None:
+    with pytest.raises(ImageError, match="too_large|limits"):
+        decode_image(encode(photo, "PNG"), ImageLimits(max_side=32))

@@ -1,0 +1,1 @@
+"""Training side: data preparation, FSFM pretraining, fine-tuning, evaluation, export (PyTorch)."""
