@@ -95,3 +95,12 @@ def test_repository_versions_and_broken_packages(tmp_path) -> None:
         repo.default_for_task("liveness")
     manifest = Manifest.load(tmp_path / "df" / "2")
     assert json.loads((tmp_path / "df" / "2" / "manifest.json").read_text())["onnx"]["sha256"] == manifest.onnx.sha256
+
+
+def test_official_checkpoints_get_the_dlib_box_mapping(tmp_path, official_checkpoint) -> None:
+    from fsfm.face.crop import DLIB_BOX_TRANSFORM
+    from training.export import export_checkpoint
+
+    package = export_checkpoint(official_checkpoint, tmp_path / "models", name="off", version=1, task="deepfake", num_heads=2)
+    assert package.manifest.crop.box_transform == DLIB_BOX_TRANSFORM
+    assert package.manifest.crop.scale == 1.3

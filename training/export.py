@@ -16,7 +16,7 @@ import torch
 
 import fsfm
 from fsfm.engines.onnxruntime import OnnxRuntimeEngine
-from fsfm.face.crop import Normalization
+from fsfm.face.crop import DLIB_BOX_TRANSFORM, CropSpec, Normalization
 from fsfm.models.checkpoints import classifier_from_state, file_sha256, load_checkpoint, model_state
 from fsfm.models.config import ViTConfig
 from fsfm.models.vit import ViTClassifier
@@ -130,7 +130,10 @@ def export_checkpoint(
     **info_overrides: object,
 ) -> ModelPackage:
     """A fine-tuned checkpoint (official DfD/DiFF layout, or ours with its ``fsfm`` metadata) ->
-    a model package. ``info_overrides`` are ``PackageInfo`` fields (demo, description, crop, ...)."""
+    a model package. ``info_overrides`` are ``PackageInfo`` fields (demo, description, crop, ...).
+
+    Our checkpoints carry their crop convention; an official one gets FSFM's (1.3x square) around
+    our boxes mapped onto dlib's, the boxes it was trained on."""
     checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
     meta: dict = checkpoint.get("fsfm", {}) if isinstance(checkpoint.get("fsfm"), dict) else {}
@@ -142,6 +145,8 @@ def export_checkpoint(
     else:
         norm_source = "given"
     fields: dict = {k: meta[k] for k in ("crop", "classes", "thresholds", "demo", "description", "licence") if k in meta}
+    if "crop" not in meta:  # an official checkpoint: trained on dlib boxes enlarged 1.3x
+        fields["crop"] = CropSpec(box_transform=DLIB_BOX_TRANSFORM)
     fields.update(info_overrides)
     provenance = Provenance(
         checkpoint=checkpoint_path.name,

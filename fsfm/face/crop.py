@@ -43,6 +43,13 @@ class BoxTransform(BaseModel):
         return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dtype=np.float32)
 
 
+# Our MTCNN boxes mapped onto dlib frontal-detector boxes, the boxes official FSFM weights were trained
+# on: medians over 48 faces found by both (scripts/measure_box_transform.py; interquartile ranges
+# dx 0.16, dy 0.06, sw 0.15, sh 0.12). dlib's box sits lower and is much shorter: it leaves out the
+# forehead that MTCNN includes.
+DLIB_BOX_TRANSFORM = BoxTransform(dx=0.0063, dy=0.0533, sw=1.049, sh=0.8023)
+
+
 class CropSpec(BaseModel):
     """How a face box becomes the model's input crop.
 
