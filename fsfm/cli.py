@@ -144,6 +144,12 @@ def export(
     tolerance: float = typer.Option(1e-3, help="Max |torch - ONNX| allowed on the check batches."),
     demo: bool = typer.Option(False, help="Mark the package as a demo model, not fit for decisions."),
     overwrite: bool = typer.Option(False, help="Replace an existing package of the same version."),
+    with_torch: bool = typer.Option(False, help="Also write model.pt for the development torch engine."),
+    tensorrt: bool = typer.Option(False, help="Also build model.plan with TensorRT (needs TensorRT and an NVIDIA GPU)."),
+    trt_precision: str = typer.Option("fp16", help="TensorRT precision: fp16 or fp32."),
+    trt_batch: tuple[int, int, int] = typer.Option(
+        (1, 8, 32), help="TensorRT optimisation profile: min, opt and max batch (match the batcher's max_batch_size)."
+    ),
 ) -> None:
     """Export a fine-tuned checkpoint (official FSFM layout or ours) to a model package."""
     from fsfm.face.crop import Normalization
@@ -164,9 +170,15 @@ def export(
             num_heads=num_heads,
             tolerance=tolerance,
             overwrite=overwrite,
+            with_torch=with_torch,
             **overrides,
         )
-    except (ExportError, ValueError, KeyError) as exc:
+        if tensorrt:
+            from training.tensorrt_build import add_plan_to_package
+
+            low, opt, high = trt_batch
+            package = add_plan_to_package(package, precision=trt_precision, min_batch=low, opt_batch=opt, max_batch=high)
+    except (ExportError, ValueError, KeyError, RuntimeError) as exc:  # EngineError is a RuntimeError
         fail(str(exc))
     typer.echo(
         f"exported {package.manifest.ref} to {package.path} "

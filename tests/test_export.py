@@ -104,3 +104,21 @@ def test_official_checkpoints_get_the_dlib_box_mapping(tmp_path, official_checkp
     package = export_checkpoint(official_checkpoint, tmp_path / "models", name="off", version=1, task="deepfake", num_heads=2)
     assert package.manifest.crop.box_transform == DLIB_BOX_TRANSFORM
     assert package.manifest.crop.scale == 1.3
+
+
+def test_cli_export_with_torch_weights_and_tensorrt_unavailable(tmp_path, official_checkpoint) -> None:
+    repo = tmp_path / "models"
+    args = ["export", "--checkpoint", str(official_checkpoint), "--name", "df", "--task", "deepfake",
+            "--models", str(repo), "--num-heads", "2", "--with-torch"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (repo / "df" / "1" / "model.pt").is_file()
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here; the GPU tests in test_engines.py cover building plans")
+    except ImportError:
+        pass
+    result = CliRunner().invoke(app, [*args[:-1], "--version", "2", "--tensorrt"])
+    assert result.exit_code == 2
+    assert "TensorRT is not installed" in result.stderr and "Traceback" not in result.output

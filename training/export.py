@@ -49,7 +49,8 @@ def export_onnx(model: ViTClassifier, path: Path, opset: int = ONNX_OPSET) -> No
 
 def max_abs_diff(model: ViTClassifier, onnx_path: Path, seed: int = 0) -> float:
     """Worst |torch - ONNX Runtime| over random standard-normal batches of sizes 1 and 7."""
-    engine = OnnxRuntimeEngine(onnx_path)
+    # Always on the CPU: a GPU provider's own numerics would be measured instead of the export's.
+    engine = OnnxRuntimeEngine(onnx_path, providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(seed)
     size = model.config.img_size
     worst = 0.0
@@ -127,10 +128,12 @@ def export_checkpoint(
     num_heads: int | None = None,
     tolerance: float = 1e-3,
     overwrite: bool = False,
+    with_torch: bool = False,
     **info_overrides: object,
 ) -> ModelPackage:
     """A fine-tuned checkpoint (official DfD/DiFF layout, or ours with its ``fsfm`` metadata) ->
     a model package. ``info_overrides`` are ``PackageInfo`` fields (demo, description, crop, ...).
+    ``with_torch`` also writes ``model.pt`` for the development torch engine.
 
     Our checkpoints carry their crop convention; an official one gets FSFM's (1.3x square) around
     our boxes mapped onto dlib's, the boxes it was trained on."""
@@ -158,4 +161,9 @@ def export_checkpoint(
     info = PackageInfo(
         name=name, version=version, task=task, normalization=normalization, provenance=provenance, **fields
     )
-    return write_package(model, info, repository, preset=meta.get("preset"), tolerance=tolerance, overwrite=overwrite)
+    package = write_package(model, info, repository, preset=meta.get("preset"), tolerance=tolerance, overwrite=overwrite)
+    if with_torch:
+        from training.package_torch import save_torch_weights
+
+        save_torch_weights(model, package)
+    return package
