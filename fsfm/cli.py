@@ -186,5 +186,13 @@ def export(
     )
 
 
+from service.commands import serve  # noqa: E402  (its heavy imports are inside the command)
+
+app.command()(serve)
+
+from service.worker_command import worker  # noqa: E402  (its heavy imports are inside the command)
+
+app.command()(worker)
+
 if __name__ == "__main__":
     app()

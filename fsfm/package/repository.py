@@ -82,7 +82,7 @@ class ModelRepository:
         name, version = parse_model_ref(ref)
         matches = [p for p in self.packages if p.manifest.name == name]
         if not matches:
-            raise PackageError(f"no model named {name!r} in {self.root}; models: {self.names()}")
+            raise PackageError(f"no model named {name!r}; models: {self.names()}")
         if version is None:
             return matches[-1]
         for package in matches:
@@ -97,7 +97,7 @@ class ModelRepository:
         for package in latest:
             if package.manifest.task == task:
                 return package
-        raise PackageError(f"no {task} model in {self.root}; models: {self.names()}")
+        raise PackageError(f"no {task} model is loaded; models: {self.names()}")
 
     def latest(self) -> list[ModelPackage]:
         """The highest version of each model name."""

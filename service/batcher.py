@@ -1,0 +1,186 @@
+"""Dynamic batching per model, with Triton's semantics.
+
+Faces from every request and stream queue up as single items. A batch is dispatched as soon as it
+holds ``max_batch_size`` faces, or when the oldest queued face has waited ``max_queue_delay_ms``;
+while the engine is busy the queue keeps filling, so under load batches grow by themselves. The
+engine runs on its own thread, off the event loop, one batch at a time.
+
+The queue is bounded (``max_queue_size`` faces): a request that does not fit is refused at once
+(``Overloaded``), never queued. A request that is cancelled or whose deadline passes has its faces
+removed from the queue at that moment, even while the engine is busy with another batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fsfm.engines.base import Engine
+from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, Unavailable
+from service.metrics import Metrics
+
+
+@dataclass
+class InferenceResult:
+    """Model outputs for one request's faces, in order, and where its time went."""
+
+    logits: np.ndarray  # (n, classes)
+    queue_s: float  # longest wait of its faces before their batch started
+    infer_s: float  # engine time of the (last) batch that carried its faces
+
+
+@dataclass(eq=False)
+class _Face:
+    tensor: np.ndarray  # (3, S, S) float32
+    future: asyncio.Future[tuple[np.ndarray, float, float]]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        engine: Engine,
+        output_name: str,
+        model_label: str,
+        metrics: Metrics,
+        max_batch_size: int = 8,
+        max_queue_delay_ms: float = 5.0,
+        max_queue_size: int = 256,
+    ) -> None:
+        self.engine = engine
+        self.output_name = output_name
+        self.model_label = model_label
+        self.metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self._queue: deque[_Face] = deque()
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{model_label}")
+        self._task: asyncio.Task[None] | None = None
+        self._batch_seconds = 0.0  # running estimate of one batch's engine time, for Retry-After
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def health_error(self) -> str | None:
+        return None if self._task is not None else "the batcher is not running"
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._dispatch_loop(), name=f"batcher-{self.model_label}")
+
+    async def stop(self) -> None:
+        """Stop dispatching; faces still queued fail as unavailable."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while self._queue:
+            face = self._queue.popleft()
+            if not face.future.done():
+                face.future.set_exception(Unavailable("shutting_down", "the service is shutting down"))
+        self._update_pending()
+        self._executor.shutdown(wait=True)
+
+    async def infer(self, tensors: np.ndarray, deadline: float | None = None) -> InferenceResult:
+        """Queue ``tensors`` (n, 3, S, S) and wait for their outputs. ``deadline`` is a
+        ``time.monotonic()`` instant; past it the faces leave the queue and DeadlineExceeded is raised."""
+        if self._task is None:
+            raise Unavailable("not_ready", f"model {self.model_label} is not running")
+        n = len(tensors)
+        if n == 0:
+            return InferenceResult(np.zeros((0, 0), np.float32), 0.0, 0.0)
+        if len(self._queue) + n > self.max_queue_size:
+            raise Overloaded(
+                f"model {self.model_label}: {len(self._queue)} faces queued, limit {self.max_queue_size}",
+                retry_after_s=max(1.0, self._batch_seconds * (len(self._queue) / self.max_batch_size + 1)),
+            )
+        loop = asyncio.get_running_loop()
+        faces = [_Face(tensor, loop.create_future()) for tensor in tensors]
+        for face in faces:
+            face.future.add_done_callback(self._forget_if_cancelled(face))
+        self._queue.extend(faces)
+        self._update_pending()
+        self._arrived.set()
+        waiting = asyncio.gather(*(f.future for f in faces))
+        timeout = None if deadline is None else deadline - time.monotonic()
+        try:
+            outputs = await asyncio.wait_for(waiting, timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise DeadlineExceeded() from None
+        finally:
+            for face in faces:  # a failure or cancellation of one face frees the others' slots too
+                if not face.future.done():
+                    face.future.cancel()
+        logits = np.stack([o[0] for o in outputs])
+        return InferenceResult(logits, max(o[1] for o in outputs), max(o[2] for o in outputs))
+
+    def _forget_if_cancelled(self, face: _Face):
+        def callback(future: asyncio.Future) -> None:
+            if future.cancelled():
+                try:
+                    self._queue.remove(face)
+                except ValueError:
+                    pass  # already taken into a batch
+                self._update_pending()
+
+        return callback
+
+    def _update_pending(self) -> None:
+        self.metrics.pending.labels(self.model_label).set(len(self._queue))
+
+    async def _dispatch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            # Wait for a full batch, or until the oldest face has waited max_queue_delay.
+            while len(self._queue) < self.max_batch_size:
+                remaining = self._queue[0].enqueued + self.max_queue_delay_s - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except (asyncio.TimeoutError, TimeoutError):
+                    break
+                if not self._queue:
+                    break
+            batch = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
+            self._update_pending()
+            if batch:
+                await self._execute(loop, batch)
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Face]) -> None:
+        started = time.monotonic()
+        stacked = np.stack([face.tensor for face in batch])
+        try:
+            outputs = await loop.run_in_executor(self._executor, self.engine.run, stacked)
+            logits = outputs[self.output_name]
+        except Exception as exc:  # an engine failure fails this batch only, never the loop
+            error = InferenceFailed("inference_failed", f"model {self.model_label}: {exc}")
+            for face in batch:
+                if not face.future.done():
+                    face.future.set_exception(error)
+            return
+        infer_s = time.monotonic() - started
+        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * infer_s if self._batch_seconds else infer_s
+        label = self.model_label
+        self.metrics.batch_execution_count.labels(label).inc()
+        self.metrics.batch_size.labels(label).observe(len(batch))
+        self.metrics.inference_count.labels(label).inc(len(batch))
+        for face, row in zip(batch, logits):
+            if not face.future.done():
+                face.future.set_result((row, started - face.enqueued, infer_s))

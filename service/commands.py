@@ -1,0 +1,71 @@
+"""``fsfm serve``, registered in ``fsfm.cli``. The service's imports live in the body, so the CLI
+stays quick for other commands and ``fsfm serve`` never pulls in training code or PyTorch.
+
+Every option maps onto a ``service.settings.Settings`` field and may also come from its ``FSFM_*``
+environment variable; flags win. Fields without a flag (``FSFM_API_KEYS``, ``FSFM_MAX_PIXELS``, ...)
+come from the environment only (docs/api.md lists them all).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+_NOT_SETTINGS = ("grpc", "log_level")  # every other parameter of ``serve`` is a Settings field
+
+
+def _option(field: str, help: str, **kwargs: object):
+    """A flag for Settings field ``field``: ``--field-name``, env var ``FSFM_FIELD_NAME``. Unset
+    flags stay None so that Settings applies its own defaults (listed in docs/api.md, not repeated
+    here where they could drift)."""
+    return typer.Option(
+        None, f"--{field.replace('_', '-')}", envvar=f"FSFM_{field.upper()}", show_envvar=True, help=help, **kwargs
+    )
+
+
+def serve(
+    models: Optional[Path] = _option("models", "Model repository folder; every package in it is served."),
+    host: Optional[str] = _option("host", "REST and gRPC bind address."),
+    port: Optional[int] = _option("port", "REST port; 0 picks a free port."),
+    grpc_port: Optional[int] = _option("grpc_port", "gRPC port; 0 picks a free port."),
+    engine: Optional[str] = _option("engine", "onnxruntime | tensorrt | torch."),
+    engine_threads: Optional[int] = _option("engine_threads", "ONNX Runtime intra-op threads."),
+    queue: Optional[str] = _option("queue", "local (in-process) or a redis:// URL."),
+    max_batch_size: Optional[int] = _option("max_batch_size", "Faces per engine call, at most."),
+    max_queue_delay_ms: Optional[float] = _option("max_queue_delay_ms", "Longest wait for a batch to fill."),
+    max_queue_size: Optional[int] = _option("max_queue_size", "Queued faces per model before 429."),
+    detector: Optional[str] = _option("detector", "mtcnn | retinaface."),
+    detector_weights: Optional[Path] = _option("detector_weights", "Detector ONNX weights."),
+    min_face_size: Optional[int] = _option("min_face_size", "Smallest face side searched for, px."),
+    max_upload_bytes: Optional[int] = _option("max_upload_bytes", "Request body limit (413)."),
+    request_timeout_s: Optional[float] = _option("request_timeout_s", "Per-request deadline."),
+    cors_origins: Optional[str] = _option("cors_origins", "Comma-separated CORS origins."),
+    shutdown_grace_s: Optional[float] = _option("shutdown_grace_s", "Drain time on SIGTERM."),
+    grpc: bool = typer.Option(True, "--grpc/--no-grpc", help="Also serve gRPC."),
+    log_level: str = typer.Option("info", envvar="FSFM_LOG_LEVEL", show_envvar=True, help="debug | info | warning"),
+) -> None:
+    """Serve every model of the repository over REST and gRPC (embedded mode: in-process queue,
+    ONNX Runtime on CPU by default). SIGTERM drains in-flight work, then exits. API keys come from
+    FSFM_API_KEYS (comma-separated), never from the command line."""
+    flags = {name: value for name, value in locals().items() if name not in _NOT_SETTINGS and value is not None}
+    import asyncio
+    import logging
+
+    from pydantic import ValidationError
+
+    from service.server import serve as run_server
+    from service.settings import Settings
+
+    try:
+        settings = Settings(**flags)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        typer.echo(f"error: invalid settings: {problems}", err=True)
+        raise typer.Exit(2) from None
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    code = asyncio.run(run_server(settings, grpc=grpc))
+    if code:
+        raise typer.Exit(code)

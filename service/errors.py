@@ -1,0 +1,66 @@
+"""Errors of the analysis core, each with the HTTP status and gRPC code that both doors use."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+
+class AnalysisError(Exception):
+    """A request that cannot be answered. ``reason`` is a stable, machine-readable code (also the
+    ``reason`` label of the failure metric); ``grpc_code`` is a ``grpc.StatusCode`` name."""
+
+    http_status: int = HTTPStatus.BAD_REQUEST
+    grpc_code: str = "INVALID_ARGUMENT"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class BadInput(AnalysisError):
+    """The request's content is unusable (not an image, corrupt, bad parameter)."""
+
+
+class UnsupportedMedia(AnalysisError):
+    http_status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
+class TooLarge(AnalysisError):
+    http_status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class ModelNotFound(AnalysisError):
+    http_status = HTTPStatus.NOT_FOUND
+    grpc_code = "NOT_FOUND"
+
+
+class Overloaded(AnalysisError):
+    """The bounded queue is full: retry later."""
+
+    http_status = HTTPStatus.TOO_MANY_REQUESTS
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__("overloaded", message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(AnalysisError):
+    http_status = HTTPStatus.GATEWAY_TIMEOUT
+    grpc_code = "DEADLINE_EXCEEDED"
+
+    def __init__(self, message: str = "the request's deadline passed before it was answered") -> None:
+        super().__init__("deadline_exceeded", message)
+
+
+class Unavailable(AnalysisError):
+    """Not ready, draining, or a backend (queue, engine) is down."""
+
+    http_status = HTTPStatus.SERVICE_UNAVAILABLE
+    grpc_code = "UNAVAILABLE"
+
+
+class InferenceFailed(AnalysisError):
+    http_status = HTTPStatus.INTERNAL_SERVER_ERROR
+    grpc_code = "INTERNAL"

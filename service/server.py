@@ -1,0 +1,141 @@
+"""``fsfm serve``: the REST app (uvicorn) and the gRPC server in one asyncio loop over one
+``AnalysisCore``.
+
+Startup: both listeners are bound first (so port 0 works and probes get answers at once), the line
+``fsfm serving rest=http://HOST:PORT grpc=HOST:PORT`` is logged, then the models load and warm up;
+``/readyz`` and gRPC health turn ready when that is done.
+
+Shutdown on SIGTERM or SIGINT: readiness goes false and new work is refused (``core.drain``), work
+in flight finishes within ``shutdown_grace_s``, then both servers stop (``STOP_BOUND_S`` at most)
+and the process exits. A second signal skips what is left of the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from service.api import create_app
+from service.core import AnalysisCore
+from service.settings import Settings
+
+log = logging.getLogger("fsfm.service")
+
+STOP_BOUND_S = 5.0  # after the drain: the longest the servers may take to close
+
+
+class _RestServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: signals belong to ``serve``, which drains first."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class _Signals:
+    """Counts SIGTERM/SIGINT: the first starts the graceful shutdown, the second hurries it."""
+
+    def __init__(self) -> None:
+        self.first = asyncio.Event()
+        self.second = asyncio.Event()
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._received, sig)
+
+    def _received(self, sig: int) -> None:
+        log.info("received %s", signal.Signals(sig).name)
+        (self.second if self.first.is_set() else self.first).set()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def serve(settings: Settings, grpc: bool = True) -> int:
+    """Run until a signal; returns the process exit code (1 when the models could not be loaded)."""
+    loop = asyncio.get_running_loop()
+    signals = _Signals()
+    signals.install(loop)
+    core = AnalysisCore(settings)
+    rest_socket = _listen(settings.host, settings.port)
+    rest = _RestServer(
+        uvicorn.Config(
+            create_app(core, settings), lifespan="off", log_config=None, server_header=False,
+            timeout_graceful_shutdown=STOP_BOUND_S,
+        )
+    )
+    rest_task = asyncio.create_task(rest.serve(sockets=[rest_socket]), name="rest")
+    grpc_server = None
+    grpc_address = "off"
+    if grpc:
+        from service.grpc_server import start_grpc_server
+
+        grpc_server, grpc_port = await start_grpc_server(core, settings)
+        grpc_address = f"{_url_host(settings.host)}:{grpc_port}"
+    rest_port = rest_socket.getsockname()[1]
+    log.info("fsfm serving rest=http://%s:%d grpc=%s", _url_host(settings.host), rest_port, grpc_address)
+
+    code = await _run_until_signal(core, rest_task, signals)
+    await _shutdown(core, settings, rest, rest_task, grpc_server, signals)
+    return code
+
+
+async def _run_until_signal(core: AnalysisCore, rest_task: asyncio.Task, signals: _Signals) -> int:
+    """Load the models, then wait for a signal. A failed load or a dead REST server ends it early."""
+    loading = asyncio.create_task(core.start(), name="load-models")
+    signalled = asyncio.create_task(signals.first.wait())
+    try:
+        await asyncio.wait({loading, signalled, rest_task}, return_when=asyncio.FIRST_COMPLETED)
+        if loading.done():
+            if error := loading.exception():
+                log.error("cannot start serving: %s", error)
+                return 1
+            log.info("fsfm ready")
+            await asyncio.wait({signalled, rest_task}, return_when=asyncio.FIRST_COMPLETED)
+        if rest_task.done():
+            log.error("the REST server stopped: %s", rest_task.exception())
+            return 1
+        return 0
+    finally:
+        for task in (loading, signalled):
+            task.cancel()
+
+
+async def _shutdown(
+    core: AnalysisCore,
+    settings: Settings,
+    rest: _RestServer,
+    rest_task: asyncio.Task,
+    grpc_server,
+    signals: _Signals,
+) -> None:
+    log.info("draining: new work is refused, in-flight work gets %.1f s", settings.shutdown_grace_s)
+    drain = asyncio.create_task(core.drain(settings.shutdown_grace_s))
+    hurry = asyncio.create_task(signals.second.wait())
+    await asyncio.wait({drain, hurry}, return_when=asyncio.FIRST_COMPLETED)
+    hurry.cancel()
+    if not (drain.done() and drain.result()):
+        drain.cancel()
+        log.warning("stopping with %d request(s) still in flight", core.in_flight)
+    rest.should_exit = True
+    rest.force_exit = signals.second.is_set()
+    stopping = [rest_task]
+    if grpc_server is not None:
+        stopping.append(asyncio.create_task(grpc_server.stop(0 if rest.force_exit else STOP_BOUND_S)))
+    _, pending = await asyncio.wait(stopping, timeout=STOP_BOUND_S + 1)
+    for task in pending:
+        task.cancel()
+    await core.stop()
+    log.info("fsfm stopped")

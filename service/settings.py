@@ -1,0 +1,71 @@
+"""Service configuration: one pydantic-settings object, from ``FSFM_*`` environment variables and
+``fsfm serve`` flags (flags win). Every field is documented in the README's configuration table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from fsfm.face.detector import DetectorConfig
+from fsfm.imaging import ImageLimits
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FSFM_", extra="ignore")
+
+    # Where and what to serve.
+    models: Path = Field(default=Path("models"), description="model repository folder")
+    host: str = Field(default="127.0.0.1", description="REST bind address")
+    port: int = Field(default=8000, ge=0, le=65535, description="REST port (0: any free port)")
+    grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC port (0: any free port)")
+    engine: Literal["onnxruntime", "tensorrt", "torch"] = Field(default="onnxruntime", description="inference engine")
+    engine_threads: int | None = Field(default=None, ge=1, description="ONNX Runtime intra-op threads (default: all cores)")
+    queue: str = Field(default="local", description='"local" (in-process) or a redis:// URL (Redis Streams)')
+
+    # Dynamic batching (Triton's semantics).
+    max_batch_size: int = Field(default=8, ge=1, description="faces per engine call, at most")
+    max_queue_delay_ms: float = Field(default=5.0, ge=0, description="longest wait for a batch to fill")
+    max_queue_size: int = Field(default=256, ge=1, description="queued faces per model before 429 / RESOURCE_EXHAUSTED")
+
+    # Face detection.
+    detector: Literal["mtcnn", "retinaface"] = "mtcnn"
+    detector_weights: Path | None = Field(default=None, description="detector ONNX (default: the fsfm cache)")
+    min_face_size: int = Field(default=20, ge=8, description="smallest face side searched for, in pixels")
+    detection_threshold: float = Field(default=0.9, ge=0, le=1)
+
+    # Limits and security.
+    max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1, description="request body limit (413)")
+    max_pixels: int = Field(default=40_000_000, ge=1, description="decoded image / video frame pixels")
+    max_side: int = Field(default=12_000, ge=1, description="longest image side in pixels")
+    max_video_seconds: float = Field(default=60.0, gt=0, description="longest video accepted")
+    max_video_frames: int = Field(default=64, ge=1, description="frames analysed per video, at most")
+    max_grpc_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    request_timeout_s: float = Field(default=30.0, gt=0, description="per-request deadline")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="accepted x-api-key values, comma-separated (empty: no auth)"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="CORS origins (empty: off)")
+    grpc_tls_cert: Path | None = None
+    grpc_tls_key: Path | None = None
+    shutdown_grace_s: float = Field(default=20.0, ge=0, description="drain time for in-flight work on SIGTERM")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def detector_config(self) -> DetectorConfig:
+        return DetectorConfig(
+            kind=self.detector,
+            weights=self.detector_weights,
+            min_face_size=self.min_face_size,
+            score_threshold=self.detection_threshold,
+        )
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_pixels=self.max_pixels, max_side=self.max_side)

@@ -1,0 +1,119 @@
+"""The REST door under overload, past deadlines, through a graceful shutdown, and without PyTorch.
+
+Slow batching (a large batch that waits seconds to fill) holds requests in the queue on purpose,
+so each behaviour is observed at a known moment rather than raced for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.no_torch import MESSAGE, torchless_env
+from tests.packages import make_tiny_package
+from tests.servers import metric, running_server, scrape
+from tests.test_rest import GRPC, answer, encode, error, upload
+
+QUEUE_DELAY_S = 3.0
+SLOW_BATCHES = {"max_batch_size": 64, "max_queue_delay_ms": QUEUE_DELAY_S * 1000}
+MODEL = "tiny-deepfake:1"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("models")
+    make_tiny_package(repo, name="tiny-deepfake")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def astronaut_jpeg(astronaut_rgb) -> bytes:
+    return encode(astronaut_rgb)
+
+
+def wait_for_queued(rest_url: str, faces: int, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while metric(scrape(rest_url), "fsfm_pending_request_count", model=MODEL) != faces:
+        assert time.monotonic() < deadline, f"never saw {faces} queued faces"
+        time.sleep(0.02)
+
+
+def test_overload_is_refused_at_once_while_admitted_requests_succeed(models, mtcnn_dir, astronaut_jpeg) -> None:
+    with running_server(models, {**SLOW_BATCHES, "max_queue_size": 4}, grpc=GRPC) as server:
+
+        async def timed(client: httpx.AsyncClient) -> tuple[httpx.Response, float]:
+            started = time.monotonic()
+            response = await client.post("/v1/deepfake", files={"file": ("a.jpg", astronaut_jpeg)})
+            return response, time.monotonic() - started
+
+        async def send_all() -> list[tuple[httpx.Response, float]]:
+            async with httpx.AsyncClient(base_url=server.rest_url, timeout=60) as client:
+                return await asyncio.gather(*(timed(client) for _ in range(12)))
+
+        results = asyncio.run(send_all())
+        admitted = [seconds for response, seconds in results if response.status_code == 200]
+        refused = [(response, seconds) for response, seconds in results if response.status_code != 200]
+        assert len(admitted) == 4 and len(refused) == 8  # one face each; the queue holds 4
+        for response, seconds in refused:
+            error(response, 429, "overloaded")
+            assert int(response.headers["retry-after"]) >= 1
+            assert seconds < min(admitted) and seconds < QUEUE_DELAY_S  # refused at once, not queued
+        assert min(admitted) >= QUEUE_DELAY_S * 0.9  # they waited for their batch, then succeeded
+        samples = scrape(server.rest_url)
+        assert metric(samples, "fsfm_request_failure_total", reason="overloaded", transport="rest") == 8
+        assert metric(samples, "fsfm_request_success_total", model=MODEL) == 4
+
+
+def test_a_request_past_its_deadline_leaves_the_queue(models, mtcnn_dir, astronaut_jpeg) -> None:
+    with running_server(models, {**SLOW_BATCHES, "request_timeout_s": 1.0}, grpc=GRPC) as server:
+        with httpx.Client(base_url=server.rest_url, timeout=30) as client:
+            started = time.monotonic()
+            error(upload(client, "/v1/deepfake", astronaut_jpeg), 504, "deadline_exceeded")
+            assert time.monotonic() - started < QUEUE_DELAY_S  # answered at its deadline, not at the batch's
+            samples = scrape(server.rest_url)
+            assert metric(samples, "fsfm_pending_request_count", model=MODEL) == 0  # dropped before any batch ran
+            assert metric(samples, "fsfm_batch_execution_count_total", model=MODEL) == 0
+            assert metric(samples, "fsfm_request_failure_total", reason="deadline_exceeded") == 1
+
+
+def test_sigterm_drains_in_flight_work_refuses_new_work_and_exits(models, mtcnn_dir, astronaut_jpeg) -> None:
+    with running_server(models, SLOW_BATCHES, grpc=GRPC) as server, ThreadPoolExecutor(1) as pool:
+        with httpx.Client(base_url=server.rest_url, timeout=30) as client:
+            in_flight = pool.submit(upload, client, "/v1/deepfake", astronaut_jpeg)
+            wait_for_queued(server.rest_url, 1)
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            readiness = client.get("/readyz")
+            assert readiness.status_code == 503 and readiness.json()["draining"] is True
+            error(upload(client, "/v1/deepfake", astronaut_jpeg), 503, "draining")
+            assert not in_flight.done()
+            (face,) = answer(in_flight.result(timeout=QUEUE_DELAY_S + 5))["faces"]
+            assert face["score"] is not None
+        code = server.process.wait(timeout=server.stop_bound_s)
+        took = time.monotonic() - signalled
+    assert code == 0, server.log()
+    assert took < QUEUE_DELAY_S + 3, took  # the in-flight batch, then a prompt exit
+    assert "draining" in server.log() and "fsfm stopped" in server.log()
+
+
+def test_the_service_runs_without_torch(tmp_path, models, mtcnn_dir, astronaut_jpeg) -> None:
+    env = torchless_env(tmp_path)
+    blocked = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert blocked.returncode != 0 and MESSAGE in blocked.stderr
+    # Default settings otherwise: no API keys, CORS off.
+    with running_server(models, env=env, grpc=GRPC) as server:
+        with httpx.Client(base_url=server.rest_url, timeout=30) as client:
+            (face,) = answer(upload(client, "/v1/deepfake", astronaut_jpeg))["faces"]
+            assert face["score"] is not None
+            preflight = client.options("/v1/deepfake", headers={
+                "origin": "https://app.example", "access-control-request-method": "POST"})
+            assert "access-control-allow-origin" not in preflight.headers

@@ -1,0 +1,97 @@
+"""Calibration: thresholds on the attack score chosen on validation scores, and written where the
+service reads them (a package manifest's ``thresholds`` and ``provenance.metrics``).
+
+Operating points: ``eer`` (the threshold where the false-positive and false-negative rates meet) and
+``fpr_<x>pct`` for each target false-positive rate (the lowest threshold whose FPR on the validation
+set is <= the target; FPR = share of genuine faces flagged). The package's default threshold is the
+EER point (or 0.5 on request). Each point records the FPR/TPR it achieved on the validation set; on
+new data they hold only as far as that data resembles the validation set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fsfm.package.manifest import MANIFEST_FILE, Manifest, OperatingPoint, Thresholds
+from training.metrics import binary_report, eer, threshold_for_fpr, video_scores
+
+if TYPE_CHECKING:
+    from training.finetune_data import FaceSource
+
+
+def point_name(target_fpr: float) -> str:
+    """0.01 -> ``fpr_1pct``, 0.001 -> ``fpr_0.1pct``."""
+    return f"fpr_{target_fpr * 100:g}pct"
+
+
+def operating_points(labels: np.ndarray, scores: np.ndarray, target_fprs: Sequence[float]) -> list[OperatingPoint]:
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    _, eer_threshold = eer(labels, scores)
+    threshold = float(np.clip(eer_threshold, 0.0, 1.0))
+    flagged = scores >= threshold
+    points = [OperatingPoint(name="eer", threshold=threshold, fpr=float(flagged[labels == 0].mean()), tpr=float(flagged[labels == 1].mean()))]
+    for target in target_fprs:
+        t, fpr, tpr = threshold_for_fpr(labels, scores, target)
+        points.append(OperatingPoint(name=point_name(target), threshold=float(np.clip(t, 0.0, 1.0)), target_fpr=target, fpr=fpr, tpr=tpr))
+    return points
+
+
+def calibrated_thresholds(labels: np.ndarray, scores: np.ndarray, target_fprs: Sequence[float], default: str = "eer") -> Thresholds:
+    """Operating points from validation scores; ``default`` = ``eer`` (its threshold) or ``fixed`` (0.5)."""
+    points = operating_points(labels, scores, target_fprs)
+    return Thresholds(default=points[0].threshold if default == "eer" else 0.5, operating_points=points)
+
+
+def calibration_metrics(labels: np.ndarray, scores: np.ndarray, videos: Sequence[str] | None, prefix: str = "val") -> dict[str, float]:
+    """AUC, EER, AP and counts at frame level (and video level when videos have several frames),
+    finite values only (manifests hold numbers)."""
+    metrics = {f"{prefix}_{k}": v for k, v in binary_report(labels, scores).items() if k in ("samples", "auc", "eer", "ap")}
+    if videos is not None:
+        per_video = video_scores(labels, scores, videos)
+        if per_video.frames.max() > 1 and 0 < per_video.labels.sum() < len(per_video.labels):
+            report = binary_report(per_video.labels, per_video.scores)
+            metrics |= {f"{prefix}_video_{k}": report[k] for k in ("samples", "auc", "eer")}
+    return {k: float(v) for k, v in metrics.items() if np.isfinite(v)}
+
+
+def update_manifest(package_dir: Path, thresholds: Thresholds, metrics: dict[str, float], note: str | None = None) -> Manifest:
+    """Rewrite ``manifest.json`` with new thresholds and metrics merged into the provenance, atomically
+    (a reader sees the old or the new file, never a partial one)."""
+    package_dir = Path(package_dir)
+    manifest = Manifest.load(package_dir)
+    provenance = manifest.provenance.model_copy(
+        update={
+            "metrics": {**manifest.provenance.metrics, **metrics},
+            "notes": "; ".join(filter(None, [manifest.provenance.notes, note])) or None,
+        }
+    )
+    updated = manifest.model_copy(update={"thresholds": thresholds, "provenance": provenance})
+    Manifest.model_validate(updated.model_dump())  # re-check before replacing the file
+    tmp = package_dir / f".{MANIFEST_FILE}.tmp"
+    tmp.write_text(json.dumps(updated.model_dump(mode="json"), indent=2) + "\n")
+    os.replace(tmp, package_dir / MANIFEST_FILE)
+    return updated
+
+
+def calibrate_package(
+    package_dir: Path, sources: Sequence["FaceSource"], target_fprs: Sequence[float], default: str = "eer", batch_size: int = 64, workers: int = 0
+) -> Manifest:
+    """Score validation sets with a package (ONNX Runtime, as served) and write the calibrated
+    thresholds and validation metrics into its manifest."""
+    from fsfm.package.repository import load_package
+    from training.evaluate import PackageScorer, score_source
+
+    scorer = PackageScorer(load_package(package_dir))
+    labels = np.concatenate([[item.label for item in source.items] for source in sources])
+    scores = np.concatenate([score_source(scorer, source, batch_size, workers) for source in sources])
+    videos = [f"{source.name}/{item.video}" for source in sources for item in source.items]
+    thresholds = calibrated_thresholds(labels, scores, target_fprs, default)
+    metrics = calibration_metrics(labels, scores, videos, prefix="calibration")
+    note = f"thresholds calibrated on {', '.join(s.name for s in sources)} ({len(labels)} faces)"
+    return update_manifest(package_dir, thresholds, metrics, note)

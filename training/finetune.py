@@ -1,0 +1,555 @@
+"""The fine-tuning loop (method spec §4.1): a pretrained FSFM encoder (ours or the official weights) ->
+the global-pool ViT classifier the service serves.
+
+* Model: encoder weights from the checkpoint, position embedding resized to the input size, new
+  ``fc_norm`` + ``head`` (or a fine-tuned classifier loaded whole, to continue training), drop path.
+* Optimiser: AdamW (or Adam for liveness) with BEiT layer-wise lr decay: patch embedding, cls token
+  and position embedding are layer 0, block i is layer i + 1, ``fc_norm``/``head`` layer depth + 1;
+  a layer's lr is scaled by decay^(depth + 1 - layer); no weight decay on 1-D parameters, the cls
+  token and the position embedding. Per-iteration linear warm-up, then half-cosine to ``min_lr`` (or
+  constant), set on the first micro-step of each accumulation window; lr = blr * effective batch / 256.
+* Loss: mixup/cutmix (timm's batch mode) with label-smoothed soft targets and soft-target cross-entropy,
+  optionally weighted per class (``balance='loss'``); class-balanced or domain-balanced sampling
+  otherwise (``training.finetune_data.TrainBatchSampler``).
+* AMP on CUDA only (bf16 when supported, else fp16 with a GradScaler); CPUs run fp32.
+* DDP under ``torchrun`` (NCCL on GPUs, gloo on CPU); validation is sharded across ranks and gathered.
+* Every epoch: validation loss and metrics, thresholds calibrated on the validation scores, and
+  ``checkpoint-last.pth``; the best epoch by the selection metric (min val loss by default, as the
+  paper) is also ``checkpoint-min_val_loss.pth`` (``-max_val_auc``, ``-min_val_hter``).
+
+Checkpoints use the official layout ``{'model', 'optimizer', 'epoch', 'scaler', 'args'}`` plus an
+``fsfm`` dict (architecture, normalisation, crop, classes, calibrated thresholds, validation metrics,
+data, licence) that ``fsfm export`` turns into a model package's manifest. ``config.json`` and
+``log.jsonl`` (one line per epoch) sit beside them, with ``pretrain_ds_mean_std.txt``.
+
+Run: ``fsfm finetune ...`` or ``torchrun --nproc_per_node=N -m training.finetune --config run.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+
+from fsfm.face.crop import DLIB_BOX_TRANSFORM, IMAGENET_MEAN, BoxTransform, IMAGENET_STD, CropSpec, Normalization
+from fsfm.models.checkpoints import classifier_from_pretrained, infer_vit_config, is_classifier_state, load_checkpoint, model_state, resize_pos_embed
+from fsfm.models.config import VIT_PRESETS, ViTConfig
+from fsfm.models.vit import ViTClassifier
+from training.augment import EvalTransform, TrainTransform
+from training.calibrate import calibrated_thresholds, calibration_metrics
+from training.evaluate import ScoredSet, TorchScorer, evaluate_sets, set_report
+from training.export import MEAN_STD_FILE
+from training.finetune_config import FinetuneConfig
+from training.finetune_data import (
+    AugmentedFaces,
+    ConcatSource,
+    DataError,
+    EvalFaces,
+    FaceSource,
+    SelfBlendedPairs,
+    SelfBlendedSource,
+    TrainBatchSampler,
+    class_weights,
+    collate_faces,
+    open_source,
+    split_by_video,
+)
+from training.pretrain import init_distributed
+from training.prepare import write_mean_std
+
+CONFIG_FILE = "config.json"
+LOG_FILE = "log.jsonl"
+LAST_CHECKPOINT = "checkpoint-last.pth"
+BEST_CHECKPOINT = {"loss": "checkpoint-min_val_loss.pth", "auc": "checkpoint-max_val_auc.pth", "hter": "checkpoint-min_val_hter.pth"}
+OFFICIAL_LICENCE = "CC-BY-NC-4.0 (inherited: fine-tuned from a checkpoint without fsfm metadata, such as the official FSFM weights)"
+
+
+# ------------------------------------------------------------------------------------------ model
+def preset_name(config: ViTConfig) -> str | None:
+    """The VIT_PRESETS name with the same architecture (any input size), if one."""
+    keys = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+    for name, preset in VIT_PRESETS.items():
+        if all(getattr(preset, k) == getattr(config, k) for k in keys):
+            return name
+    return None
+
+
+def _metadata(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    return checkpoint["fsfm"] if isinstance(checkpoint.get("fsfm"), dict) else {}
+
+
+def checkpoint_vit_config(checkpoint: dict[str, Any], state: dict[str, torch.Tensor], num_heads: int | None) -> ViTConfig:
+    """The encoder architecture: our fine-tuning metadata, our pretraining config, else the shapes
+    (heads from a preset of the same width and depth, or ``num_heads``)."""
+    meta = _metadata(checkpoint)
+    pretrain = checkpoint.get("config")
+    if "vit" in meta:
+        config = ViTConfig.model_validate(meta["vit"])
+    elif isinstance(pretrain, dict) and isinstance(pretrain.get("architecture"), dict):
+        config = ViTConfig.model_validate(pretrain["architecture"]["encoder"])
+    else:
+        config = infer_vit_config(state, num_heads)
+    return config.model_copy(update={"num_heads": num_heads}) if num_heads else config
+
+
+def initial_model(config: FinetuneConfig) -> tuple[ViTClassifier, dict[str, Any]]:
+    """The classifier to fine-tune, and the checkpoint it came from (for its metadata)."""
+    checkpoint = load_checkpoint(config.pretrained)
+    state = model_state(checkpoint)
+    vit = checkpoint_vit_config(checkpoint, state, config.num_heads).model_copy(update={"img_size": config.input_size})
+    assert config.classes is not None and config.drop_path is not None  # filled by the recipe
+    num_classes = len(config.classes.names)
+    if not is_classifier_state(state):
+        model = classifier_from_pretrained(state, vit, num_classes, config.global_pool, config.drop_path)
+        return model, checkpoint
+    if state["head.weight"].shape[0] != num_classes:
+        raise ValueError(f"{config.pretrained} is a {state['head.weight'].shape[0]}-class classifier; this task has {num_classes} classes")
+    model = ViTClassifier(vit, num_classes, global_pool="fc_norm.weight" in state, drop_path_rate=config.drop_path)
+    model.load_state_dict({**state, "pos_embed": resize_pos_embed(state["pos_embed"], vit.grid_size)}, strict=True)
+    return model, checkpoint
+
+
+def resolve_normalization(config: FinetuneConfig, meta: dict[str, Any]) -> tuple[Normalization, str]:
+    """The model's input statistics and where they came from (spec §4.1, pitfall 9): the pretraining
+    statistics (checkpoint metadata, else ``pretrain_ds_mean_std.txt`` beside it, else FSFM's fallback:
+    VGGFace2 for DfD/DiFF, ImageNet for FAS), or ImageNet / VGGFace2 when asked for."""
+    imagenet = Normalization(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    if config.normalization == "imagenet":
+        return imagenet, "ImageNet"
+    if config.normalization == "vggface2":
+        return Normalization(), "VGGFace2"
+    if "normalization" in meta:
+        return Normalization.model_validate(meta["normalization"]), f"{config.pretrained.name} metadata"
+    beside = config.pretrained.parent / MEAN_STD_FILE
+    if beside.is_file():
+        return Normalization.from_mean_std_file(beside), str(beside)
+    if config.task == "liveness":
+        return imagenet, f"ImageNet (no {MEAN_STD_FILE} beside the checkpoint)"
+    return Normalization(), f"VGGFace2 (no {MEAN_STD_FILE} beside the checkpoint)"
+
+
+# ------------------------------------------------------------------------------------- optimiser
+def layer_id(name: str, num_layers: int) -> int:
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed."):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return num_layers
+
+
+def layer_decay_groups(model: ViTClassifier, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
+    """Parameter groups with ``lr_scale`` = decay^(depth + 1 - layer) and weight decay except on 1-D
+    parameters, ``cls_token`` and ``pos_embed`` (BEiT / MAE ``param_groups_lrd``)."""
+    num_layers = model.config.depth + 1
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = param.ndim > 1 and name not in ("cls_token", "pos_embed")
+        layer = layer_id(name, num_layers)
+        group = groups.setdefault(
+            (layer, decay),
+            {"params": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": layer_decay ** (num_layers - layer), "layer": layer},
+        )
+        group["params"].append(param)
+    return sorted(groups.values(), key=lambda g: (g["layer"], g["weight_decay"]))
+
+
+def lr_at(epoch: float, config: FinetuneConfig, peak: float) -> float:
+    """Learning rate at a fractional epoch: linear warm-up from 0, then half-cosine to ``min_lr``
+    (or constant)."""
+    warmup = config.warmup_epochs or 0.0
+    if epoch < warmup:
+        return peak * epoch / warmup
+    if config.schedule == "constant":
+        return peak
+    assert config.epochs is not None
+    progress = (epoch - warmup) / max(config.epochs - warmup, 1e-12)
+    return config.min_lr + (peak - config.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# ------------------------------------------------------------------------------------------ loss
+class Mixup:
+    """timm's Mixup/CutMix in batch mode: with probability ``prob``, one lambda ~ Beta(alpha, alpha)
+    for the batch, mixing each sample with the batch reversed; CutMix (chosen with ``switch_prob``
+    when both are on) pastes a box of area 1 - lambda and corrects lambda to the box actually pasted.
+    Targets are label-smoothed one-hots (``smoothing / classes`` off, ``1 - smoothing + that`` on),
+    mixed with the same lambda."""
+
+    def __init__(self, mixup: float, cutmix: float, prob: float, switch_prob: float, smoothing: float, num_classes: int) -> None:
+        self.mixup, self.cutmix, self.prob, self.switch_prob = mixup, cutmix, prob, switch_prob
+        self.smoothing, self.num_classes = smoothing, num_classes
+
+    def targets(self, classes: torch.Tensor) -> torch.Tensor:
+        off = self.smoothing / self.num_classes
+        return F.one_hot(classes, self.num_classes).float() * (1.0 - self.smoothing) + off
+
+    def __call__(self, images: torch.Tensor, classes: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        lam, use_cutmix = 1.0, False
+        if (self.mixup > 0 or self.cutmix > 0) and rng.random() < self.prob:
+            use_cutmix = self.cutmix > 0 and (self.mixup <= 0 or rng.random() < self.switch_prob)
+            alpha = self.cutmix if use_cutmix else self.mixup
+            lam = float(rng.beta(alpha, alpha))
+        soft = self.targets(classes)
+        if lam == 1.0:
+            return images, soft
+        images = images.clone()
+        if use_cutmix:
+            h, w = images.shape[-2:]
+            ratio = math.sqrt(1.0 - lam)
+            cut_h, cut_w = int(h * ratio), int(w * ratio)
+            cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
+            y1, y2 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+            x1, x2 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+            images[:, :, y1:y2, x1:x2] = images.flip(0)[:, :, y1:y2, x1:x2]
+            lam = 1.0 - (y2 - y1) * (x2 - x1) / (h * w)
+        else:
+            images = images * lam + images.flip(0) * (1.0 - lam)
+        return images, soft * lam + soft.flip(0) * (1.0 - lam)
+
+
+def soft_target_ce(logits: torch.Tensor, targets: torch.Tensor, class_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy against soft targets; with ``class_weight`` (per class index), each sample weighs
+    its target's expected class weight and the loss is the weighted mean."""
+    per_sample = -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1)
+    if class_weight is None:
+        return per_sample.mean()
+    weights = targets @ class_weight
+    return (per_sample * weights).sum() / weights.sum()
+
+
+# ------------------------------------------------------------------------------------------- run
+@dataclass
+class FinetuneResult:
+    best_checkpoint: Path
+    last_checkpoint: Path
+    best_epoch: int
+    val_metrics: dict[str, float]
+    test_report: dict[str, Any] | None
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _save_atomic(obj: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Finetuner:
+    """One fine-tuning run: model, data, optimiser, schedule, validation, calibration, checkpoints."""
+
+    def __init__(self, config: FinetuneConfig, resume: bool = False, progress: bool = True) -> None:
+        self.config, self.progress = config, progress
+        device = _device(config.device)
+        self.dist = init_distributed(device.type == "cuda")
+        if device.type == "cuda" and self.dist.world_size > 1:
+            device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(device)
+        self.device = device
+        torch.manual_seed(config.seed + self.dist.rank)
+        self.output = Path(config.output_dir)
+        if self.dist.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+
+        self.model, pretrained = initial_model(config)
+        self.model.to(device)
+        self.pretrained_meta = _metadata(pretrained)
+        self.pretrained_is_ours = bool(self.pretrained_meta) or isinstance(pretrained.get("config"), dict)
+        self.normalization, self.norm_source = resolve_normalization(config, self.pretrained_meta)
+        assert config.classes is not None
+        self.classes = config.classes
+        self.label_to_class = torch.tensor([self.classes.names.index(self.classes.genuine_label), self.classes.attack_index], device=device)
+
+        self._build_data()
+        assert config.weight_decay is not None and config.layer_decay is not None
+        groups = layer_decay_groups(self.model, config.weight_decay, config.layer_decay)
+        optimizer_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.peak_lr = config.peak_lr(self.dist.world_size)
+        self.optimizer = optimizer_cls(groups, lr=self.peak_lr, betas=config.betas)
+        self.amp_dtype = None
+        if device.type == "cuda" and config.amp:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        assert config.mixup is not None and config.cutmix is not None and config.smoothing is not None
+        self.mixup = Mixup(config.mixup, config.cutmix, config.mixup_prob, config.mixup_switch_prob, config.smoothing, len(self.classes.names))
+        self.train_model: torch.nn.Module = self.model
+        if self.dist.world_size > 1:
+            self.train_model = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+
+        self.start_epoch = 0
+        self.best: dict[str, Any] | None = None
+        if resume:
+            self._resume()
+
+    # ------------------------------------------------------------------------------------ data
+    def _build_data(self) -> None:
+        config = self.config
+        from fsfm.assets import cache_dir
+
+        cache = config.faces_cache or cache_dir() / "faces"
+        if not self.dist.is_main:  # rank 0 extracts faces first (video layouts); the others then read them
+            dist.barrier()
+        opened = [open_source(spec, cache, config.real_frames) for spec in config.train]
+        val = [open_source(spec, cache, config.real_frames) for spec in config.val]
+        if self.dist.is_main and self.dist.world_size > 1:
+            dist.barrier()
+        train: FaceSource = ConcatSource(opened) if len(opened) > 1 else opened[0]
+        if not val and config.val_fraction > 0:
+            train, held_out = split_by_video(train, config.val_fraction, config.seed)
+            val = [held_out] if len(held_out) else []
+        if config.sbi:
+            val = [v if any(i.label for i in v.items) else SelfBlendedSource(v, config.seed) for v in val]
+        self.train_source = train
+        self.val_source: FaceSource | None = (ConcatSource(val) if len(val) > 1 else val[0]) if val else None
+        if self.val_source is not None and len({item.label for item in self.val_source.items}) < 2:
+            raise DataError(f"the validation set {self.val_source.name} needs both genuine and attack faces to select and calibrate with")
+
+        assert config.augment is not None and config.reprob is not None and config.batch_size is not None
+        transform = TrainTransform(config.augment, config.input_size, self.normalization, config.reprob)
+        self.eval_transform = EvalTransform(config.input_size, self.normalization, config.eval_resize)
+        if config.sbi:  # samples are the real faces; each gives a (real, self-blend) pair
+            self.train_set: AugmentedFaces | SelfBlendedPairs = SelfBlendedPairs(train, transform)
+            items = [train.items[i] for i in self.train_set.reals]
+            per_batch = config.batch_size // 2
+        else:
+            self.train_set = AugmentedFaces(train, transform)
+            items = train.items
+            per_batch = config.batch_size
+        labels = [item.label for item in items]
+        assert config.balance is not None
+        self.sampler = TrainBatchSampler(
+            labels, [item.domain for item in items], per_batch, config.balance, config.seed,
+            self.dist.rank, self.dist.world_size, config.iters_per_epoch,
+        )
+        self.train_loader = DataLoader(
+            self.train_set, batch_sampler=self.sampler, num_workers=config.num_workers, collate_fn=collate_faces, pin_memory=self.device.type == "cuda"
+        )
+        self.class_weight = None
+        if config.balance == "loss" and not config.sbi:
+            genuine, attack = class_weights(labels)
+            weight = torch.zeros(len(self.classes.names), device=self.device)
+            weight[self.label_to_class] = torch.tensor([genuine, attack], dtype=torch.float32, device=self.device)
+            self.class_weight = weight
+
+    # -------------------------------------------------------------------------------- metadata
+    def crop_spec(self) -> CropSpec:
+        """The crop the training faces were cut with, which the service must reproduce."""
+        scale = self.config.crop_scale or self.train_source.crop_scale or 1.3
+        box = DLIB_BOX_TRANSFORM if self.config.crop_box == "dlib" else BoxTransform()
+        return CropSpec(size=self.config.input_size, scale=scale, box_transform=box)
+
+    def metadata(self) -> dict[str, Any]:
+        """What ``fsfm export`` needs beyond the weights (thresholds and metrics are added per epoch)."""
+        config = self.config
+        data = "; ".join(
+            [f"train: {', '.join(s.label for s in config.train)}" + (" (self-blended fakes)" if config.sbi else "")]
+            + ([f"val: {', '.join(s.label for s in config.val)}"] if config.val else [])
+        )
+        licence = config.licence or self.pretrained_meta.get("licence") or (None if self.pretrained_is_ours else OFFICIAL_LICENCE)
+        description = config.description or f"FSFM ViT fine-tuned for {config.task} detection ({data})"
+        return {
+            "task": config.task,
+            "vit": self.model.config.model_dump(),
+            "preset": preset_name(self.model.config),
+            "global_pool": self.model.global_pool,
+            "normalization": self.normalization.model_dump(mode="json"),
+            "normalization_source": self.norm_source,
+            "crop": self.crop_spec().model_dump(mode="json"),
+            "classes": self.classes.model_dump(mode="json"),
+            "eval_resize": config.eval_resize,
+            "demo": config.demo,
+            "description": description,
+            "licence": licence,
+            "data": data,
+            "pretrained": str(config.pretrained),
+        }
+
+    def save(self, path: Path, epoch: int, extra: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        _save_atomic(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "epoch": epoch,
+                "scaler": self.scaler.state_dict(),
+                "args": argparse.Namespace(**self.config.model_dump(mode="json")),
+                "fsfm": self.metadata() | extra,
+                "best": self.best,
+            },
+            path,
+        )
+
+    def _resume(self) -> None:
+        checkpoint = load_checkpoint(self.output / LAST_CHECKPOINT)
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.start_epoch = int(checkpoint["epoch"]) + 1
+        self.best = checkpoint.get("best")
+
+    # ---------------------------------------------------------------------------------- epochs
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        config = self.config
+        self.train_model.train()
+        self.sampler.set_epoch(epoch)
+        rng = np.random.default_rng([config.seed, epoch, self.dist.rank, 1])
+        iters, accum = len(self.sampler), config.accum_iter
+        total, count, lr = 0.0, 0, 0.0
+        from tqdm import tqdm
+
+        bar = tqdm(self.train_loader, total=iters, desc=f"epoch {epoch}", disable=not (self.progress and self.dist.is_main), leave=False)
+        for step, (images, labels) in enumerate(bar):
+            if step % accum == 0:
+                lr = lr_at(epoch + step / iters, config, self.peak_lr)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr * group["lr_scale"]
+            images = images.to(self.device, non_blocking=True)
+            images, targets = self.mixup(images, self.label_to_class[labels.to(self.device)], rng)
+            update = (step + 1) % accum == 0 or step + 1 == iters
+            sync = contextlib.nullcontext() if update or self.dist.world_size == 1 else self.train_model.no_sync()
+            with sync:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    logits = self.train_model(images)
+                loss = soft_target_ce(logits.float(), targets, self.class_weight)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}")
+                self.scaler.scale(loss / accum).backward()
+            if update:
+                if config.clip_grad is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+            total, count = total + loss.item(), count + 1
+            bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{lr:.2e}", refresh=False)
+        return {"train_loss": total / max(count, 1), "lr": lr}
+
+    @torch.no_grad()
+    def predict(self, source: FaceSource) -> tuple[np.ndarray, np.ndarray, float]:
+        """(labels, attack scores, mean cross-entropy) over ``source``, sharded across ranks."""
+        self.model.eval()
+        mine = list(range(self.dist.rank, len(source), self.dist.world_size))
+        batch = 2 * (self.config.batch_size or 32)
+        loader = DataLoader(Subset(EvalFaces(source, self.eval_transform), mine), batch_size=batch, num_workers=self.config.num_workers)
+        indices, scores, losses = [], [], []
+        for images, labels, index in loader:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                logits = self.model(images.to(self.device)).float()
+            classes = self.label_to_class[labels.to(self.device)]
+            losses.append(F.cross_entropy(logits, classes, reduction="none").cpu())
+            scores.append(torch.softmax(logits, dim=-1)[:, self.classes.attack_index].cpu())
+            indices.append(index)
+        part = (torch.cat(indices).tolist(), torch.cat(scores).tolist(), torch.cat(losses).tolist()) if indices else ([], [], [])
+        parts = [part]
+        if self.dist.world_size > 1:
+            parts = [None] * self.dist.world_size  # type: ignore[list-item]
+            dist.all_gather_object(parts, part)
+        order = np.array([i for p in parts for i in p[0]])
+        sort = np.argsort(order)
+        all_scores = np.array([s for p in parts for s in p[1]])[sort]
+        all_losses = np.array([x for p in parts for x in p[2]])[sort]
+        labels = np.array([item.label for item in source.items])
+        return labels, all_scores, float(all_losses.mean())
+
+    def validate(self) -> dict[str, Any]:
+        """Validation loss, metrics, the selection value, and thresholds calibrated on the scores."""
+        assert self.val_source is not None
+        labels, scores, loss = self.predict(self.val_source)
+        videos = [item.video for item in self.val_source.items]
+        report = set_report(ScoredSet("val", labels, scores, videos), self.config.task, 0.5)
+        metrics = {"val_loss": loss} | calibration_metrics(labels, scores, videos)
+        hter = report.get("fas_protocol", {}).get("hter_at_test_eer_threshold", report["frame"]["eer"])
+        selection = {"loss": loss, "auc": -report["frame"]["auc"], "hter": hter}[self.config.selection or "loss"]
+        thresholds = calibrated_thresholds(labels, scores, self.config.target_fprs, self.config.default_threshold)
+        return {"metrics": metrics, "selection": selection, "thresholds": thresholds.model_dump(mode="json")}
+
+    def run(self) -> FinetuneResult:
+        config = self.config
+        assert config.epochs is not None
+        if self.dist.is_main:
+            config.save(self.output / CONFIG_FILE)
+            write_mean_std(self.output / MEAN_STD_FILE, self.normalization)
+        best_name = BEST_CHECKPOINT[config.selection or "loss"]
+        last_metrics: dict[str, float] = {}
+        try:
+            for epoch in range(self.start_epoch, config.epochs):
+                stats = self.train_epoch(epoch)
+                extra: dict[str, Any] = {"metrics": {}}
+                if self.val_source is not None:
+                    val = self.validate()
+                    extra = {"metrics": val["metrics"], "thresholds": val["thresholds"]}
+                    if self.best is None or val["selection"] < self.best["value"]:
+                        self.best = {"epoch": epoch, "value": val["selection"], "metric": config.selection}
+                        self.save(self.output / best_name, epoch, extra)
+                last_metrics = extra["metrics"]
+                self.save(self.output / LAST_CHECKPOINT, epoch, extra)
+                self._log({"epoch": epoch, **stats, **last_metrics})
+            best_path = self.output / best_name
+            if self.val_source is None:  # nothing to select with: the last epoch is the result
+                self.best = {"epoch": config.epochs - 1, "value": None, "metric": None}
+                best_path = self.output / LAST_CHECKPOINT
+            test_report = self._test(best_path) if config.test else None
+        finally:
+            if self.dist.initialised_here:
+                dist.destroy_process_group()
+        assert self.best is not None
+        best_meta = load_checkpoint(best_path).get("fsfm", {}) if self.dist.is_main else {}
+        return FinetuneResult(best_path, self.output / LAST_CHECKPOINT, int(self.best["epoch"]), best_meta.get("metrics", last_metrics), test_report)
+
+    def _log(self, row: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        with open(self.output / LOG_FILE, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.progress:
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+    def _test(self, best_path: Path) -> dict[str, Any] | None:
+        """Cross-dataset evaluation of the selected checkpoint on the test sets (rank 0)."""
+        if not self.dist.is_main:
+            return None
+        from fsfm.assets import cache_dir
+
+        checkpoint = load_checkpoint(best_path)
+        self.model.load_state_dict(checkpoint["model"])
+        thresholds = checkpoint["fsfm"].get("thresholds", {})
+        scorer = TorchScorer(
+            self.model, self.normalization, self.classes, best_path.name, self.config.eval_resize,
+            float(thresholds.get("default", 0.5)), "default", self.device,
+        )
+        cache = self.config.faces_cache or cache_dir() / "faces"
+        sources = [open_source(spec, cache) for spec in self.config.test]
+        return evaluate_sets(scorer, sources, self.output / "eval", self.config.task, None, self.config.target_fprs,
+                             batch_size=2 * (self.config.batch_size or 32), workers=self.config.num_workers, progress=self.progress)
+
+
+def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True) -> FinetuneResult:
+    return Finetuner(config, resume=resume, progress=progress).run()
+
+
+if __name__ == "__main__":  # torchrun -m training.finetune --config run.json
+    import typer
+
+    from training.finetune_commands import finetune as finetune_command
+
+    typer.run(finetune_command)

@@ -1,0 +1,90 @@
+"""The configuration of one FSFM pretraining run, saved as ``config.json`` beside its checkpoints.
+
+Defaults are the paper's (method spec §1, §3.4): ViT-B/16, pixel decoder 512-d x 8 blocks x 16 heads,
+rep decoder 2 blocks x 16 heads, projector/predictor 4096 -> 256, CRFR-P at 75 %, norm-pix loss,
+lambda_fr 0.007, lambda_cl 0.1 (SimSiam form), AdamW (0.9, 0.95), weight decay 0.05,
+blr 1.5e-4 scaled by effective batch / 256, 40 warm-up epochs, EMA momentum 0.996 -> 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, Field, model_validator
+
+from fsfm.models.config import ViTConfig, vit_preset
+from training.masking import MASKING_STRATEGIES
+
+
+class PretrainArchitecture(BaseModel):
+    """Shapes of the FSFM pretraining network. The rep decoder's width equals the encoder's (it shares
+    the encoder-wide ``mask_token``), as in every official variant."""
+
+    encoder: ViTConfig = Field(default_factory=lambda: vit_preset("fsfm_vit_base_patch16"))
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    rep_decoder_depth: int = 2
+    rep_decoder_num_heads: int = 16
+    projector_hidden_dim: int = 4096
+    projector_dim: int = 256
+
+
+class PretrainConfig(BaseModel):
+    """Everything a pretraining run needs; ``epochs`` and friends count passes over the data."""
+
+    data: list[Path] = Field(min_length=1, description="prepared face datasets (`fsfm prepare` outputs), concatenated")
+    output_dir: Path
+    model: str = Field(default="fsfm_vit_base_patch16", description="encoder preset; ignored when `architecture` is given")
+    architecture: Optional[PretrainArchitecture] = None
+
+    # Masking and losses.
+    masking: str = "crfr_p"
+    mask_ratio: float = Field(default=0.75, gt=0.0, lt=1.0)
+    norm_pix_loss: bool = True
+    weight_fr: float = 0.007
+    weight_cl: float = 0.1
+    cl_loss: Literal["simsiam", "byol", "infonce"] = "simsiam"
+
+    # Optimisation.
+    epochs: int = Field(default=400, ge=1)
+    warmup_epochs: float = Field(default=40, ge=0)
+    batch_size: int = Field(default=256, ge=1, description="per process (GPU)")
+    accum_iter: int = Field(default=1, ge=1)
+    blr: float = 1.5e-4
+    lr: Optional[float] = Field(default=None, description="absolute peak lr; default blr * effective batch / 256")
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    ema_momentum: float = Field(default=0.996, ge=0.0, le=1.0)
+    clip_grad: Optional[float] = Field(default=None, description="global-norm clipping; the paper used none")
+
+    # Runtime.
+    seed: int = 0
+    num_workers: int = Field(default=8, ge=0)
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        default="auto", description="auto: bf16 on CUDA if supported, else fp16 on CUDA; fp32 on CPU"
+    )
+    device: str = Field(default="auto", description="auto (CUDA when present), cpu or cuda")
+    save_every: int = Field(default=20, ge=1, description="epochs between checkpoints (the last is always saved)")
+
+    @model_validator(mode="after")
+    def _fill_architecture(self) -> "PretrainConfig":
+        if self.architecture is None:
+            self.architecture = PretrainArchitecture(encoder=vit_preset(self.model))
+        if self.masking not in MASKING_STRATEGIES:
+            raise ValueError(f"unknown masking {self.masking!r}; choose from {sorted(MASKING_STRATEGIES)}")
+        return self
+
+    @property
+    def arch(self) -> PretrainArchitecture:
+        assert self.architecture is not None  # filled by the validator
+        return self.architecture
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "PretrainConfig":
+        return cls.model_validate_json(Path(path).read_text())
