@@ -13,6 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[serve,train,dev]'
+	$(PY) -m service.protogen
 	touch $@
 
 install: $(VENV)/.installed
@@ -21,7 +22,9 @@ install: $(VENV)/.installed
 setup: install
 	$(FSFM) setup
 
+# With an empty model repository, a small demo model is built through the real pipeline first.
 run: setup
+	$(PY) -m training.demo --models $(MODELS)
 	$(FSFM) serve --models $(MODELS) --host $(HOST) --port $(PORT) --grpc-port $(GRPC_PORT)
 
 test: setup

@@ -153,12 +153,11 @@ def export(
 ) -> None:
     """Export a fine-tuned checkpoint (official FSFM layout or ours) to a model package."""
     from fsfm.face.crop import Normalization
-    from fsfm.package.manifest import Thresholds
     from training.export import ExportError, export_checkpoint
 
     overrides: dict = {"demo": True} if demo else {}
     if threshold is not None:
-        overrides["thresholds"] = Thresholds(default=threshold)
+        overrides["default_threshold"] = threshold
     try:
         package = export_checkpoint(
             checkpoint,
@@ -191,8 +190,11 @@ from service.commands import serve  # noqa: E402  (its heavy imports are inside 
 app.command()(serve)
 
 from service.worker_command import worker  # noqa: E402  (its heavy imports are inside the command)
+from training.commands import prepare, pretrain  # noqa: E402
+from training.finetune_commands import calibrate, evaluate, finetune  # noqa: E402
 
-app.command()(worker)
+for command in (worker, prepare, pretrain, finetune, evaluate, calibrate):
+    app.command()(command)
 
 if __name__ == "__main__":
     app()

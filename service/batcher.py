@@ -113,6 +113,8 @@ class DynamicBatcher:
         self._update_pending()
         self._arrived.set()
         waiting = asyncio.gather(*(f.future for f in faces))
+        # A cancelled or timed-out request leaves the gather's exception unread; read it here.
+        waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
         timeout = None if deadline is None else deadline - time.monotonic()
         try:
             outputs = await asyncio.wait_for(waiting, timeout)
@@ -165,8 +167,8 @@ class DynamicBatcher:
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Face]) -> None:
         started = time.monotonic()
-        stacked = np.stack([face.tensor for face in batch])
         try:
+            stacked = np.stack([face.tensor for face in batch])
             outputs = await loop.run_in_executor(self._executor, self.engine.run, stacked)
             logits = outputs[self.output_name]
         except Exception as exc:  # an engine failure fails this batch only, never the loop

@@ -20,7 +20,7 @@ from fsfm.face.crop import DLIB_BOX_TRANSFORM, CropSpec, Normalization
 from fsfm.models.checkpoints import classifier_from_state, file_sha256, load_checkpoint, model_state
 from fsfm.models.config import ViTConfig
 from fsfm.models.vit import ViTClassifier
-from fsfm.package.manifest import Architecture, Manifest, OnnxInfo, PackageInfo, Provenance
+from fsfm.package.manifest import Architecture, Manifest, OnnxInfo, PackageInfo, Provenance, Thresholds
 from fsfm.package.repository import ModelPackage, load_package
 
 ONNX_OPSET = 17
@@ -150,6 +150,9 @@ def export_checkpoint(
     fields: dict = {k: meta[k] for k in ("crop", "classes", "thresholds", "demo", "description", "licence") if k in meta}
     if "crop" not in meta:  # an official checkpoint: trained on dlib boxes enlarged 1.3x
         fields["crop"] = CropSpec(box_transform=DLIB_BOX_TRANSFORM)
+    if "default_threshold" in info_overrides:  # keeps the calibrated operating points
+        thresholds = Thresholds.model_validate(fields.get("thresholds", {}))
+        fields["thresholds"] = thresholds.model_copy(update={"default": info_overrides.pop("default_threshold")})
     fields.update(info_overrides)
     provenance = Provenance(
         checkpoint=checkpoint_path.name,
