@@ -37,7 +37,7 @@ from fsfm.imaging import sniff_image_type
 from fsfm.package.manifest import TASKS, Manifest
 from service.core import AnalysisCore, AnalysisOptions, Report
 from service.errors import (
-    AnalysisError, BadInput, DeadlineExceeded, ModelNotFound, Overloaded, TooLarge, UnsupportedMedia,
+    AnalysisError, InvalidRequest, Unauthorized, BadInput, DeadlineExceeded, ModelNotFound, Overloaded, TooLarge, UnsupportedMedia,
 )
 from service.settings import Settings
 from service.video import decode_video, sniff_video_type
@@ -48,17 +48,6 @@ TRANSPORT = "rest"
 UPLOAD_FIELD = "file"
 MAX_FORM_FIELD_BYTES = 1024  # the parameters are short strings; only ``file`` carries data
 CORE_DEADLINE_SLACK_S = 0.25  # lets the core answer its own deadline (and count it) before the door's fires
-
-
-class InvalidRequest(AnalysisError):
-    """The request's form does not match the API (missing upload field, malformed parameter)."""
-
-    http_status = HTTPStatus.UNPROCESSABLE_ENTITY
-
-
-class Unauthorized(AnalysisError):
-    http_status = HTTPStatus.UNAUTHORIZED
-    grpc_code = "UNAUTHENTICATED"
 
 
 # ---- the API's documents ---------------------------------------------------------------------

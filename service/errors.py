@@ -64,3 +64,14 @@ class Unavailable(AnalysisError):
 class InferenceFailed(AnalysisError):
     http_status = HTTPStatus.INTERNAL_SERVER_ERROR
     grpc_code = "INTERNAL"
+
+
+class InvalidRequest(AnalysisError):
+    """The request's form does not match the API (missing upload field, malformed parameter)."""
+
+    http_status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class Unauthorized(AnalysisError):
+    http_status = HTTPStatus.UNAUTHORIZED
+    grpc_code = "UNAUTHENTICATED"

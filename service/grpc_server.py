@@ -42,7 +42,7 @@ from grpc_reflection.v1alpha import reflection
 from fsfm.analysis import FaceResult, Verdict
 from fsfm.imaging import ImageError, ImageLimits, check_size, decode_image
 from fsfm.package.manifest import TASKS, Manifest
-from service.api import Unauthorized
+from service.errors import Unauthorized
 from service.core import AnalysisCore, AnalysisOptions, FrameReport, Report, image_error
 from service.errors import AnalysisError, BadInput, DeadlineExceeded, InferenceFailed, Overloaded
 from service.grpc_stubs import SERVICE_NAME, pb, pb_grpc

@@ -8,7 +8,6 @@ ONNX file run here through ``fsfm.analysis.Analyzer`` (the CLI's path, without t
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import subprocess
 import sys
@@ -27,9 +26,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from PIL import Image
 from skimage import data as skdata
 
-from fsfm.analysis import Analyzer, FaceResult, ImageAnalysis, Verdict
-from fsfm.engines.onnxruntime import OnnxRuntimeEngine
-from fsfm.face.detector import create_detector
+from fsfm.analysis import FaceResult, ImageAnalysis, Verdict
 from fsfm.face.types import DetectedFace
 from fsfm.imaging import decode_image
 from fsfm.package import ModelRepository
@@ -41,6 +38,7 @@ from service.grpc_stubs import SERVICE_NAME, pb, pb_grpc
 from service.settings import Settings
 from tests.faces import ASTRONAUT_FACE_BOX, ASTRONAUT_LANDMARKS, assert_face_at, assert_group_faces
 from tests.no_torch import torchless_env
+from tests.references import Reference, encode, make_reference
 from tests.packages import make_tiny_package
 from tests.servers import REPO_ROOT, RunningServer, metric, running_server, scrape
 
@@ -51,7 +49,6 @@ DEEPFAKE = "tiny-deepfake:1"  # demo model, default threshold 0.4, operating poi
 LIVENESS = "tiny-liveness:1"
 SLOW_QUEUE = 16  # the slow server's queue: faces, at most
 
-Reference = Callable[..., ImageAnalysis]
 
 
 # ---- fixtures and helpers -----------------------------------------------------------------------
@@ -101,23 +98,7 @@ def slow_stub(slow_server) -> Iterator[pb_grpc.FaceSecurityStub]:
 
 @pytest.fixture(scope="module")
 def reference(models, mtcnn_dir) -> Reference:
-    """``reference(image, "name:version", threshold=None)``: what the server should answer."""
-    detector = create_detector()
-    repository = ModelRepository(models)
-    engines: dict[str, OnnxRuntimeEngine] = {}
-
-    def analyze(image: np.ndarray, ref: str = DEEPFAKE, threshold: float | None = None) -> ImageAnalysis:
-        package = repository.get(ref)
-        engine = engines.setdefault(ref, OnnxRuntimeEngine(package.onnx_path))
-        return Analyzer(detector, package.manifest, engine).analyze(image, threshold)
-
-    return analyze
-
-
-def encode(image: np.ndarray, fmt: str = "JPEG") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format=fmt, quality=95)
-    return buffer.getvalue()
+    return make_reference(models, DEEPFAKE)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ and ONNX file run here through ``fsfm.analysis.Analyzer`` (the CLI's path, witho
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import inspect
 import io
 from collections.abc import Callable
@@ -20,11 +19,8 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from fsfm.analysis import Analyzer, ImageAnalysis
-from fsfm.engines.onnxruntime import OnnxRuntimeEngine
-from fsfm.face.detector import create_detector
+from fsfm.analysis import ImageAnalysis
 from fsfm.imaging import ImageLimits, decode_image
-from fsfm.package import ModelRepository
 from fsfm.package.manifest import OperatingPoint, Thresholds
 from service.api import AnalysisResponse, ErrorResponse, ModelsResponse
 from service.commands import serve
@@ -32,6 +28,7 @@ from service.metrics import Metrics
 from service.settings import Settings
 from service.video import decode_video
 from tests.faces import ASTRONAUT_FACE_BOX, ASTRONAUT_LANDMARKS, assert_face_at, assert_group_faces
+from tests.references import Reference, encode, make_reference
 from tests.packages import make_tiny_package
 from tests.servers import REPO_ROOT, RunningServer, metric, running_server, scrape
 from tests.test_imaging import png_bomb
@@ -40,9 +37,7 @@ API_KEYS = ["key-one", "key-two"]
 ORIGIN = "https://console.example"
 DEFAULT_DEEPFAKE = "tiny-deepfake:2"  # the highest version is served by default
 MAX_UPLOAD = 4 * 1024 * 1024
-GRPC = True  # every test server runs both doors
 
-Reference = Callable[..., ImageAnalysis]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +60,7 @@ def server(models, mtcnn_dir) -> RunningServer:
         "api_keys": API_KEYS, "cors_origins": [ORIGIN], "max_upload_bytes": MAX_UPLOAD,
         "max_batch_size": 8, "max_queue_delay_ms": 30, "max_video_frames": 8,
     }
-    with running_server(models, settings, grpc=GRPC) as running:
+    with running_server(models, settings) as running:
         yield running
 
 
@@ -77,23 +72,7 @@ def client(server) -> httpx.Client:
 
 @pytest.fixture(scope="module")
 def reference(models, mtcnn_dir) -> Reference:
-    """``reference(image, "name:version", threshold=None)``: what the server should answer."""
-    detector = create_detector()
-    repository = ModelRepository(models)
-    engines: dict[str, OnnxRuntimeEngine] = {}
-
-    def analyze(image: np.ndarray, ref: str = DEFAULT_DEEPFAKE, threshold: float | None = None) -> ImageAnalysis:
-        package = repository.get(ref)
-        engine = engines.setdefault(ref, OnnxRuntimeEngine(package.onnx_path))
-        return Analyzer(detector, package.manifest, engine).analyze(image, threshold)
-
-    return analyze
-
-
-def encode(image: np.ndarray, fmt: str = "JPEG") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format=fmt, quality=95)
-    return buffer.getvalue()
+    return make_reference(models, DEFAULT_DEEPFAKE)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ import pytest
 from tests.no_torch import MESSAGE, torchless_env
 from tests.packages import make_tiny_package
 from tests.servers import metric, running_server, scrape
-from tests.test_rest import GRPC, answer, encode, error, upload
+from tests.references import encode
+from tests.test_rest import answer, error, upload
 
 QUEUE_DELAY_S = 3.0
 SLOW_BATCHES = {"max_batch_size": 64, "max_queue_delay_ms": QUEUE_DELAY_S * 1000}
@@ -47,7 +48,7 @@ def wait_for_queued(rest_url: str, faces: int, timeout_s: float = 10) -> None:
 
 
 def test_overload_is_refused_at_once_while_admitted_requests_succeed(models, mtcnn_dir, astronaut_jpeg) -> None:
-    with running_server(models, {**SLOW_BATCHES, "max_queue_size": 4}, grpc=GRPC) as server:
+    with running_server(models, {**SLOW_BATCHES, "max_queue_size": 4}) as server:
 
         async def timed(client: httpx.AsyncClient) -> tuple[httpx.Response, float]:
             started = time.monotonic()
@@ -73,7 +74,7 @@ def test_overload_is_refused_at_once_while_admitted_requests_succeed(models, mtc
 
 
 def test_a_request_past_its_deadline_leaves_the_queue(models, mtcnn_dir, astronaut_jpeg) -> None:
-    with running_server(models, {**SLOW_BATCHES, "request_timeout_s": 1.0}, grpc=GRPC) as server:
+    with running_server(models, {**SLOW_BATCHES, "request_timeout_s": 1.0}) as server:
         with httpx.Client(base_url=server.rest_url, timeout=30) as client:
             started = time.monotonic()
             error(upload(client, "/v1/deepfake", astronaut_jpeg), 504, "deadline_exceeded")
@@ -85,7 +86,7 @@ def test_a_request_past_its_deadline_leaves_the_queue(models, mtcnn_dir, astrona
 
 
 def test_sigterm_drains_in_flight_work_refuses_new_work_and_exits(models, mtcnn_dir, astronaut_jpeg) -> None:
-    with running_server(models, SLOW_BATCHES, grpc=GRPC) as server, ThreadPoolExecutor(1) as pool:
+    with running_server(models, SLOW_BATCHES) as server, ThreadPoolExecutor(1) as pool:
         with httpx.Client(base_url=server.rest_url, timeout=30) as client:
             in_flight = pool.submit(upload, client, "/v1/deepfake", astronaut_jpeg)
             wait_for_queued(server.rest_url, 1)
@@ -110,7 +111,7 @@ def test_the_service_runs_without_torch(tmp_path, models, mtcnn_dir, astronaut_j
     blocked = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
     assert blocked.returncode != 0 and MESSAGE in blocked.stderr
     # Default settings otherwise: no API keys, CORS off.
-    with running_server(models, env=env, grpc=GRPC) as server:
+    with running_server(models, env=env) as server:
         with httpx.Client(base_url=server.rest_url, timeout=30) as client:
             (face,) = answer(upload(client, "/v1/deepfake", astronaut_jpeg))["faces"]
             assert face["score"] is not None
