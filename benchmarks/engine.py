@@ -1,0 +1,149 @@
+"""``fsfm bench engine``: engine-only throughput and latency per batch size, and the achieved
+GFLOP/s against the model's FLOPs and the machine's measured matmul peak.
+
+Engines: ``onnxruntime`` (as the service makes it), ``onnxruntime-int8`` (the same graph after
+ONNX Runtime's dynamic int8 quantisation, built on the fly, CPU only), ``torch`` (the package's
+``model.pt``, eager fp32) and ``tensorrt`` (the package's ``model.plan``, NVIDIA GPUs).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.stats import Latency, latency, table
+from fsfm.engines.base import Engine
+from fsfm.package import ModelPackage
+
+ENGINES = ("onnxruntime", "onnxruntime-int8", "torch", "tensorrt")
+
+
+@dataclass
+class EngineRun:
+    """One engine at one batch size."""
+
+    engine: str
+    batch_size: int
+    faces_per_s: float  # batch_size / median batch time
+    batch: Latency  # time per engine call
+    gflops: float  # achieved: model FLOPs per face x faces/s
+    peak_share: float | None  # gflops / the matmul peak measured in the same run
+
+
+def batch_sizes(max_batch: int) -> list[int]:
+    """1, 2, 4, ... up to ``max_batch`` (included even when not a power of two)."""
+    sizes = [1]
+    while sizes[-1] * 2 <= max_batch:
+        sizes.append(sizes[-1] * 2)
+    return sizes if sizes[-1] == max_batch else [*sizes, max_batch]
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """The CPU's float32 matmul rate with every core (numpy's BLAS), best of ``repeats``: the
+    ceiling a ViT, which is almost all matmuls, can approach on this machine."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a @ a  # threads up, pages touched
+    best = min(_seconds(lambda: a @ a) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _seconds(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def time_batches(engine: Engine, batch: np.ndarray, min_seconds: float, min_calls: int) -> list[float]:
+    """Seconds per ``engine.run(batch)``, after one untimed call, until both minimums are met."""
+    engine.run(batch)
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - started < min_seconds:
+        times.append(_seconds(lambda: engine.run(batch)))
+    return times
+
+
+def sweep(
+    engine: Engine,
+    label: str,
+    input_size: int,
+    flops_per_face: int,
+    sizes: Sequence[int],
+    min_seconds: float = 2.0,
+    min_calls: int = 3,
+    peak_gflops: float | None = None,
+) -> list[EngineRun]:
+    """Time ``engine`` at each batch size on random inputs of the model's shape."""
+    rng = np.random.default_rng(0)
+    runs = []
+    for size in sizes:
+        batch = rng.standard_normal((size, 3, input_size, input_size), dtype=np.float32)
+        times = time_batches(engine, batch, min_seconds, min_calls)
+        faces_per_s = size / float(np.median(times))
+        gflops = flops_per_face * faces_per_s / 1e9
+        runs.append(
+            EngineRun(label, size, faces_per_s, latency(times), gflops, gflops / peak_gflops if peak_gflops else None)
+        )
+    return runs
+
+
+def int8_onnx(package: ModelPackage) -> Path:
+    """ONNX Runtime's dynamic int8 quantisation of the package's graph (int8 weights, activations
+    quantised per call), made once and kept in the fsfm cache under the graph's checksum; the
+    package folder is left as it is."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from fsfm.assets import cache_dir
+
+    path = cache_dir() / "bench-int8" / f"{package.manifest.onnx.sha256}.onnx"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        quantize_dynamic(package.onnx_path, partial, weight_type=QuantType.QInt8)
+        os.replace(partial, path)
+    return path
+
+
+def create_bench_engine(kind: str, package: ModelPackage, threads: int | None = None) -> Engine:
+    """The engine ``kind`` for ``package``; the service's own factory for the kinds it serves."""
+    if kind not in ENGINES:
+        raise ValueError(f"unknown engine {kind!r}; choose from {ENGINES}")
+    if kind == "onnxruntime-int8":
+        from fsfm.engines.onnxruntime import OnnxRuntimeEngine
+
+        return OnnxRuntimeEngine(int8_onnx(package), providers=["CPUExecutionProvider"], threads=threads)
+    from service.engines import create_engine
+    from service.settings import Settings
+
+    return create_engine(package, Settings(engine=kind, engine_threads=threads))
+
+
+def output_drift(reference: Engine, other: Engine, inputs: np.ndarray, output_name: str) -> float:
+    """Largest |difference| of ``other``'s outputs from ``reference``'s on ``inputs``."""
+    a = reference.run(inputs)[output_name]
+    b = other.run(inputs)[output_name]
+    return float(np.max(np.abs(a - b)))
+
+
+def engine_table(runs: Sequence[EngineRun]) -> str:
+    return table(
+        ["engine", "batch", "faces/s", "batch p50 ms", "batch p99 ms", "GFLOP/s", "of matmul peak"],
+        [
+            [
+                r.engine, r.batch_size, r.faces_per_s, r.batch.p50_ms, r.batch.p99_ms, r.gflops,
+                "-" if r.peak_share is None else f"{100 * r.peak_share:.0f}%",
+            ]
+            for r in runs
+        ],
+    )
+
+
+def best(runs: Sequence[EngineRun], engine: str | None = None) -> EngineRun | None:
+    """The fastest run (of one engine, when given)."""
+    chosen = [r for r in runs if engine is None or r.engine == engine]
+    return max(chosen, key=lambda r: r.faces_per_s) if chosen else None

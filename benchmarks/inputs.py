@@ -1,0 +1,39 @@
+"""What the benchmarks send: a real photograph with one face, unless the user gives an image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fsfm.face.detector import FaceDetector
+from fsfm.imaging import decode_image
+
+JPEG_QUALITY = 90
+CONTEXT = 2.0  # the crop's side, in face widths: the face with some of its surroundings
+
+
+def one_face_jpeg(detector: FaceDetector, image: Path | None = None) -> bytes:
+    """``image``'s bytes as they are; by default, a JPEG of the largest face of the sample group
+    photo (``fsfm.assets.ensure_sample_photos``) with ``CONTEXT`` face widths of surroundings, so
+    that each request carries exactly one face, as in an identity check."""
+    if image is not None:
+        return Path(image).read_bytes()
+    from fsfm.assets import ensure_sample_photos
+
+    group = decode_image((ensure_sample_photos() / "group.jpg").read_bytes())
+    faces = detector.detect(group)
+    if not faces:
+        raise RuntimeError("the detector found no face in the sample group photo")
+    face = max(faces, key=lambda f: f.width * f.height)
+    cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+    half = CONTEXT * max(face.width, face.height) / 2
+    h, w = group.shape[:2]
+    x1, y1 = int(max(0, cx - half)), int(max(0, cy - half))
+    x2, y2 = int(min(w, cx + half)), int(min(h, cy + half))
+    crop = np.ascontiguousarray(group[y1:y2, x1:x2, ::-1])  # RGB -> BGR for OpenCV
+    ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return encoded.tobytes()
