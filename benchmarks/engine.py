@@ -147,3 +147,58 @@ def best(runs: Sequence[EngineRun], engine: str | None = None) -> EngineRun | No
     """The fastest run (of one engine, when given)."""
     chosen = [r for r in runs if engine is None or r.engine == engine]
     return max(chosen, key=lambda r: r.faces_per_s) if chosen else None
+
+
+@dataclass
+class EngineReport:
+    model: str
+    flops_per_face: int
+    peak_gflops: float
+    runs: list[EngineRun]
+    drift: dict[str, float]  # variant engine -> max |logit difference| from onnxruntime on real faces
+    unavailable: dict[str, str]  # engine -> why it could not run here
+
+
+def run_engines(
+    package: ModelPackage,
+    engines: Sequence[str],
+    sizes: Sequence[int],
+    peak_gflops: float,
+    threads: int | None = None,
+    min_seconds: float = 2.0,
+    faces: np.ndarray | None = None,
+    skip_unavailable: bool = False,
+) -> EngineReport:
+    """Sweep each engine over ``sizes``. ``faces`` (real face crops) measure how far the int8
+    variant's outputs drift from the fp32 graph's. An engine that cannot be made here (no GPU, no
+    ``model.pt``) is recorded in ``unavailable`` when ``skip_unavailable``, else its error raises."""
+    from fsfm.engines.base import EngineError
+
+    manifest = package.manifest
+    flops = manifest.architecture.vit.flops_per_image()
+    report = EngineReport(manifest.ref, flops, peak_gflops, [], {}, {})
+    reference: Engine | None = None
+    for kind in engines:
+        try:
+            engine = create_bench_engine(kind, package, threads)
+        except EngineError as exc:
+            if not skip_unavailable:
+                raise
+            report.unavailable[kind] = str(exc)
+            continue
+        peak = peak_gflops if kind != "onnxruntime-int8" and _on_cpu(engine) else None
+        report.runs += sweep(engine, kind, manifest.crop.size, flops, sizes, min_seconds, peak_gflops=peak)
+        if kind == "onnxruntime":
+            reference = engine
+        elif faces is not None and reference is not None:
+            report.drift[kind] = output_drift(reference, engine, faces, manifest.onnx.output_name)
+    return report
+
+
+def _on_cpu(engine: Engine) -> bool:
+    """Whether the engine runs on the CPU, whose matmul peak the share is taken against."""
+    if engine.name == "onnxruntime":
+        return getattr(engine, "providers", [""])[0] == "CPUExecutionProvider"
+    if engine.name == "torch":
+        return getattr(engine, "device", None) is not None and engine.device.type == "cpu"
+    return False

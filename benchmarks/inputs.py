@@ -9,6 +9,7 @@ import numpy as np
 
 from fsfm.face.detector import FaceDetector
 from fsfm.imaging import decode_image
+from fsfm.package.manifest import Manifest
 
 JPEG_QUALITY = 90
 CONTEXT = 2.0  # the crop's side, in face widths: the face with some of its surroundings
@@ -37,3 +38,17 @@ def one_face_jpeg(detector: FaceDetector, image: Path | None = None) -> bytes:
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return encoded.tobytes()
+
+
+def sample_face_tensors(detector: FaceDetector, manifest: Manifest) -> np.ndarray:
+    """The judged faces of the sample group photo, cropped and normalised for ``manifest``'s model:
+    real inputs for comparing an engine variant's outputs with the original's."""
+    from fsfm.analysis import prepare_faces
+    from fsfm.assets import ensure_sample_photos
+
+    group = decode_image((ensure_sample_photos() / "group.jpg").read_bytes())
+    prepared = prepare_faces(group, detector.detect(group), manifest)
+    tensors = [p.tensor for p in prepared if p.tensor is not None]
+    if not tensors:
+        raise RuntimeError("no face of the sample group photo is large enough for the model")
+    return np.stack(tensors)

@@ -13,18 +13,21 @@ the requests still in flight are awaited, so the next level starts on an empty q
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import httpx
 
 from benchmarks.stats import Latency, latency, table
 from fsfm.imaging import decode_image
-from service.local_server import MetricSamples, metric, parse_metrics
+from fsfm.package import ModelPackage
+from service.local_server import MetricSamples, metric, parse_metrics, running_server
 
 PROTOCOLS = ("rest", "grpc", "stream")
 CLIENT_TIMEOUT_S = 600.0  # the server's own deadline answers first
@@ -180,6 +183,7 @@ class GrpcStreamClient(_GrpcClient):
         finally:
             stream.cancel()
 
+
 def load_client(protocol: str, target: Target, data: bytes, concurrency: int) -> LoadClient:
     if protocol == "rest":
         return RestClient(target, data, concurrency)
@@ -313,3 +317,16 @@ def serve_table(results: Sequence[LevelResult]) -> str:
             for r in results
         ],
     )
+
+
+@contextmanager
+def served(package: ModelPackage, settings: Mapping[str, object]) -> Iterator[Target]:
+    """``fsfm serve`` in a child process on free loopback ports, serving only ``package`` (through
+    a temporary repository that links to it), with ``settings`` as its ``FSFM_*`` variables."""
+    manifest = package.manifest
+    with tempfile.TemporaryDirectory(prefix="fsfm-bench-") as tmp:
+        link = Path(tmp) / manifest.name / str(manifest.version)
+        link.parent.mkdir()
+        link.symlink_to(package.path.resolve(), target_is_directory=True)
+        with running_server(Path(tmp), settings, startup_timeout_s=300) as server:
+            yield Target(server.rest_url, server.grpc_target, task=manifest.task, model=manifest.ref)

@@ -196,5 +196,9 @@ from training.finetune_commands import calibrate, evaluate, finetune  # noqa: E4
 for command in (worker, prepare, pretrain, finetune, evaluate, calibrate):
     app.command()(command)
 
+from benchmarks.commands import bench_app  # noqa: E402  (its heavy imports are inside the commands)
+
+app.add_typer(bench_app, name="bench")
+
 if __name__ == "__main__":
     app()

@@ -54,9 +54,21 @@ class _Signals:
         (self.second if self.first.is_set() else self.first).set()
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int) -> socket.socket:
+    """The REST listening socket, made with an explicit ``IPPROTO_TCP``: asyncio turns Nagle's
+    algorithm off (TCP_NODELAY) only on connections whose socket says so, and without it every
+    response after the first on a keep-alive connection waited ~40 ms for the client's delayed ACK
+    (measured with ``fsfm bench serve``: REST p50 84 ms vs gRPC 38 ms for the same request)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(socket.SOMAXCONN)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _url_host(host: str) -> str:
@@ -69,7 +81,7 @@ async def serve(settings: Settings, grpc: bool = True) -> int:
     signals = _Signals()
     signals.install(loop)
     core = AnalysisCore(settings)
-    rest_socket = _listen(settings.host, settings.port)
+    rest_socket = listen(settings.host, settings.port)
     rest = _RestServer(
         uvicorn.Config(
             create_app(core, settings), lifespan="off", log_config=None, server_header=False,

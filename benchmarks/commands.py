@@ -1,0 +1,191 @@
+"""``fsfm bench engine | pipeline | serve | report``, registered in ``fsfm.cli``. Heavy imports
+live in the command bodies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+bench_app = typer.Typer(
+    help="Measure speed: engine-only, per pipeline stage, and the service end to end under load.",
+    no_args_is_help=True,
+)
+
+MODEL_HELP = "Benchmark model (random weights, exported once into the fsfm cache): vit-b16, vit-s16, vit-tiny16, test-tiny."
+PACKAGE_HELP = "A model package folder (models/<name>/<version>) to measure instead of --model."
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        _fail(f"{what} must be positive integers separated by commas, got {text!r}")
+    return values
+
+
+def _package(model: str, package: Optional[Path]):
+    from fsfm.package import PackageError
+    from fsfm.package.repository import load_package
+
+    from benchmarks.models import ensure_bench_package
+
+    try:
+        return load_package(package) if package is not None else ensure_bench_package(model)
+    except (PackageError, ValueError) as exc:
+        _fail(str(exc))
+
+
+def _detector(min_face_size: int):
+    from fsfm.face.detector import DetectorConfig, create_detector
+
+    try:
+        return create_detector(DetectorConfig(min_face_size=min_face_size))
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+
+
+def _write_json(path: Optional[Path], value: object) -> None:
+    if path is not None:
+        from benchmarks.stats import write_json
+
+        write_json(path, value)
+        typer.echo(f"wrote {path}")
+
+
+@bench_app.command("engine")
+def engine(
+    model: str = typer.Option("vit-b16", help=MODEL_HELP),
+    package: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help=PACKAGE_HELP),
+    engines: str = typer.Option("onnxruntime,torch", "--engines", help="Comma-separated: onnxruntime, onnxruntime-int8, torch, tensorrt."),
+    max_batch: int = typer.Option(8, min=1, help="Batch sizes 1, 2, 4, ... up to this."),
+    threads: Optional[int] = typer.Option(None, min=1, help="ONNX Runtime intra-op threads (default: all cores)."),
+    min_seconds: float = typer.Option(2.0, min=0.0, help="Time each batch size for at least this long (and 3 calls)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
+) -> None:
+    """Engine-only faces/s and latency per batch size, and GFLOP/s against the model's FLOPs and
+    the machine's matmul peak (measured first)."""
+    from fsfm.engines.base import EngineError
+
+    from benchmarks.engine import ENGINES, batch_sizes, engine_table, matmul_peak_gflops, run_engines
+    from benchmarks.inputs import sample_face_tensors
+    from benchmarks.targets import checks_table, engine_checks
+
+    kinds = [k.strip() for k in engines.split(",") if k.strip()]
+    if unknown := [k for k in kinds if k not in ENGINES]:
+        _fail(f"unknown engines {unknown}; choose from {list(ENGINES)}")
+    chosen = _package(model, package)
+    faces = sample_face_tensors(_detector(20), chosen.manifest) if len(kinds) > 1 else None
+    peak = matmul_peak_gflops()
+    typer.echo(f"{chosen.manifest.ref}: {chosen.manifest.architecture.vit.flops_per_image() / 1e9:.3g} GFLOP per face; "
+               f"fp32 matmul peak of this machine: {peak:.0f} GFLOP/s")
+    try:
+        report = run_engines(chosen, kinds, batch_sizes(max_batch), peak, threads, min_seconds, faces)
+    except EngineError as exc:
+        _fail(str(exc))
+    typer.echo(engine_table(report.runs))
+    for kind, drift in report.drift.items():
+        typer.echo(f"{kind}: max |logit - onnxruntime's| on {len(faces)} real faces = {drift:.3g}")
+    if checks := engine_checks(report.runs):
+        typer.echo(checks_table(checks))
+    _write_json(json_out, report)
+
+
+@bench_app.command("pipeline")
+def pipeline(
+    model: str = typer.Option("vit-b16", help=MODEL_HELP),
+    package: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help=PACKAGE_HELP),
+    image: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Request image (default: a one-face JPEG from the sample group photo)."),
+    engine_kind: str = typer.Option("onnxruntime", "--engine", help="onnxruntime | onnxruntime-int8 | torch | tensorrt."),
+    repeats: int = typer.Option(10, min=1),
+    min_face_size: int = typer.Option(20, min=8, help="The detector's smallest face, as the service's FSFM_MIN_FACE_SIZE."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
+) -> None:
+    """The cost of each stage of one request: decode, detect, crop, infer, encode."""
+    from fsfm.engines.base import EngineError
+
+    from benchmarks.engine import create_bench_engine
+    from benchmarks.inputs import one_face_jpeg
+    from benchmarks.pipeline import bench_pipeline, pipeline_table
+
+    chosen = _package(model, package)
+    detector = _detector(min_face_size)
+    try:
+        result = bench_pipeline(one_face_jpeg(detector, image), chosen, detector, create_bench_engine(engine_kind, chosen), repeats)
+    except (EngineError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{chosen.manifest.ref}, {result.width}x{result.height} image ({result.image_bytes:,} bytes), "
+               f"{result.faces} judged face(s), engine {engine_kind}, median of {repeats}:")
+    typer.echo(pipeline_table(result))
+    _write_json(json_out, result)
+
+
+@bench_app.command("serve")
+def serve(
+    url: Optional[str] = typer.Option(None, help="A running service's REST base URL; default: start one on loopback."),
+    grpc_target: Optional[str] = typer.Option(None, help="That service's gRPC address (host:port), for grpc and stream."),
+    api_key: Optional[str] = typer.Option(None, envvar="FSFM_BENCH_API_KEY", help="x-api-key for a service with keys."),
+    task: str = typer.Option("deepfake", help="The task to ask a running service for."),
+    model: str = typer.Option("vit-b16", help=MODEL_HELP + " (when starting the service)"),
+    package: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help=PACKAGE_HELP),
+    protocols: str = typer.Option("rest,grpc,stream", "--protocols", help="Comma-separated: rest, grpc (AnalyzeImage), stream (Analyze)."),
+    concurrency: str = typer.Option("1,4,16,32", help="Comma-separated concurrency levels."),
+    duration: float = typer.Option(20.0, min=1.0, help="Seconds of measurement per level, after its warm-up."),
+    image: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Request image (default: a one-face JPEG from the sample group photo)."),
+    max_batch_size: int = typer.Option(8, min=1, help="The started service's FSFM_MAX_BATCH_SIZE."),
+    max_queue_delay_ms: float = typer.Option(5.0, min=0.0, help="The started service's FSFM_MAX_QUEUE_DELAY_MS."),
+    engine_kind: str = typer.Option("onnxruntime", "--engine", help="The started service's engine."),
+    engine_threads: Optional[int] = typer.Option(None, min=1, help="The started service's ONNX Runtime threads."),
+    baseline: bool = typer.Option(True, help="When starting the service: measure its engine alone first, for the targets."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
+) -> None:
+    """Drive the service at each concurrency level: throughput, p50/p95/p99 latency, mean batch
+    size (from its metrics) and errors. Without --url, starts `fsfm serve` on free loopback ports
+    with only the chosen model, and compares with the engine alone."""
+    import asyncio
+
+    from benchmarks.engine import batch_sizes, matmul_peak_gflops, run_engines
+    from benchmarks.inputs import one_face_jpeg
+    from benchmarks.serve import PROTOCOLS, Target, served, serve_table, sweep
+    from benchmarks.targets import checks_table, service_checks
+
+    kinds = [p.strip() for p in protocols.split(",") if p.strip()]
+    if unknown := [p for p in kinds if p not in PROTOCOLS]:
+        _fail(f"unknown protocols {unknown}; choose from {list(PROTOCOLS)}")
+    levels = _int_list(concurrency, "--concurrency")
+    data = one_face_jpeg(_detector(20), image)
+    results = []
+
+    def show(level) -> None:
+        results.append(level)
+        typer.echo(serve_table([level]).splitlines()[-1] if len(results) > 1 else serve_table([level]))
+
+    if url is not None:
+        target = Target(url.rstrip("/"), grpc_target, task=task, api_key=api_key)
+        asyncio.run(sweep(target, data, kinds, levels, duration, show))
+        _write_json(json_out, {"levels": results})
+        return
+    chosen = _package(model, package)
+    engine_report = None
+    if baseline:
+        engine_report = run_engines(chosen, [engine_kind], batch_sizes(max_batch_size), matmul_peak_gflops(), engine_threads)
+    settings = {"max_batch_size": max_batch_size, "max_queue_delay_ms": max_queue_delay_ms, "engine": engine_kind,
+                "max_queue_size": max(256, 4 * max(levels))}
+    if engine_threads is not None:
+        settings["engine_threads"] = engine_threads
+    with served(chosen, settings) as target:
+        asyncio.run(sweep(target, data, kinds, levels, duration, show))
+    if engine_report is not None:
+        from benchmarks.engine import engine_table
+
+        typer.echo(engine_table(engine_report.runs))
+        typer.echo(checks_table(service_checks(engine_report.runs, results, engine_kind, max_queue_delay_ms)))
+    _write_json(json_out, {"engine": engine_report, "levels": results})
