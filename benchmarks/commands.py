@@ -154,7 +154,7 @@ def serve(
 
     from benchmarks.engine import batch_sizes, matmul_peak_gflops, run_engines
     from benchmarks.inputs import one_face_jpeg
-    from benchmarks.serve import PROTOCOLS, Target, served, serve_table, sweep
+    from benchmarks.serve import PROTOCOLS, Target, plan, served, serve_table, sweep
     from benchmarks.targets import checks_table, service_checks
 
     kinds = [p.strip() for p in protocols.split(",") if p.strip()]
@@ -170,7 +170,7 @@ def serve(
 
     if url is not None:
         target = Target(url.rstrip("/"), grpc_target, task=task, api_key=api_key)
-        asyncio.run(sweep(target, data, kinds, levels, duration, show))
+        asyncio.run(sweep(target, data, plan(kinds, levels), duration, show))
         _write_json(json_out, {"levels": results})
         return
     chosen = _package(model, package)
@@ -182,10 +182,36 @@ def serve(
     if engine_threads is not None:
         settings["engine_threads"] = engine_threads
     with served(chosen, settings) as target:
-        asyncio.run(sweep(target, data, kinds, levels, duration, show))
+        asyncio.run(sweep(target, data, plan(kinds, levels), duration, show))
     if engine_report is not None:
         from benchmarks.engine import engine_table
 
         typer.echo(engine_table(engine_report.runs))
         typer.echo(checks_table(service_checks(engine_report.runs, results, engine_kind, max_queue_delay_ms)))
     _write_json(json_out, {"engine": engine_report, "levels": results})
+
+
+@bench_app.command("report")
+def report(
+    models: str = typer.Option("vit-b16,vit-s16", help="Comma-separated benchmark models (see `fsfm bench engine --help`)."),
+    output: Path = typer.Option(Path("docs/performance.md"), help="The Markdown report to (re)write."),
+    json_out: Path = typer.Option(Path("docs/performance.json"), "--json", help="The numbers, as JSON."),
+    duration: float = typer.Option(30.0, min=0.5, help="Seconds of measurement per load level."),
+    min_seconds: float = typer.Option(3.0, min=0.0, help="Seconds of timing per engine batch size."),
+    max_batch: int = typer.Option(8, min=1, help="Engine batch sizes 1, 2, 4, ... up to this."),
+    repository: Optional[Path] = typer.Option(None, help="Where the benchmark models are kept (default: the fsfm cache)."),
+) -> None:
+    """Run every benchmark for each model and rewrite the performance report: the machine, the
+    engines alone, one request stage by stage, the service under load, and the targets."""
+    from benchmarks.models import BENCH_MODELS
+    from benchmarks.report import ReportOptions, run_report
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if unknown := [m for m in names if m not in BENCH_MODELS]:
+        _fail(f"unknown benchmark models {unknown}; choose from {sorted(BENCH_MODELS)}")
+    _detector(20)  # fails early and clearly without the detector's weights
+    options = ReportOptions(
+        models=names, duration_s=duration, min_seconds=min_seconds, max_batch=max_batch, repository=repository
+    )
+    run_report(options, output, json_out, say=typer.echo)
+    typer.echo(f"wrote {output} and {json_out}")

@@ -59,8 +59,7 @@ def _seconds(call: Callable[[], object]) -> float:
 
 
 def time_batches(engine: Engine, batch: np.ndarray, min_seconds: float, min_calls: int) -> list[float]:
-    """Seconds per ``engine.run(batch)``, after one untimed call, until both minimums are met."""
-    engine.run(batch)
+    """Seconds per ``engine.run(batch)`` until both minimums are met."""
     times: list[float] = []
     started = time.perf_counter()
     while len(times) < min_calls or time.perf_counter() - started < min_seconds:
@@ -77,17 +76,25 @@ def sweep(
     min_seconds: float = 2.0,
     min_calls: int = 3,
     peak_gflops: float | None = None,
+    rounds: int = 3,
 ) -> list[EngineRun]:
-    """Time ``engine`` at each batch size on random inputs of the model's shape."""
+    """Time ``engine`` at each batch size on random inputs of the model's shape. The sizes take
+    turns over ``rounds`` rounds (each round a share of ``min_seconds`` and ``min_calls``), so a
+    slow spell of a shared machine spreads over all of them instead of skewing one."""
     rng = np.random.default_rng(0)
+    batches = {size: rng.standard_normal((size, 3, input_size, input_size), dtype=np.float32) for size in sizes}
+    times: dict[int, list[float]] = {size: [] for size in sizes}
+    for batch in batches.values():
+        engine.run(batch)  # first calls allocate and tune
+    for _ in range(rounds):
+        for size, batch in batches.items():
+            times[size] += time_batches(engine, batch, min_seconds / rounds, max(1, -(-min_calls // rounds)))
     runs = []
-    for size in sizes:
-        batch = rng.standard_normal((size, 3, input_size, input_size), dtype=np.float32)
-        times = time_batches(engine, batch, min_seconds, min_calls)
-        faces_per_s = size / float(np.median(times))
+    for size, measured in times.items():
+        faces_per_s = size / float(np.median(measured))
         gflops = flops_per_face * faces_per_s / 1e9
         runs.append(
-            EngineRun(label, size, faces_per_s, latency(times), gflops, gflops / peak_gflops if peak_gflops else None)
+            EngineRun(label, size, faces_per_s, latency(measured), gflops, gflops / peak_gflops if peak_gflops else None)
         )
     return runs
 

@@ -291,17 +291,21 @@ def _mean_change(before: MetricSamples, after: MetricSamples, histogram: str, **
     return total / count if count > 0 else None
 
 
+def plan(protocols: Sequence[str], levels: Sequence[int]) -> list[tuple[str, int]]:
+    """Every protocol at every concurrency level, protocol by protocol."""
+    return [(protocol, concurrency) for protocol in protocols for concurrency in levels]
+
+
 async def sweep(
-    target: Target, data: bytes, protocols: Sequence[str], levels: Sequence[int], duration_s: float,
+    target: Target, data: bytes, runs: Sequence[tuple[str, int]], duration_s: float,
     report: Callable[[LevelResult], None] = lambda _: None,
 ) -> list[LevelResult]:
-    """Every protocol at every concurrency level, in order; ``report`` sees each result as it comes."""
+    """Each (protocol, concurrency) level in order; ``report`` sees each result as it comes."""
     results = []
-    for protocol in protocols:
-        for concurrency in levels:
-            result = await run_level(protocol, target, data, concurrency, duration_s)
-            report(result)
-            results.append(result)
+    for protocol, concurrency in runs:
+        result = await run_level(protocol, target, data, concurrency, duration_s)
+        report(result)
+        results.append(result)
     return results
 
 

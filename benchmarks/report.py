@@ -1,0 +1,236 @@
+"""``fsfm bench report``: every benchmark, for each model, in one run, written to
+``docs/performance.md`` (and the numbers to ``docs/performance.json``).
+
+Per model: the engines alone (ONNX Runtime fp32 and dynamic int8, torch; TensorRT where a GPU and
+TensorRT are present), one request stage by stage, and the service started on loopback with its
+default batching, driven over REST, gRPC and gRPC streams; then the targets, evaluated on these
+numbers. The models have random weights: speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.engine import EngineReport, batch_sizes, engine_table, matmul_peak_gflops, run_engines
+from benchmarks.inputs import one_face_jpeg, sample_face_tensors
+from benchmarks.models import BENCH_MODELS, ensure_bench_package
+from benchmarks.pipeline import PipelineResult, bench_pipeline, pipeline_table
+from benchmarks.serve import LevelResult, served, serve_table, sweep
+from benchmarks.stats import table, write_json
+from benchmarks.targets import Check, checks_table, engine_checks, service_checks
+from fsfm.face.detector import create_detector
+from fsfm.package import ModelPackage
+
+CPU_ENGINES = ("onnxruntime", "onnxruntime-int8", "torch")
+# The service as it ships (its batching defaults), driven at these levels.
+SERVICE_SETTINGS: dict[str, object] = {"max_batch_size": 8, "max_queue_delay_ms": 5.0}
+LOAD_PLAN: list[tuple[str, int]] = [("rest", 1), ("rest", 8), ("rest", 32), ("grpc", 32), ("stream", 8)]
+
+
+@dataclass
+class ReportOptions:
+    models: Sequence[str] = ("vit-b16", "vit-s16")
+    duration_s: float = 30.0  # per load level
+    min_seconds: float = 3.0  # per engine batch size
+    max_batch: int = 8
+    pipeline_repeats: int = 10
+    load_plan: Sequence[tuple[str, int]] = tuple(LOAD_PLAN)
+    repository: Path | None = None  # where the benchmark models are cached (default: the fsfm cache)
+
+
+@dataclass
+class ModelReport:
+    name: str
+    preset: str
+    input_size: int
+    gflops_per_face: float
+    engine: EngineReport
+    pipeline: PipelineResult
+    service_settings: dict[str, object]
+    load: list[LevelResult]
+    checks: list[Check] = field(default_factory=list)
+
+
+def machine() -> dict[str, object]:
+    """What the numbers were measured on."""
+    import numpy
+    import onnxruntime
+
+    info: dict[str, object] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": _cpu_model(),
+        "cores": len(os.sched_getaffinity(0)),
+        "memory_gib": round(_mem_total_kib() / 2**20, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime_providers": onnxruntime.get_available_providers(),
+        "gpu": gpu_name(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _mem_total_kib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1])
+    return 0
+
+
+def gpu_name() -> str | None:
+    """The CUDA GPU torch sees, or None (no GPU, or no CUDA build of torch)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def with_gpu_engines(package: ModelPackage) -> tuple[list[str], str | None]:
+    """The engines to measure: the CPU ones, plus TensorRT when a GPU is here (its plan is built
+    into the cached benchmark package first). Returns the list and why TensorRT was left out."""
+    if gpu_name() is None:
+        return list(CPU_ENGINES), "no CUDA GPU on this machine"
+    if package.plan_path is None or not package.plan_path.is_file():
+        from training.tensorrt_build import add_plan_to_package
+
+        try:
+            add_plan_to_package(package, precision="fp16", min_batch=1, opt_batch=8, max_batch=32)
+        except RuntimeError as exc:  # EngineError (TensorRT or CUDA Python missing) is a RuntimeError
+            return list(CPU_ENGINES), str(exc)
+    return [*CPU_ENGINES, "tensorrt"], None
+
+
+def measure_model(name: str, options: ReportOptions, peak: float, say: Callable[[str], None]) -> ModelReport:
+    package = ensure_bench_package(name, options.repository)
+    vit = package.manifest.architecture.vit
+    detector = create_detector()
+    engines, left_out = with_gpu_engines(package)
+    say(f"{name}: engines {', '.join(engines)}")
+    engine_report = run_engines(
+        package, engines, batch_sizes(options.max_batch), peak, min_seconds=options.min_seconds,
+        faces=sample_face_tensors(detector, package.manifest), skip_unavailable=True,
+    )
+    if left_out:
+        engine_report.unavailable["tensorrt"] = left_out
+    say(engine_table(engine_report.runs))
+    from benchmarks.engine import create_bench_engine
+
+    data = one_face_jpeg(detector)
+    pipeline = bench_pipeline(data, package, detector, create_bench_engine("onnxruntime", package), options.pipeline_repeats)
+    say(pipeline_table(pipeline))
+    served_engine = "tensorrt" if "tensorrt" in engines else "onnxruntime"
+    settings = {**SERVICE_SETTINGS, "engine": served_engine}
+    with served(package, settings) as target:
+        load = asyncio.run(sweep(target, data, options.load_plan, options.duration_s, lambda r: say(serve_table([r]))))
+    report = ModelReport(
+        name, BENCH_MODELS[name][0], vit.img_size, vit.flops_per_image() / 1e9, engine_report, pipeline, settings, load
+    )
+    report.checks = engine_checks(engine_report.runs) + service_checks(
+        engine_report.runs, load, served_engine, float(settings["max_queue_delay_ms"])
+    )
+    return report
+
+
+def run_report(options: ReportOptions, markdown: Path, json_path: Path, say: Callable[[str], None] = print) -> None:
+    info = machine()
+    peak = matmul_peak_gflops()
+    info["fp32_matmul_peak_gflops"] = round(peak, 1)
+    say(f"fp32 matmul peak: {peak:.0f} GFLOP/s")
+    reports = [measure_model(name, options, peak, say) for name in options.models]
+    write_json(json_path, {"machine": info, "options": options, "models": reports})
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.write_text(render(info, reports, json_path.name))
+
+
+def render(info: dict[str, object], reports: Sequence[ModelReport], json_name: str) -> str:
+    lines = [
+        "# Performance",
+        "",
+        f"Generated by `fsfm bench report` on {info['date']}; the numbers are also in `{json_name}`. "
+        "Do not edit by hand: rerun the command. Models have random weights of the stated "
+        "architecture (speed does not depend on the weights); requests carry one real face "
+        "(a JPEG cut from the sample group photo).",
+        "",
+        "## Machine",
+        "",
+        table(["", ""], [
+            ["CPU", f"{info['cpu']}, {info['cores']} cores available"],
+            ["memory", f"{info['memory_gib']} GiB"],
+            ["GPU", info["gpu"] or "none"],
+            ["fp32 matmul peak (numpy, 2048^3, all cores)", f"{info['fp32_matmul_peak_gflops']} GFLOP/s"],
+            ["software", f"Python {info['python']}, ONNX Runtime {info['onnxruntime']} "
+                         f"({', '.join(info['onnxruntime_providers'])}), torch {info['torch']}, numpy {info['numpy']}"],
+        ]),
+        "",
+        "## Targets",
+        "",
+    ]
+    for report in reports:
+        lines += [f"**{report.name}**", "", checks_table(report.checks), ""]
+    for report in reports:
+        lines += _model_section(report)
+    return "\n".join(lines)
+
+
+def _model_section(report: ModelReport) -> list[str]:
+    engine = report.engine
+    lines = [
+        f"## {report.name} ({report.preset}, {report.input_size} px, {report.gflops_per_face:.1f} GFLOP per face)",
+        "",
+        "### Engine alone",
+        "",
+        "Random inputs of the model's shape; faces/s from the median time per call.",
+        "",
+        engine_table(engine.runs),
+        "",
+    ]
+    for kind, drift in engine.drift.items():
+        lines.append(f"- {kind}: largest |logit difference| from ONNX Runtime fp32 on the sample photo's real faces: {drift:.3g}")
+    for kind, why in engine.unavailable.items():
+        lines.append(f"- {kind}: not measured ({why})")
+    pipeline = report.pipeline
+    lines += [
+        "",
+        "### One request, stage by stage",
+        "",
+        f"{pipeline.width}x{pipeline.height} JPEG ({pipeline.image_bytes:,} bytes), {pipeline.faces} face; "
+        "each stage alone on an idle machine (median); ONNX Runtime fp32.",
+        "",
+        pipeline_table(pipeline),
+        "",
+        "### Service under load",
+        "",
+        f"`fsfm serve` on loopback with {', '.join(f'{k}={v}' for k, v in report.service_settings.items())}, "
+        "driven from a separate process by closed-loop clients (see `benchmarks/serve.py`); "
+        "mean batch size and stage times from the service's own metrics over the same window.",
+        "",
+        serve_table(report.load),
+        "",
+        table(["protocol", "concurrency", *(f"{s} ms" for s in ("decode", "detect", "queue", "infer", "total"))], [
+            [r.protocol, r.concurrency, *(r.stage_ms.get(s, float("nan")) for s in ("decode", "detect", "queue", "infer", "total"))]
+            for r in report.load
+        ]),
+        "",
+    ]
+    return lines
