@@ -144,6 +144,7 @@ def serve(
     max_queue_delay_ms: float = typer.Option(5.0, min=0.0, help="The started service's FSFM_MAX_QUEUE_DELAY_MS."),
     engine_kind: str = typer.Option("onnxruntime", "--engine", help="The started service's engine."),
     engine_threads: Optional[int] = typer.Option(None, min=1, help="The started service's ONNX Runtime threads."),
+    precision: str = typer.Option("fp32", help="The started service's FSFM_PRECISION: fp32 | int8 (needs a package with an int8 variant)."),
     baseline: bool = typer.Option(True, help="When starting the service: measure its engine alone first, for the targets."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
@@ -154,40 +155,45 @@ def serve(
 
     from benchmarks.engine import batch_sizes, matmul_peak_gflops, run_engines
     from benchmarks.inputs import one_face_jpeg
-    from benchmarks.serve import PROTOCOLS, Target, plan, served, serve_table, sweep
+    from benchmarks.serve import PROTOCOLS, Target, level_line, plan, served, serve_table, sweep
     from benchmarks.targets import checks_table, service_checks
+    from service.local_server import ServerProcessError
 
     kinds = [p.strip() for p in protocols.split(",") if p.strip()]
     if unknown := [p for p in kinds if p not in PROTOCOLS]:
         _fail(f"unknown protocols {unknown}; choose from {list(PROTOCOLS)}")
     levels = _int_list(concurrency, "--concurrency")
     data = one_face_jpeg(_detector(20), image)
-    results = []
 
     def show(level) -> None:
-        results.append(level)
-        typer.echo(serve_table([level]).splitlines()[-1] if len(results) > 1 else serve_table([level]))
+        typer.echo(level_line(level))
 
     if url is not None:
         target = Target(url.rstrip("/"), grpc_target, task=task, api_key=api_key)
-        asyncio.run(sweep(target, data, plan(kinds, levels), duration, show))
+        results = asyncio.run(sweep(target, data, plan(kinds, levels), duration, show))
+        typer.echo(serve_table(results))
         _write_json(json_out, {"levels": results})
         return
     chosen = _package(model, package)
+    baseline_engine = "onnxruntime-int8" if precision == "int8" else engine_kind
     engine_report = None
     if baseline:
-        engine_report = run_engines(chosen, [engine_kind], batch_sizes(max_batch_size), matmul_peak_gflops(), engine_threads)
+        engine_report = run_engines(chosen, [baseline_engine], batch_sizes(max_batch_size), matmul_peak_gflops(), engine_threads)
     settings = {"max_batch_size": max_batch_size, "max_queue_delay_ms": max_queue_delay_ms, "engine": engine_kind,
-                "max_queue_size": max(256, 4 * max(levels))}
+                "precision": precision, "max_queue_size": max(256, 4 * max(levels))}
     if engine_threads is not None:
         settings["engine_threads"] = engine_threads
-    with served(chosen, settings) as target:
-        asyncio.run(sweep(target, data, plan(kinds, levels), duration, show))
+    try:
+        with served(chosen, settings) as target:
+            results = asyncio.run(sweep(target, data, plan(kinds, levels), duration, show))
+    except ServerProcessError as exc:
+        _fail(f"the service did not start: {exc}")
+    typer.echo(serve_table(results))
     if engine_report is not None:
         from benchmarks.engine import engine_table
 
         typer.echo(engine_table(engine_report.runs))
-        typer.echo(checks_table(service_checks(engine_report.runs, results, engine_kind, max_queue_delay_ms)))
+        typer.echo(checks_table(service_checks(engine_report.runs, results, baseline_engine, max_queue_delay_ms)))
     _write_json(json_out, {"engine": engine_report, "levels": results})
 
 

@@ -1,14 +1,13 @@
 """``fsfm bench engine``: engine-only throughput and latency per batch size, and the achieved
 GFLOP/s against the model's FLOPs and the machine's measured matmul peak.
 
-Engines: ``onnxruntime`` (as the service makes it), ``onnxruntime-int8`` (the same graph after
-ONNX Runtime's dynamic int8 quantisation, built on the fly, CPU only), ``torch`` (the package's
-``model.pt``, eager fp32) and ``tensorrt`` (the package's ``model.plan``, NVIDIA GPUs).
+Engines: ``onnxruntime`` (as the service makes it), ``onnxruntime-int8`` (the package's int8
+variant from ``fsfm quantize``, or the same quantisation made on the fly; CPU), ``torch`` (the
+package's ``model.pt``, eager fp32) and ``tensorrt`` (the package's ``model.plan``, NVIDIA GPUs).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,13 +42,16 @@ def batch_sizes(max_batch: int) -> list[int]:
     return sizes if sizes[-1] == max_batch else [*sizes, max_batch]
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """The CPU's float32 matmul rate with every core (numpy's BLAS), best of ``repeats``: the
-    ceiling a ViT, which is almost all matmuls, can approach on this machine."""
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    a @ a  # threads up, pages touched
-    best = min(_seconds(lambda: a @ a) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
+def matmul_peak_gflops(sizes: Sequence[int] = (2048, 4096), repeats: int = 3) -> float:
+    """The CPU's float32 matmul rate with every core (numpy's BLAS): the best of ``repeats`` square
+    products of each size. The ceiling a ViT, which is almost all matmuls, can approach here."""
+    rng = np.random.default_rng(0)
+    best = 0.0
+    for n in sizes:
+        a = rng.standard_normal((n, n), dtype=np.float32)
+        a @ a  # threads up, pages touched
+        best = max(best, 2 * n**3 / min(_seconds(lambda: a @ a) for _ in range(repeats)) / 1e9)
+    return best
 
 
 def _seconds(call: Callable[[], object]) -> float:
@@ -100,19 +102,18 @@ def sweep(
 
 
 def int8_onnx(package: ModelPackage) -> Path:
-    """ONNX Runtime's dynamic int8 quantisation of the package's graph (int8 weights, activations
-    quantised per call), made once and kept in the fsfm cache under the graph's checksum; the
-    package folder is left as it is."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+    """The package's int8 variant (``fsfm quantize``), or, for a package without one, the same
+    quantisation made once and kept in the fsfm cache under the graph's checksum (the package
+    folder is left as it is)."""
+    if package.int8_path is not None and package.int8_path.is_file():
+        return package.int8_path
     from fsfm.assets import cache_dir
+    from training.quantize import quantize_int8
 
     path = cache_dir() / "bench-int8" / f"{package.manifest.onnx.sha256}.onnx"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        quantize_dynamic(package.onnx_path, partial, weight_type=QuantType.QInt8)
-        os.replace(partial, path)
+        quantize_int8(package.onnx_path, path)
     return path
 
 

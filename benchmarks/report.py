@@ -21,7 +21,7 @@ from benchmarks.engine import EngineReport, batch_sizes, engine_table, matmul_pe
 from benchmarks.inputs import one_face_jpeg, sample_face_tensors
 from benchmarks.models import BENCH_MODELS, ensure_bench_package
 from benchmarks.pipeline import PipelineResult, bench_pipeline, pipeline_table
-from benchmarks.serve import LevelResult, served, serve_table, sweep
+from benchmarks.serve import LevelResult, level_line, served, serve_table, sweep
 from benchmarks.stats import table, write_json
 from benchmarks.targets import Check, checks_table, engine_checks, service_checks
 from fsfm.face.detector import create_detector
@@ -142,7 +142,7 @@ def measure_model(name: str, options: ReportOptions, peak: float, say: Callable[
     served_engine = "tensorrt" if "tensorrt" in engines else "onnxruntime"
     settings = {**SERVICE_SETTINGS, "engine": served_engine}
     with served(package, settings) as target:
-        load = asyncio.run(sweep(target, data, options.load_plan, options.duration_s, lambda r: say(serve_table([r]))))
+        load = asyncio.run(sweep(target, data, options.load_plan, options.duration_s, lambda r: say(level_line(r))))
     report = ModelReport(
         name, BENCH_MODELS[name][0], vit.img_size, vit.flops_per_image() / 1e9, engine_report, pipeline, settings, load
     )
@@ -178,7 +178,7 @@ def render(info: dict[str, object], reports: Sequence[ModelReport], json_name: s
             ["CPU", f"{info['cpu']}, {info['cores']} cores available"],
             ["memory", f"{info['memory_gib']} GiB"],
             ["GPU", info["gpu"] or "none"],
-            ["fp32 matmul peak (numpy, 2048^3, all cores)", f"{info['fp32_matmul_peak_gflops']} GFLOP/s"],
+            ["fp32 matmul peak (numpy's BLAS, best 2048² or 4096² product, all cores)", f"{info['fp32_matmul_peak_gflops']} GFLOP/s"],
             ["software", f"Python {info['python']}, ONNX Runtime {info['onnxruntime']} "
                          f"({', '.join(info['onnxruntime_providers'])}), torch {info['torch']}, numpy {info['numpy']}"],
         ]),

@@ -309,6 +309,15 @@ async def sweep(
     return results
 
 
+def level_line(r: LevelResult) -> str:
+    """One finished level, as a progress line."""
+    errors = ", ".join(f"{k}: {v}" for k, v in sorted(r.errors.items())) or "none"
+    batch = "-" if r.mean_batch_size is None else f"{r.mean_batch_size:.2f}"
+    return (f"{r.protocol} c={r.concurrency}: {r.requests_per_s:.3g} req/s, {r.faces_per_s:.3g} faces/s, "
+            f"p50/p95/p99 {r.latency.p50_ms:.0f}/{r.latency.p95_ms:.0f}/{r.latency.p99_ms:.0f} ms, "
+            f"mean batch {batch}, errors {errors}")
+
+
 def serve_table(results: Sequence[LevelResult]) -> str:
     return table(
         ["protocol", "concurrency", "requests", "req/s", "faces/s", "p50 ms", "p95 ms", "p99 ms", "mean batch", "errors"],

@@ -191,9 +191,9 @@ app.command()(serve)
 
 from service.worker_command import worker  # noqa: E402  (its heavy imports are inside the command)
 from training.commands import prepare, pretrain  # noqa: E402
-from training.finetune_commands import calibrate, evaluate, finetune  # noqa: E402
+from training.finetune_commands import calibrate, evaluate, finetune, quantize  # noqa: E402
 
-for command in (worker, prepare, pretrain, finetune, evaluate, calibrate):
+for command in (worker, prepare, pretrain, finetune, evaluate, calibrate, quantize):
     app.command()(command)
 
 from benchmarks.commands import bench_app  # noqa: E402  (its heavy imports are inside the commands)

@@ -192,6 +192,7 @@ class Readiness(BaseModel):
     draining: bool
     models: list[str]
     queue: str
+    precision: str = Field(description="fp32, or int8 (each package's int8 ONNX variant)")
 
 
 _ERROR_EXAMPLES: dict[int, tuple[str, str]] = {

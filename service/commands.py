@@ -33,6 +33,7 @@ def serve(
     grpc_port: Optional[int] = option("grpc_port", "gRPC port; 0 picks a free port."),
     engine: Optional[str] = option("engine", "onnxruntime | tensorrt | torch."),
     engine_threads: Optional[int] = option("engine_threads", "ONNX Runtime intra-op threads."),
+    precision: Optional[str] = option("precision", "fp32 | int8 (each package's variant from `fsfm quantize`)."),
     queue: Optional[str] = option("queue", "local (in-process) or a redis:// URL."),
     max_batch_size: Optional[int] = option("max_batch_size", "Faces per engine call, at most."),
     max_queue_delay_ms: Optional[float] = option("max_queue_delay_ms", "Longest wait for a batch to fill."),

@@ -137,7 +137,7 @@ class AnalysisCore:
             model.backend.start()
             self.metrics.model_ready.labels(model.label).set(1)
         self.ready = True
-        log.info("serving %s", ", ".join(self.models) or "no models")
+        log.info("serving %s (%s)", ", ".join(self.models) or "no models", self.settings.precision)
 
     def _load(self, package: ModelPackage) -> ServedModel:
         """Local queue: an engine, warmed up, behind a dynamic batcher. Redis queue: the workers hold
@@ -186,6 +186,7 @@ class AnalysisCore:
             "draining": self.draining,
             "models": sorted(self.models),
             "queue": self.settings.queue if self.settings.queue == "local" else "redis",
+            "precision": self.settings.precision,
         }
         if backend_errors:
             details["backend_errors"] = backend_errors
@@ -321,7 +322,7 @@ class AnalysisCore:
             results = judge(faces, logits[offset : offset + judged], manifest, threshold)
             offset += judged
             reports.append(FrameReport(index, time_s, results))
-        overall = self._verdict(reports, manifest, threshold, is_video)
+        overall = overall_verdict(reports, manifest, threshold, is_video)
         timing = {"decode": decode_s, "detect": detect_s, "queue": queue_s, "infer": infer_s}
         return Report(
             request_id=uuid.uuid4().hex,
@@ -345,16 +346,16 @@ class AnalysisCore:
             prepared.append(prepare_faces(image, faces, manifest))
         return prepared
 
-    @staticmethod
-    def _verdict(frames: list[FrameReport], manifest: Manifest, threshold: float, is_video: bool) -> Verdict:
-        """Image: the most suspicious face. Video: the mean over frames of each frame's most
-        suspicious face (FSFM's video score is the mean of frame scores)."""
-        if not is_video:
-            return verdict(frames[0].faces, manifest, threshold)
-        per_frame = [verdict(f.faces, manifest, threshold) for f in frames]
-        scores = [v.score for v in per_frame if v.score is not None]
-        if not scores:
-            any_face = any(f.faces for f in frames)
-            return Verdict(None, None, "no_judged_face" if any_face else "no_face")
-        mean = float(np.mean(scores))
-        return Verdict(label_for(mean, threshold, manifest), mean)
+
+def overall_verdict(frames: list[FrameReport], manifest: Manifest, threshold: float, is_video: bool) -> Verdict:
+    """Image: the most suspicious face. Video: the mean over frames of each frame's most
+    suspicious face (FSFM's video score is the mean of frame scores)."""
+    if not is_video:
+        return verdict(frames[0].faces, manifest, threshold)
+    per_frame = [verdict(f.faces, manifest, threshold) for f in frames]
+    scores = [v.score for v in per_frame if v.score is not None]
+    if not scores:
+        any_face = any(f.faces for f in frames)
+        return Verdict(None, None, "no_judged_face" if any_face else "no_face")
+    mean = float(np.mean(scores))
+    return Verdict(label_for(mean, threshold, manifest), mean)

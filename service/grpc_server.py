@@ -43,7 +43,7 @@ from fsfm.analysis import FaceResult, Verdict
 from fsfm.imaging import ImageError, ImageLimits, check_size, decode_image
 from fsfm.package.manifest import TASKS, Manifest
 from service.errors import Unauthorized
-from service.core import AnalysisCore, AnalysisOptions, FrameReport, Report, image_error
+from service.core import AnalysisCore, AnalysisOptions, FrameReport, Report, image_error, overall_verdict
 from service.errors import AnalysisError, BadInput, DeadlineExceeded, InferenceFailed, Overloaded
 from service.grpc_stubs import SERVICE_NAME, pb, pb_grpc
 from service.settings import Settings
@@ -171,7 +171,7 @@ class StreamAggregate:
         if self._scale is None or not self._window:
             return Verdict(None, None, "no_face")
         manifest, threshold = self._scale
-        return AnalysisCore._verdict(list(self._window), manifest, threshold, is_video=True)
+        return overall_verdict(list(self._window), manifest, threshold, is_video=True)
 
     def message(self) -> pb.Aggregate:
         scores = self.window_scores()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fsfm.face.detector import DetectorConfig
@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC port (0: any free port)")
     engine: Literal["onnxruntime", "tensorrt", "torch"] = Field(default="onnxruntime", description="inference engine")
     engine_threads: int | None = Field(default=None, ge=1, description="ONNX Runtime intra-op threads (default: all cores)")
+    precision: Literal["fp32", "int8"] = Field(
+        default="fp32", description="ONNX Runtime graph: fp32 (model.onnx) or each package's int8 variant (fsfm quantize)"
+    )
     queue: str = Field(default="local", description='"local" (in-process) or a redis:// URL (Redis Streams)')
 
     # Dynamic batching (Triton's semantics).
@@ -51,6 +54,12 @@ class Settings(BaseSettings):
     grpc_tls_cert: Path | None = None
     grpc_tls_key: Path | None = None
     shutdown_grace_s: float = Field(default=20.0, ge=0, description="drain time for in-flight work on SIGTERM")
+
+    @model_validator(mode="after")
+    def _int8_on_onnxruntime(self) -> "Settings":
+        if self.precision == "int8" and self.engine != "onnxruntime":
+            raise ValueError(f"precision int8 is an ONNX Runtime graph; engine {self.engine} has its own precision")
+        return self
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

@@ -19,6 +19,7 @@ def worker(
     metrics_port: Optional[int] = option("metrics_port", "Port of /metrics, /healthz and /readyz; 0 picks one."),
     engine: Optional[str] = option("engine", "onnxruntime | tensorrt | torch."),
     engine_threads: Optional[int] = option("engine_threads", "ONNX Runtime intra-op threads."),
+    precision: Optional[str] = option("precision", "fp32 | int8 (each package's variant from `fsfm quantize`)."),
     max_batch_size: Optional[int] = option("max_batch_size", "Faces per engine call, at most."),
     max_queue_delay_ms: Optional[float] = option("max_queue_delay_ms", "Longest wait for a batch to fill."),
     claim_timeout_s: Optional[float] = option(

@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import kubernetes_validate
@@ -116,7 +117,9 @@ def test_the_api_image_is_slim_and_the_worker_image_has_the_gpu_runtimes() -> No
     assert base.startswith("nvidia/cuda:")
     assert all(package in worker_stage for package in ("onnxruntime-gpu", "tensorrt-cu12", "cuda-python"))
     ignored = set((REPO_ROOT / ".dockerignore").read_text().split())
-    assert not ignored & {"pyproject.toml", "README.md", "fsfm", "service", "training", "proto"}
+    find = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = {pattern.rstrip("*") for pattern in find["include"]}  # what the wheel is built from
+    assert "benchmarks" in packages and not ignored & ({"pyproject.toml", "README.md", "proto"} | packages)
 
 
 def test_kubernetes_manifests_follow_the_kubernetes_schema() -> None:

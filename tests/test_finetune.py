@@ -33,7 +33,7 @@ from training.demo import DEMO_ENCODER, build_demo_model, prepare_astronaut_face
 from training.evaluate import PackageScorer, checkpoint_scorer, score_source
 from training.export import export_checkpoint
 from training.finetune import Finetuner, FinetuneResult, Mixup, initial_model, layer_decay_groups, lr_at, soft_target_ce
-from training.finetune_commands import calibrate, evaluate, finetune
+from training.finetune_commands import calibrate, evaluate, finetune, quantize
 from training.finetune_config import DataSpec, FinetuneConfig
 from training.finetune_data import (
     PreparedFaces,
@@ -172,6 +172,13 @@ def test_export_evaluate_and_calibrate_the_finetuned_model(sbi_run: FinetuneResu
     calibrated = Manifest.load(package.path)
     assert calibrated.provenance.metrics["calibration_samples"] == 96
     assert calibrated.thresholds.for_target_fpr(0.01).fpr <= 0.01
+
+    # The int8 variant of a trained model, judged on the same held-out faces.
+    result = runner.invoke(_cli(quantize, calibrate), ["quantize", "--model", str(package.path), "--heldout", f"folder:{folder},name=heldout", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    (check,) = Manifest.load(package.path).onnx_int8.heldout
+    assert check.set == "heldout" and check.faces == 96 and check.auc_fp32 == pytest.approx(frame["auc"], abs=1e-6)
+    assert abs(check.auc_int8 - check.auc_fp32) < 0.05 and check.label_agreement >= 0.9
 
 
 def test_official_checkpoints_load_into_finetuning_and_export(faces: dict[str, Path], tmp_path: Path, one_thread: None) -> None:

@@ -10,15 +10,13 @@ new data they hold only as far as that data resembles the validation set.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fsfm.package.manifest import MANIFEST_FILE, Manifest, OperatingPoint, Thresholds
+from fsfm.package.manifest import Manifest, OperatingPoint, Thresholds
 from training.metrics import binary_report, eer, threshold_for_fpr, video_scores
 
 if TYPE_CHECKING:
@@ -72,10 +70,7 @@ def update_manifest(package_dir: Path, thresholds: Thresholds, metrics: dict[str
         }
     )
     updated = manifest.model_copy(update={"thresholds": thresholds, "provenance": provenance})
-    Manifest.model_validate(updated.model_dump())  # re-check before replacing the file
-    tmp = package_dir / f".{MANIFEST_FILE}.tmp"
-    tmp.write_text(json.dumps(updated.model_dump(mode="json"), indent=2) + "\n")
-    os.replace(tmp, package_dir / MANIFEST_FILE)
+    updated.replace_in(package_dir)
     return updated
 
 

@@ -55,13 +55,14 @@ class PackageScorer:
 
     mode: EvalMode = "resize"
 
-    def __init__(self, package: ModelPackage, threads: int | None = None) -> None:
+    def __init__(self, package: ModelPackage, threads: int | None = None, onnx_path: Path | None = None) -> None:
+        """``onnx_path``: another graph of the package (e.g. its int8 variant) instead of ``model.onnx``."""
         from fsfm.engines.onnxruntime import OnnxRuntimeEngine
 
         self.manifest = package.manifest
         self.name = self.manifest.ref
         self.size = self.manifest.architecture.vit.img_size
-        self.engine = OnnxRuntimeEngine(package.onnx_path, threads=threads)
+        self.engine = OnnxRuntimeEngine(onnx_path or package.onnx_path, threads=threads)
         self.threshold, self.threshold_source = self.manifest.thresholds.default, "default"
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:

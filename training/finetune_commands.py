@@ -162,3 +162,34 @@ def calibrate(
     typer.echo(f"{manifest.ref}: default threshold {manifest.thresholds.default:.4f}")
     for point in manifest.thresholds.operating_points:
         typer.echo(f"  {point.name:12s} threshold {point.threshold:.4f}  fpr {point.fpr:.4f}  tpr {point.tpr:.4f}")
+
+
+def quantize(
+    model: str = typer.Option(..., help="Model package: its folder, or NAME or NAME:VERSION in --models."),
+    heldout: list[str] = typer.Option(..., help="Held-out set(s) (as --val of calibrate) on which the int8 variant is judged against fp32."),
+    models: Path = typer.Option(Path("models"), envvar="FSFM_MODELS", help="Model repository folder."),
+    batch_size: int = typer.Option(64, min=1),
+    workers: int = typer.Option(2, min=0),
+    faces_cache: Optional[Path] = typer.Option(None, help="Where faces extracted from benchmark videos are kept."),
+) -> None:
+    """Add an int8 ONNX variant (ONNX Runtime dynamic quantisation) to a package, with its accuracy
+    against fp32 on held-out faces recorded in the manifest; `fsfm serve --precision int8` serves it."""
+    from fsfm.assets import cache_dir
+    from fsfm.package.repository import ModelRepository, PackageError, load_package
+    from training.finetune_data import DataError, open_source
+    from training.quantize import add_int8_to_package
+
+    try:
+        package = load_package(Path(model)) if Path(model).is_dir() else ModelRepository(models).get(model)
+        cache = faces_cache or cache_dir() / "faces"
+        sources = [open_source(spec, cache) for spec in _specs(heldout)]
+        package = add_int8_to_package(package, sources, batch_size, workers)
+    except (PackageError, DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    info = package.manifest.onnx_int8
+    assert info is not None
+    typer.echo(f"{package.manifest.ref}: wrote {package.int8_path}")
+    for check in info.heldout:
+        auc = "" if check.auc_fp32 is None else f"AUC fp32 {check.auc_fp32:.4f} int8 {check.auc_int8:.4f}, "
+        typer.echo(f"  {check.set}: {check.faces} faces, {auc}max |score diff| {check.max_abs_score_diff:.4f}, "
+                   f"labels agree on {check.label_agreement:.1%}")

@@ -12,7 +12,6 @@ after attention can overflow.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from fsfm.engines.tensorrt import current_device_name, require_tensorrt, trt_logger
@@ -118,8 +117,5 @@ def add_plan_to_package(
         max_batch=max_batch,
         workspace_gib=workspace_gib,
     )
-    manifest = package.manifest.model_copy(update={"tensorrt": info})
-    with tempfile.TemporaryDirectory(dir=package.path, prefix=".manifest-") as staging:
-        written = manifest.save(Path(staging))
-        os.replace(written, package.path / written.name)
+    package.manifest.model_copy(update={"tensorrt": info}).replace_in(package.path)
     return load_package(package.path)

@@ -7,6 +7,7 @@ preprocessing (crop, normalisation) and the output semantics live here, never in
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -108,6 +109,27 @@ class TensorRTInfo(BaseModel):
     tensorrt_version: str
 
 
+class HeldOutCheck(BaseModel):
+    """A held-out set scored by the fp32 graph and by a quantised variant: what quantising cost."""
+
+    set: str
+    faces: int = Field(ge=1)
+    auc_fp32: float | None = Field(default=None, description="None when the set holds one class only")
+    auc_int8: float | None = None
+    max_abs_score_diff: float = Field(ge=0, description="largest |attack score difference| over the set's faces")
+    mean_abs_score_diff: float = Field(ge=0)
+    label_agreement: float = Field(ge=0, le=1, description="share of faces labelled alike at the default threshold")
+
+
+class Int8Info(BaseModel):
+    """The package's int8 ONNX variant (``fsfm quantize``), served with ``FSFM_PRECISION=int8``."""
+
+    file: str = "model.int8.onnx"
+    method: str
+    sha256: str
+    heldout: list[HeldOutCheck] = Field(min_length=1, description="its accuracy against fp32 on held-out faces")
+
+
 class Provenance(BaseModel):
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
@@ -150,6 +172,7 @@ class Manifest(PackageInfo):
     architecture: Architecture
     onnx: OnnxInfo
     tensorrt: TensorRTInfo | None = None
+    onnx_int8: Int8Info | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "Manifest":
@@ -164,6 +187,16 @@ class Manifest(PackageInfo):
     def save(self, folder: Path) -> Path:
         path = Path(folder) / MANIFEST_FILE
         path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+        return path
+
+    def replace_in(self, folder: Path) -> Path:
+        """Rewrite ``folder``'s manifest with this one atomically: a reader (a service loading the
+        repository) sees the old file or the new one, never part of one."""
+        Manifest.model_validate(self.model_dump())  # re-check before replacing the file
+        path = Path(folder) / MANIFEST_FILE
+        tmp = Path(folder) / f".{MANIFEST_FILE}.tmp"
+        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+        os.replace(tmp, path)
         return path
 
     @classmethod

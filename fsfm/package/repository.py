@@ -27,6 +27,10 @@ class ModelPackage:
         return self.path / self.manifest.onnx.file
 
     @property
+    def int8_path(self) -> Path | None:
+        return self.path / self.manifest.onnx_int8.file if self.manifest.onnx_int8 else None
+
+    @property
     def plan_path(self) -> Path | None:
         return self.path / self.manifest.tensorrt.file if self.manifest.tensorrt else None
 
