@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks.engine import EngineRun, batch_sizes, run_engines
 from benchmarks.pipeline import STAGES, bench_pipeline
-from benchmarks.serve import LevelResult, Target, plan, served, sweep
+from benchmarks.serve import LevelResult, Target, completion_rate, plan, served, sweep
 from benchmarks.stats import Latency, latency, table
 from benchmarks.targets import engine_checks, service_checks
 from fsfm.face.detector import create_detector
@@ -63,6 +63,14 @@ def test_latency_percentiles() -> None:
     assert summary.p99_ms == pytest.approx(99.01)
     assert summary.max_ms == pytest.approx(100)
     assert latency([]).count == 0
+
+
+def test_completion_rate_is_the_slope_of_a_staircase_wherever_the_window_cuts_it() -> None:
+    for offset in (0.05, 1.0, 2.25):  # 8 answers every 2.3 s, the window starting anywhere in a period
+        ends = [offset + step * 2.3 + i * 0.002 for step in range(13) for i in range(8)]
+        assert completion_rate(ends, [1] * len(ends), 30.0) == pytest.approx(8 / 2.3, rel=1e-3)
+        assert completion_rate(ends, [2] * len(ends), 30.0) == pytest.approx(16 / 2.3, rel=1e-3)
+    assert completion_rate([0.5, 1.5], [1, 3], 2.0) == 2.0  # too few answers for a slope: amount / window
 
 
 def test_table_is_markdown() -> None:
