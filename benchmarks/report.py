@@ -228,7 +228,7 @@ def _model_section(report: ModelReport) -> list[str]:
         serve_table(report.load),
         "",
         table(["protocol", "concurrency", *(f"{s} ms" for s in ("decode", "detect", "queue", "infer", "total"))], [
-            [r.protocol, r.concurrency, *(r.stage_ms.get(s, float("nan")) for s in ("decode", "detect", "queue", "infer", "total"))]
+            [r.protocol, r.concurrency, *(r.stage_ms.get(s, "-") for s in ("decode", "detect", "queue", "infer", "total"))]
             for r in report.load
         ]),
         "",
