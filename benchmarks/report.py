@@ -17,7 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.engine import EngineReport, batch_sizes, engine_table, matmul_peak_gflops, run_engines
+from benchmarks.engine import (
+    EngineReport, batch_sizes, create_bench_engine, engine_table, matmul_peak_gflops, run_engines,
+)
 from benchmarks.inputs import one_face_jpeg, sample_face_tensors
 from benchmarks.models import BENCH_MODELS, ensure_bench_package
 from benchmarks.pipeline import PipelineResult, bench_pipeline, pipeline_table
@@ -134,8 +136,6 @@ def measure_model(name: str, options: ReportOptions, peak: float, say: Callable[
     if left_out:
         engine_report.unavailable["tensorrt"] = left_out
     say(engine_table(engine_report.runs))
-    from benchmarks.engine import create_bench_engine
-
     data = one_face_jpeg(detector)
     pipeline = bench_pipeline(data, package, detector, create_bench_engine("onnxruntime", package), options.pipeline_repeats)
     say(pipeline_table(pipeline))

@@ -74,7 +74,6 @@ def running_server(
     grpc: bool = True,
     env: Mapping[str, str] | None = None,
     startup_timeout_s: float = 60.0,
-    cwd: Path | None = None,
 ) -> Iterator[RunningServer]:
     """Serve ``models``; ``settings`` are Settings fields (host, ports and a short drain grace are
     preset), ``env`` the whole environment of the process (default: this one's)."""
@@ -82,7 +81,7 @@ def running_server(
     process_env = {**(env if env is not None else os.environ), **settings_env(chosen), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "fsfm.cli", "serve", "--models", str(models), *([] if grpc else ["--no-grpc"])]
     process = subprocess.Popen(
-        command, cwd=cwd, env=process_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command, env=process_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     server = RunningServer(process, "", None, float(chosen["shutdown_grace_s"]) + STOP_MARGIN_S)
     serving = _follow(server)
