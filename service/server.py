@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from service.api import create_app
+from service.rest.app import create_app
 from service.core import AnalysisCore
 from service.settings import Settings
 

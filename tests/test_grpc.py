@@ -26,14 +26,15 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from PIL import Image
 from skimage import data as skdata
 
-from fsfm.analysis import FaceResult, ImageAnalysis, Verdict
+from fsfm.analysis import FaceResult, ImageAnalysis
 from fsfm.face.types import DetectedFace
 from fsfm.imaging import decode_image
 from fsfm.package import ModelRepository
 from fsfm.package.manifest import OperatingPoint, Thresholds
 from service import protogen
-from service.core import AnalysisCore, FrameReport, Report
-from service.grpc_server import REASON_KEY, RETRY_AFTER_KEY, StreamAggregate, start_grpc_server
+from service.core import AnalysisCore, FrameReport, StreamAggregate
+from service.grpc_messages import aggregate_message
+from service.grpc_server import REASON_KEY, RETRY_AFTER_KEY, start_grpc_server
 from service.grpc_stubs import SERVICE_NAME, pb, pb_grpc
 from service.settings import Settings
 from tests.faces import ASTRONAUT_FACE_BOX, ASTRONAUT_LANDMARKS, assert_face_at, assert_group_faces
@@ -457,7 +458,7 @@ def test_reflection_lists_and_describes_the_service(server) -> None:
         assert {SERVICE_NAME, "grpc.health.v1.Health"} <= set(database.get_services())
         pool = descriptor_pool.DescriptorPool(database)
         service = pool.FindServiceByName(SERVICE_NAME)
-        assert {m.name for m in service.methods} == {"Analyze", "AnalyzeImage", "ListModels"}
+        assert {m.name for m in service.methods} == {"Analyze", "AnalyzeImage", "AnalyzeVideo", "ListModels"}
         assert service.file.name == "fsfm/v1/analysis.proto"
         assert "aggregate" in pool.FindMessageTypeByName("fsfm.v1.FrameResult").fields_by_name
 
@@ -481,33 +482,33 @@ def test_an_api_key_is_required(stub, astronaut_jpeg, metadata, expected_reason)
 # ---- the aggregate, unit -------------------------------------------------------------------------
 
 
-def _report(manifest, threshold: float, scores: list[float | None]) -> Report:
-    """A one-frame report whose faces have these scores (None: a face too small to judge)."""
+def _report(manifest, threshold: float, scores: list[float | None]) -> tuple[FrameReport, object, float]:
+    """A frame whose faces have these scores (None: a face too small to judge), its model and threshold."""
     face = DetectedFace(np.zeros(4, np.float32), np.zeros((5, 2), np.float32), 0.99)
     results = [FaceResult(face, s, "x", threshold) if s is not None else FaceResult(face, skip_reason="face_too_small")
                for s in scores]
-    return Report("id", manifest, threshold, "request", [FrameReport(0, 0.0, results)], Verdict(None, None))
+    return FrameReport(0, 0.0, results), manifest, threshold
 
 
 def test_the_stream_aggregate_covers_a_window_of_analysed_frames(models) -> None:
     manifest = ModelRepository(models).get(DEEPFAKE).manifest
     aggregate = StreamAggregate(window=3)
-    assert aggregate.message().verdict == pb.Verdict(reason="no_face")
-    aggregate.add(_report(manifest, 0.5, []))
-    assert aggregate.message().verdict == pb.Verdict(reason="no_face")
-    aggregate.add(_report(manifest, 0.5, [None]))
-    assert aggregate.message().verdict == pb.Verdict(reason="no_judged_face")
-    aggregate.add(_report(manifest, 0.5, [0.2, 0.9]))
+    assert aggregate_message(aggregate.snapshot()).verdict == pb.Verdict(reason="no_face")
+    aggregate.add(*_report(manifest, 0.5, []))
+    assert aggregate_message(aggregate.snapshot()).verdict == pb.Verdict(reason="no_face")
+    aggregate.add(*_report(manifest, 0.5, [None]))
+    assert aggregate_message(aggregate.snapshot()).verdict == pb.Verdict(reason="no_judged_face")
+    aggregate.add(*_report(manifest, 0.5, [0.2, 0.9]))
     aggregate.add_failure()
-    aggregate.add(_report(manifest, 0.5, [0.1]))  # the empty frame leaves the window
-    message = aggregate.message()
+    aggregate.add(*_report(manifest, 0.5, [0.1]))  # the empty frame leaves the window
+    message = aggregate_message(aggregate.snapshot())
     assert (message.frames_seen, message.frames_failed, message.faces_seen) == (5, 1, 4)
     assert (message.window_frames, message.window_faces) == (3, 3)
     assert message.mean_score == pytest.approx(0.4) and message.max_score == pytest.approx(0.9)
     assert message.verdict.score == pytest.approx(0.5) and message.verdict.label == "fake"  # mean(0.9, 0.1)
     for _ in range(3):
-        aggregate.add(_report(manifest, 0.5, [0.3]))
-    message = aggregate.message()
+        aggregate.add(*_report(manifest, 0.5, [0.3]))
+    message = aggregate_message(aggregate.snapshot())
     assert (message.window_faces, message.mean_score, message.verdict.label) == (3, pytest.approx(0.3), "real")
 
 
