@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 from google.protobuf import descriptor_pool
@@ -42,6 +43,7 @@ from tests.no_torch import torchless_env
 from tests.references import Reference, encode, make_reference
 from tests.packages import make_tiny_package
 from tests.servers import REPO_ROOT, RunningServer, metric, running_server, scrape
+from tests.test_rest import make_video
 
 API_KEY = "grpc-key"
 KEYED = (("x-api-key", API_KEY),)
@@ -214,6 +216,43 @@ def test_models_are_listed_with_their_manifests(stub) -> None:
     assert all(e.default_for_task for e in entries.values())
     assert entries[DEEPFAKE].model.demo and entries[DEEPFAKE].default_threshold == 0.4
     assert '"fpr_1pct"' in entries[DEEPFAKE].manifest_json
+
+
+# ---- a video ------------------------------------------------------------------------------------
+
+
+def test_a_video_gets_the_same_frames_scores_and_verdict_as_over_rest(server, stub, astronaut_rgb) -> None:
+    coffee = np.asarray(Image.fromarray(skdata.coffee()).resize(astronaut_rgb.shape[1::-1]))
+    faces = [np.clip(astronaut_rgb * (0.6 + 0.1 * k), 0, 255).astype(np.uint8) for k in range(3)]
+    video = make_video(faces + [coffee] * 2, "mp4", "mpeg4")
+    answer = stub.AnalyzeVideo(
+        pb.AnalyzeVideoRequest(video=video, options=options(), max_frames=4), metadata=KEYED, timeout=60
+    )
+    rest = httpx.post(server.rest_url + "/v1/deepfake", files={"file": ("clip", video)}, data={"max_frames": "4"},
+                      headers={"x-api-key": API_KEY}, timeout=60)
+    assert rest.status_code == 200, rest.text
+    body = rest.json()
+    assert body["media"] == "video" and len(answer.frames) == len(body["frames"]) == 4
+    assert answer.model == pb.ModelInfo(name="tiny-deepfake", version=1, task=pb.TASK_DEEPFAKE, demo=True)
+    for frame, expected in zip(answer.frames, body["frames"]):
+        assert (frame.index, round(frame.time_s, 3)) == (expected["index"], expected["time_s"])
+        assert [f.score for f in frame.faces] == pytest.approx([f["score"] for f in expected["faces"]], abs=1e-5)
+    assert 0 < sum(bool(frame.faces) for frame in answer.frames) < len(answer.frames)
+    assert answer.verdict.label == body["verdict"]["label"]
+    assert answer.verdict.score == pytest.approx(body["verdict"]["score"], abs=1e-5)
+    assert set(answer.timing_ms) == {"decode", "detect", "queue", "infer", "total"}
+
+
+@pytest.mark.parametrize(("media", "fields", "expected_reason"), [
+    ("jpeg", {}, "unsupported_type"),  # images go to AnalyzeImage
+    ("mp4", {"max_frames": 1000}, "invalid_parameter"),
+    ("mp4", {"fps": 500.0}, "invalid_parameter"),
+])
+def test_bad_video_requests_get_a_clear_status(stub, astronaut_rgb, media, fields, expected_reason) -> None:
+    data = encode(astronaut_rgb) if media == "jpeg" else make_video([astronaut_rgb] * 2, "mp4", "mpeg4")
+    request = pb.AnalyzeVideoRequest(video=data, options=options(), **fields)
+    error = status_of(lambda: stub.AnalyzeVideo(request, metadata=KEYED, timeout=30))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and reason(error) == expected_reason
 
 
 # ---- the stream ---------------------------------------------------------------------------------
