@@ -81,33 +81,30 @@ def verdict_message(verdict: Verdict) -> pb.Verdict:
     return message
 
 
+def _answer_fields(report: Report) -> dict[str, object]:
+    """The fields ``ImageAnalysis`` and ``VideoAnalysis`` share."""
+    return {
+        "request_id": report.request_id,
+        "model": model_info(report.model),
+        "threshold": report.threshold,
+        "threshold_source": report.threshold_source,
+        "verdict": verdict_message(report.verdict),
+        "timing_ms": report.timing_ms,
+    }
+
+
 def analysis_message(report: Report) -> pb.ImageAnalysis:
     """A one-image ``Report`` as ``ImageAnalysis``."""
-    return pb.ImageAnalysis(
-        request_id=report.request_id,
-        model=model_info(report.model),
-        threshold=report.threshold,
-        threshold_source=report.threshold_source,
-        faces=[face_message(face) for face in report.frames[0].faces],
-        verdict=verdict_message(report.verdict),
-        timing_ms=report.timing_ms,
-    )
+    return pb.ImageAnalysis(faces=[face_message(face) for face in report.frames[0].faces], **_answer_fields(report))
 
 
 def video_message(report: Report) -> pb.VideoAnalysis:
     """A video's ``Report`` as ``VideoAnalysis``."""
-    return pb.VideoAnalysis(
-        request_id=report.request_id,
-        model=model_info(report.model),
-        threshold=report.threshold,
-        threshold_source=report.threshold_source,
-        frames=[
-            pb.FrameAnalysis(index=frame.index, time_s=frame.time_s, faces=[face_message(f) for f in frame.faces])
-            for frame in report.frames
-        ],
-        verdict=verdict_message(report.verdict),
-        timing_ms=report.timing_ms,
-    )
+    frames = [
+        pb.FrameAnalysis(index=frame.index, time_s=frame.time_s, faces=[face_message(f) for f in frame.faces])
+        for frame in report.frames
+    ]
+    return pb.VideoAnalysis(frames=frames, **_answer_fields(report))
 
 
 def aggregate_message(snapshot: AggregateSnapshot) -> pb.Aggregate:

@@ -90,25 +90,12 @@ class FaceSecurityServicer(pb_grpc.FaceSecurityServicer):
     async def AnalyzeImage(
         self, request: pb.AnalyzeImageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ImageAnalysis:
-        try:
-            options = await self._options(request.options, self._context(context))
-            report = await self._analyze_image(request.image, options, self._context(context))
-        except AnalysisError as exc:
-            await abort(context, exc)
-        return analysis_message(report)
+        return analysis_message(await _answer(context, self._image_report(request, self._context(context))))
 
     async def AnalyzeVideo(
         self, request: pb.AnalyzeVideoRequest, context: grpc.aio.ServicerContext
     ) -> pb.VideoAnalysis:
-        request_context = self._context(context)
-        fps = request.fps if request.HasField("fps") else None
-        try:
-            options = await self._options(request.options, request_context, fps, request.max_frames)
-            analysis = AnalysisRequest(options, request_context, media=request.video, accept=VIDEOS_ONLY)
-            report = await self.core.analyze(analysis)
-        except AnalysisError as exc:
-            await abort(context, exc)
-        return video_message(report)
+        return video_message(await _answer(context, self._video_report(request, self._context(context))))
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -214,6 +201,15 @@ class FaceSecurityServicer(pb_grpc.FaceSecurityServicer):
             raise await self.core.refused(options, context, error)
         return options
 
+    async def _image_report(self, request: pb.AnalyzeImageRequest, context: RequestContext) -> Report:
+        options = await self._options(request.options, context)
+        return await self._analyze_image(request.image, options, context)
+
+    async def _video_report(self, request: pb.AnalyzeVideoRequest, context: RequestContext) -> Report:
+        fps = request.fps if request.HasField("fps") else None
+        options = await self._options(request.options, context, fps, request.max_frames)
+        return await self.core.analyze(AnalysisRequest(options, context, media=request.video, accept=VIDEOS_ONLY))
+
     async def _analyze_image(self, image: pb.Image, options: AnalysisOptions, context: RequestContext) -> Report:
         try:
             data = image_input(image, self.settings.image_limits())
@@ -222,6 +218,14 @@ class FaceSecurityServicer(pb_grpc.FaceSecurityServicer):
         if isinstance(data, bytes):
             return await self.core.analyze(AnalysisRequest(options, context, media=data, accept=IMAGES_ONLY))
         return await self.core.analyze(AnalysisRequest(options, context, frames=data))
+
+
+async def _answer(context: grpc.aio.ServicerContext, work: Awaitable[Report]) -> Report:
+    """A unary call's report; its failure ends the call with the error's status."""
+    try:
+        return await work
+    except AnalysisError as exc:
+        await abort(context, exc)
 
 
 async def _cancel(reader: asyncio.Task, current: asyncio.Future | None, queued: asyncio.Queue) -> None:

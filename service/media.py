@@ -90,8 +90,8 @@ def decode_media(
         except ImageError as exc:
             raise image_error(exc) from None
     if sniff_video_type(data) is None:
-        accepted = "a JPEG, PNG or WebP image, nor an MP4 or WebM video" if "image" in accept else "an MP4 or WebM video"
-        raise UnsupportedMedia("unsupported_type", f"not {accepted}")
+        kinds = "a JPEG, PNG or WebP image, nor an MP4 or WebM video" if "image" in accept else "an MP4 or WebM video"
+        raise UnsupportedMedia("unsupported_type", f"not {kinds}")
     return Media("video", decode_video(data, limits, sampling.max_seconds, sampling.max_frames, sampling.fps))
 
 

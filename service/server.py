@@ -21,8 +21,8 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from service.rest.app import create_app
 from service.core import AnalysisCore
+from service.rest.app import create_app
 from service.settings import Settings
 
 log = logging.getLogger("fsfm.service")

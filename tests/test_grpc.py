@@ -234,7 +234,7 @@ def test_a_video_gets_the_same_frames_scores_and_verdict_as_over_rest(server, st
     body = rest.json()
     assert body["media"] == "video" and len(answer.frames) == len(body["frames"]) == 4
     assert answer.model == pb.ModelInfo(name="tiny-deepfake", version=1, task=pb.TASK_DEEPFAKE, demo=True)
-    for frame, expected in zip(answer.frames, body["frames"]):
+    for frame, expected in zip(answer.frames, body["frames"], strict=True):
         assert (frame.index, round(frame.time_s, 3)) == (expected["index"], expected["time_s"])
         assert [f.score for f in frame.faces] == pytest.approx([f["score"] for f in expected["faces"]], abs=1e-5)
     assert 0 < sum(bool(frame.faces) for frame in answer.frames) < len(answer.frames)

@@ -201,7 +201,8 @@ class AnalysisCore:
             raise InvalidRequest("invalid_parameter", f"fps is {options.fps}; it must be in (0, {MAX_SAMPLING_FPS:g}]")
         ceiling = self.settings.max_video_frames
         if options.max_frames is not None and not 1 <= options.max_frames <= ceiling:
-            raise InvalidRequest("invalid_parameter", f"max_frames is {options.max_frames}; this server allows {ceiling}")
+            message = f"max_frames is {options.max_frames}; this server allows {ceiling}"
+            raise InvalidRequest("invalid_parameter", message)
         return options.max_frames or ceiling
 
 
