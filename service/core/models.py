@@ -66,10 +66,6 @@ class ModelListing:
     manifest: Manifest
     default_for_task: bool
 
-    @property
-    def ref(self) -> str:
-        return self.manifest.ref
-
 
 def load_engine(package: ModelPackage, settings: Settings) -> Engine:
     """The package's engine, chosen by ``settings``, warmed up with one zero crop."""

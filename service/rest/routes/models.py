@@ -15,6 +15,6 @@ router = APIRouter(tags=["models"])
 async def list_models(core: CoreDep) -> ModelsResponse:
     """Every loaded model package with its manifest."""
     return ModelsResponse(models=[
-        ModelEntry(ref=entry.ref, default_for_task=entry.default_for_task, manifest=entry.manifest)
+        ModelEntry(ref=entry.manifest.ref, default_for_task=entry.default_for_task, manifest=entry.manifest)
         for entry in core.listing()
     ])
