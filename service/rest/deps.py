@@ -41,12 +41,15 @@ _api_key_scheme = APIKeyHeader(
 )
 
 
-async def require_api_key(request: Request, key: Annotated[str | None, Security(_api_key_scheme)]) -> None:
+ApiKeyHeader = Annotated[str | None, Security(_api_key_scheme)]
+CoreDep = Annotated[AnalysisCore, Depends(_core)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+ProbesDep = Annotated[Probes, Depends(_probes)]
+
+
+async def require_api_key(request: Request, key: ApiKeyHeader) -> None:
     keys: ApiKeys = request.app.state.api_keys
     keys.check(key, "header")
 
 
-CoreDep = Annotated[AnalysisCore, Depends(_core)]
-SettingsDep = Annotated[Settings, Depends(_settings)]
-ProbesDep = Annotated[Probes, Depends(_probes)]
-ApiKeyDep = Depends(require_api_key)  # a router dependency: routers=[..., dependencies=[ApiKeyDep]]
+ApiKeyDep = Depends(require_api_key)  # a router dependency: include_router(..., dependencies=[ApiKeyDep])
