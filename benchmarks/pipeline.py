@@ -46,9 +46,9 @@ def bench_pipeline(
     data: bytes, package: ModelPackage, detector: FaceDetector, engine: Engine, repeats: int = 10
 ) -> PipelineResult:
     """Median time of each stage of one request over ``repeats`` runs (after one untimed run)."""
-    from service.api import report_json
     from service.core import FrameReport, Report
-    from service.grpc_server import analysis_message
+    from service.grpc_messages import analysis_message
+    from service.rest.schemas import report_json
 
     manifest = package.manifest
     threshold = manifest.thresholds.default

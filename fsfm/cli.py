@@ -117,8 +117,7 @@ def analyze(
             continue
         entry: dict = {"path": str(path), "faces": [f.to_json() for f in analysis.faces]}
         if analysis.verdict is not None and analyzer.manifest is not None:
-            entry["model"] = {"name": analyzer.manifest.name, "version": analyzer.manifest.version,
-                              "task": analyzer.manifest.task, "demo": analyzer.manifest.demo}
+            entry["model"] = analyzer.manifest.reference()
             entry["verdict"] = analysis.verdict.to_json()
         results.append(entry)
     json.dump(results, sys.stdout, indent=2)

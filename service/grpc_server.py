@@ -1,19 +1,19 @@
-"""The gRPC door: ``fsfm.v1.FaceSecurity`` (proto/fsfm/v1/analysis.proto) over the analysis core,
-with standard health checking, reflection, optional TLS and optional API keys.
+"""The gRPC door: ``fsfm.v1.FaceSecurity`` (proto/fsfm/v1/analysis.proto, docs/grpc.md) over the
+analysis core, with standard health checking, reflection, optional TLS and optional API keys.
 
-A thin translation, like the REST door: a request's image (encoded bytes, decoded here off the
-event loop, or raw RGB pixels) and options go to ``AnalysisCore.analyze_frames``; its ``Report``
-comes back as protobuf. The door adds only what belongs to gRPC:
+A thin translation, like the REST door: each image, video or stream frame becomes one
+``AnalysisRequest`` (``service/grpc_messages.py`` translates) and one ``AnalysisCore.analyze`` call;
+its ``Report`` comes back as protobuf. The door adds only what belongs to gRPC:
 
-- Deadlines: each image or frame gets min(the client's remaining deadline, ``request_timeout_s``).
-  The core drops its queued faces when that passes; a client's cancellation (or its own deadline)
-  cancels the handler, and with it the core call, whose faces then leave the batcher's queue.
-- Streams (``Analyze``): frames are read, analysed and answered in order through a small pipeline
-  of ``STREAM_PIPELINE_DEPTH`` frames (so one stream's consecutive frames can share batches). A
-  frame is read only when a pipeline slot is free, and a slot frees only when its result has been
-  written to the client. A client that reads slowly therefore stops its own stream's reading, and
-  through HTTP/2 flow control its sending; nothing is buffered without bound, and other streams
-  are not affected.
+- Deadlines: each request or frame gets min(the client's remaining deadline, ``request_timeout_s``).
+  The core answers that deadline; a client's cancellation (or its own deadline) cancels the
+  handler, and with it the core call, whose faces then leave the batcher's queue.
+- Streams (``Analyze``): one core stream per call (its running aggregate lives in the core). Frames
+  are read, analysed and answered in order through a small pipeline of ``STREAM_PIPELINE_DEPTH``
+  frames (so one stream's consecutive frames can share batches). A frame is read only when a
+  pipeline slot is free, and a slot frees only when its result has been written to the client. A
+  client that reads slowly therefore stops its own stream's reading, and through HTTP/2 flow
+  control its sending; nothing is buffered without bound, and other streams are not affected.
 - Errors of a stream: a frame's own failure (unusable image, its deadline, overload, an engine
   failure) becomes that frame's ``FrameResult.error`` and the stream goes on. Failures that would
   repeat on every frame (unknown task or model, bad threshold, changed options, service not ready
@@ -27,103 +27,49 @@ comes back as protobuf. The door adds only what belongs to gRPC:
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NoReturn
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fsfm.analysis import FaceResult, Verdict
-from fsfm.imaging import ImageError, ImageLimits, check_size, decode_image
-from fsfm.package.manifest import TASKS, Manifest
-from service.errors import Unauthorized
-from service.core import AnalysisCore, AnalysisOptions, FrameReport, Report, image_error, overall_verdict
+from service.auth import API_KEY_HEADER, ApiKeys
+from service.core import AnalysisCore, AnalysisOptions, AnalysisRequest, Report, RequestContext
 from service.errors import AnalysisError, BadInput, DeadlineExceeded, InferenceFailed, Overloaded
+from service.grpc_messages import (
+    aggregate_message,
+    analysis_message,
+    analysis_options,
+    error_message,
+    image_input,
+    missing_task,
+    models_message,
+    video_message,
+)
 from service.grpc_stubs import SERVICE_NAME, pb, pb_grpc
+from service.media import IMAGE_REASONS
 from service.settings import Settings
 
 log = logging.getLogger("fsfm.service.grpc")
 
 TRANSPORT = "grpc"
-AGGREGATE_WINDOW_FRAMES = 30  # the analysed frames a stream's aggregate scores cover
 STREAM_PIPELINE_DEPTH = 4  # frames of one stream analysed or waiting to be written, at most
 READINESS_POLL_S = 0.25  # how often the health status follows the core's readiness
-CORE_DEADLINE_SLACK_S = 0.25  # lets the core answer its own deadline before the door's backstop fires
 REASON_KEY = "fsfm-error-reason"
 RETRY_AFTER_KEY = "retry-after-s"
-API_KEY_HEADER = "x-api-key"
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # no API key needed
-
-_TASK_VALUES: dict[str, int] = {task: pb.Task.Value(f"TASK_{task.upper()}") for task in TASKS}
-_TASK_NAMES: dict[int, str] = {value: task for task, value in _TASK_VALUES.items()}
+IMAGES_ONLY = ("image",)  # ``Image.encoded`` takes images; videos go to AnalyzeVideo
+VIDEOS_ONLY = ("video",)
 # A frame's own failures: the stream answers them in the frame's result and goes on.
 _FRAME_FAILURES = (DeadlineExceeded, Overloaded, InferenceFailed)
+_FRAME_REASONS = IMAGE_REASONS | {"missing_image"}
 
 
-# ---- protobuf <-> core ------------------------------------------------------------------------
-
-
-def raw_pixels(raw: pb.RawImage, limits: ImageLimits) -> np.ndarray:
-    """A ``RawImage`` as an RGB uint8 (H, W, 3) array over the message's bytes (no copy)."""
-    if raw.width == 0 or raw.height == 0:
-        raise BadInput("bad_raw_image", f"raw image size {raw.width}x{raw.height}: width and height must be > 0")
-    check_size(raw.width, raw.height, limits)
-    expected = raw.width * raw.height * 3
-    if len(raw.rgb) != expected:
-        raise BadInput(
-            "bad_raw_image",
-            f"a {raw.width}x{raw.height} raw image needs {expected} bytes of packed RGB; got {len(raw.rgb)}",
-        )
-    return np.frombuffer(raw.rgb, np.uint8).reshape(raw.height, raw.width, 3)
-
-
-def model_info(manifest: Manifest) -> pb.ModelInfo:
-    task = _TASK_VALUES[manifest.task]
-    return pb.ModelInfo(name=manifest.name, version=manifest.version, task=task, demo=manifest.demo)
-
-
-def face_message(result: FaceResult) -> pb.Face:
-    x1, y1, x2, y2 = result.face.box.tolist()
-    face = pb.Face(
-        box=pb.Box(x1=x1, y1=y1, x2=x2, y2=y2),
-        landmarks=[pb.Point(x=x, y=y) for x, y in result.face.landmarks.tolist()],
-        detection_score=float(result.face.score),
-        judged=result.score is not None,
-        reason=result.skip_reason or "",
-    )
-    if result.score is not None:
-        face.score, face.label, face.threshold = result.score, result.label, result.threshold
-    return face
-
-
-def verdict_message(verdict: Verdict) -> pb.Verdict:
-    message = pb.Verdict(label=verdict.label or "", reason=verdict.reason or "")
-    if verdict.score is not None:
-        message.score = verdict.score
-    return message
-
-
-def analysis_message(report: Report) -> pb.ImageAnalysis:
-    """A one-image ``Report`` as ``ImageAnalysis``."""
-    return pb.ImageAnalysis(
-        request_id=report.request_id,
-        model=model_info(report.model),
-        threshold=report.threshold,
-        threshold_source=report.threshold_source,
-        faces=[face_message(face) for face in report.frames[0].faces],
-        verdict=verdict_message(report.verdict),
-        timing_ms=report.timing_ms,
-    )
-
-
-def error_message(error: AnalysisError) -> pb.Error:
-    return pb.Error(code=error.grpc_code, reason=error.reason, message=error.message)
+def _frame_failure(error: AnalysisError) -> bool:
+    return isinstance(error, _FRAME_FAILURES) or error.reason in _FRAME_REASONS
 
 
 async def abort(context: grpc.aio.ServicerContext, error: AnalysisError) -> NoReturn:
@@ -132,65 +78,6 @@ async def abort(context: grpc.aio.ServicerContext, error: AnalysisError) -> NoRe
     if isinstance(error, Overloaded):
         metadata.append((RETRY_AFTER_KEY, str(max(1, round(error.retry_after_s)))))
     await context.abort(grpc.StatusCode[error.grpc_code], error.message, trailing_metadata=tuple(metadata))
-
-
-# ---- the stream's aggregate -------------------------------------------------------------------
-
-
-class StreamAggregate:
-    """The running aggregate of one Analyze stream: counts over the whole stream, scores over the
-    window of its last ``window`` analysed frames. The verdict is the core's video verdict (mean of
-    each frame's most suspicious face) over the window, so a stream and an uploaded video agree."""
-
-    def __init__(self, window: int = AGGREGATE_WINDOW_FRAMES) -> None:
-        self.frames_seen = 0
-        self.frames_failed = 0
-        self.faces_seen = 0
-        self._window: deque[FrameReport] = deque(maxlen=window)
-        self._scale: tuple[Manifest, float] | None = None  # the stream's model and threshold
-
-    def add(self, report: Report) -> None:
-        frame = report.frames[0]
-        self.frames_seen += 1
-        self.faces_seen += len(frame.faces)
-        self._window.append(frame)
-        self._scale = (report.model, report.threshold)
-
-    def add_failure(self) -> None:
-        self.frames_seen += 1
-        self.frames_failed += 1
-
-    @property
-    def window_frames(self) -> int:
-        return len(self._window)
-
-    def window_scores(self) -> list[float]:
-        return [face.score for frame in self._window for face in frame.faces if face.score is not None]
-
-    def verdict(self) -> Verdict:
-        if self._scale is None or not self._window:
-            return Verdict(None, None, "no_face")
-        manifest, threshold = self._scale
-        return overall_verdict(list(self._window), manifest, threshold, is_video=True)
-
-    def message(self) -> pb.Aggregate:
-        scores = self.window_scores()
-        aggregate = pb.Aggregate(
-            frames_seen=self.frames_seen,
-            frames_failed=self.frames_failed,
-            faces_seen=self.faces_seen,
-            window_frames=self.window_frames,
-            window_faces=len(scores),
-            verdict=verdict_message(self.verdict()),
-        )
-        if scores:
-            aggregate.mean_score, aggregate.max_score = float(np.mean(scores)), max(scores)
-        return aggregate
-
-
-# ---- the service ------------------------------------------------------------------------------
-
-FrameOutcome = Report | AnalysisError  # a frame's analysis, or its own failure
 
 
 class FaceSecurityServicer(pb_grpc.FaceSecurityServicer):
@@ -203,29 +90,17 @@ class FaceSecurityServicer(pb_grpc.FaceSecurityServicer):
     async def AnalyzeImage(
         self, request: pb.AnalyzeImageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ImageAnalysis:
-        deadline = self._deadline(context)
-        try:
-            options = self._options(request.options)
-            rgb, decode_s = await self._read_image(request.image, options)
-            report = await self._analyze(rgb, decode_s, options, 0, 0.0, deadline)
-        except AnalysisError as exc:
-            await abort(context, exc)
-        return analysis_message(report)
+        return analysis_message(await _answer(context, self._image_report(request, self._context(context))))
+
+    async def AnalyzeVideo(
+        self, request: pb.AnalyzeVideoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.VideoAnalysis:
+        return video_message(await _answer(context, self._video_report(request, self._context(context))))
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        repository = self.core.repository
-        defaults = {repository.default_for_task(t).manifest.ref for t in self.core.tasks()} if repository else set()
-        return pb.ListModelsResponse(models=[
-            pb.ModelEntry(
-                model=model_info(served.manifest),
-                default_for_task=ref in defaults,
-                default_threshold=served.manifest.thresholds.default,
-                manifest_json=served.manifest.model_dump_json(),
-            )
-            for ref, served in sorted(self.core.models.items())
-        ])
+        return models_message(self.core.listing())
 
     # ---- the stream ----------------------------------------------------------------------------
 
@@ -233,29 +108,31 @@ class FaceSecurityServicer(pb_grpc.FaceSecurityServicer):
         self, request_iterator: AsyncIterator[pb.Frame], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.FrameResult]:
         """Frames in, results out, in order; see the module docstring for the pipeline."""
+        try:
+            stream_id = self.core.open_stream()
+        except AnalysisError as exc:
+            await abort(context, exc)
         slots = asyncio.Semaphore(STREAM_PIPELINE_DEPTH)
-        queued: asyncio.Queue[asyncio.Future[tuple[pb.Frame, FrameOutcome]] | None] = asyncio.Queue()
-        reader = asyncio.create_task(self._read_frames(request_iterator, context, slots, queued))
-        aggregate = StreamAggregate()
+        queued: asyncio.Queue[asyncio.Future[pb.FrameResult] | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._read_frames(request_iterator, context, stream_id, slots, queued))
         self.core.metrics.active_streams.inc()
         item: asyncio.Future | None = None
         try:
-            sequence = 0
             while (item := await queued.get()) is not None:
-                frame, outcome = await item  # a stream-ending AnalysisError is raised here
-                yield self._frame_result(sequence, frame, outcome, aggregate)
-                sequence += 1
+                yield await item  # a stream-ending AnalysisError is raised here
                 slots.release()
         except AnalysisError as exc:
             await abort(context, exc)
         finally:
             self.core.metrics.active_streams.dec()
             await _cancel(reader, item, queued)
+            self.core.close_stream(stream_id)
 
     async def _read_frames(
         self,
         requests: AsyncIterator[pb.Frame],
         context: grpc.aio.ServicerContext,
+        stream_id: str,
         slots: asyncio.Semaphore,
         queued: asyncio.Queue,
     ) -> None:
@@ -264,18 +141,20 @@ class FaceSecurityServicer(pb_grpc.FaceSecurityServicer):
         first: pb.AnalysisOptions | None = None
         options: AnalysisOptions | None = None
         try:
+            sequence = 0
             while True:
                 await slots.acquire()
                 if (frame := await anext(requests, None)) is None:
                     break
                 if first is None:
-                    first, options = frame.options, self._options(frame.options)
+                    first, options = frame.options, await self._options(frame.options, self._context(context))
                 elif frame.HasField("options") and frame.options != first:
-                    raise self._refused(
-                        options, BadInput("options_changed", "a stream's options are set by its first frame and fixed")
-                    )
+                    changed = BadInput("options_changed", "a stream's options are set by its first frame and fixed")
+                    raise await self.core.refused(options, self._context(context), changed)
                 assert options is not None
-                queued.put_nowait(asyncio.create_task(self._frame(frame, options, self._deadline(context))))
+                frame_context = self._context(context, stream_id, sequence)
+                queued.put_nowait(asyncio.create_task(self._frame(frame, options, frame_context)))
+                sequence += 1
         except Exception as exc:  # noqa: BLE001  delivered to the writer, in order, which ends the call
             failed: asyncio.Future = asyncio.get_running_loop().create_future()
             failed.set_exception(exc)
@@ -283,92 +162,70 @@ class FaceSecurityServicer(pb_grpc.FaceSecurityServicer):
         else:
             queued.put_nowait(None)
 
-    async def _frame(self, frame: pb.Frame, options: AnalysisOptions, deadline: float) -> tuple[pb.Frame, FrameOutcome]:
-        """One frame's outcome; errors that are not the frame's own are raised (they end the stream)."""
+    async def _frame(self, frame: pb.Frame, options: AnalysisOptions, context: RequestContext) -> pb.FrameResult:
+        """One frame's result; errors that are not the frame's own are raised (they end the stream)."""
+        result = pb.FrameResult(sequence=context.sequence, index=frame.index, time_s=frame.time_s)
         try:
-            rgb, decode_s = await self._read_image(frame.image, options)
+            report = await self._analyze_image(frame.image, options, context)
         except AnalysisError as exc:
-            return frame, exc
-        try:
-            return frame, await self._analyze(rgb, decode_s, options, frame.index, frame.time_s, deadline)
-        except _FRAME_FAILURES as exc:
-            return frame, exc
-
-    @staticmethod
-    def _frame_result(
-        sequence: int, frame: pb.Frame, outcome: FrameOutcome, aggregate: StreamAggregate
-    ) -> pb.FrameResult:
-        result = pb.FrameResult(sequence=sequence, index=frame.index, time_s=frame.time_s)
-        if isinstance(outcome, AnalysisError):
-            aggregate.add_failure()
-            result.error.CopyFrom(error_message(outcome))
-        else:
-            aggregate.add(outcome)
-            result.analysis.CopyFrom(analysis_message(outcome))
-        result.aggregate.CopyFrom(aggregate.message())
+            if not _frame_failure(exc):
+                raise
+            assert context.stream_id is not None
+            result.error.CopyFrom(error_message(exc))
+            result.aggregate.CopyFrom(
+                aggregate_message(self.core.failed_frame_aggregate(context.stream_id, context.sequence))
+            )
+            return result
+        assert report.aggregate is not None
+        result.analysis.CopyFrom(analysis_message(report))
+        result.aggregate.CopyFrom(aggregate_message(report.aggregate))
         return result
 
     # ---- shared steps ----------------------------------------------------------------------------
 
-    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
-        """A ``time.monotonic()`` instant: the client's deadline or ``request_timeout_s``, the sooner."""
+    def _context(
+        self, context: grpc.aio.ServicerContext, stream_id: str | None = None, sequence: int = 0
+    ) -> RequestContext:
+        """The request's deadline: the client's or ``request_timeout_s``, the sooner."""
         budget = self.settings.request_timeout_s
         remaining = context.time_remaining()
         if remaining is not None:
             budget = min(budget, remaining)
-        return time.monotonic() + budget
+        return RequestContext(TRANSPORT, time.monotonic() + budget, stream_id=stream_id, sequence=sequence)
 
-    def _options(self, message: pb.AnalysisOptions) -> AnalysisOptions:
-        task = _TASK_NAMES.get(message.task)
-        options = AnalysisOptions(
-            task=task or "unspecified",
-            model=message.model or None,
-            threshold=message.threshold if message.HasField("threshold") else None,
-            target_fpr=message.target_fpr if message.HasField("target_fpr") else None,
-        )
-        if task is None:
-            names = ", ".join(name for name in pb.Task.keys() if name != "TASK_UNSPECIFIED")
-            raise self._refused(options, BadInput("missing_task", f"set options.task to one of {names}"))
+    async def _options(
+        self, message: pb.AnalysisOptions, context: RequestContext, fps: float | None = None, max_frames: int = 0
+    ) -> AnalysisOptions:
+        options = analysis_options(message, fps, max_frames)
+        if error := missing_task(message):
+            raise await self.core.refused(options, context, error)
         return options
 
-    async def _read_image(self, image: pb.Image, options: AnalysisOptions) -> tuple[np.ndarray, float]:
-        """The image as RGB pixels, and the seconds decoding took."""
-        started = time.monotonic()
+    async def _image_report(self, request: pb.AnalyzeImageRequest, context: RequestContext) -> Report:
+        options = await self._options(request.options, context)
+        return await self._analyze_image(request.image, options, context)
+
+    async def _video_report(self, request: pb.AnalyzeVideoRequest, context: RequestContext) -> Report:
+        fps = request.fps if request.HasField("fps") else None
+        options = await self._options(request.options, context, fps, request.max_frames)
+        return await self.core.analyze(AnalysisRequest(options, context, media=request.video, accept=VIDEOS_ONLY))
+
+    async def _analyze_image(self, image: pb.Image, options: AnalysisOptions, context: RequestContext) -> Report:
         try:
-            rgb = await self._pixels(image)
+            data = image_input(image, self.settings.image_limits())
         except AnalysisError as exc:
-            raise self._refused(options, exc) from None
-        return rgb, time.monotonic() - started
+            raise await self.core.refused(options, context, exc) from None
+        if isinstance(data, bytes):
+            return await self.core.analyze(AnalysisRequest(options, context, media=data, accept=IMAGES_ONLY))
+        return await self.core.analyze(AnalysisRequest(options, context, frames=data))
 
-    async def _pixels(self, image: pb.Image) -> np.ndarray:
-        limits = self.settings.image_limits()
-        kind = image.WhichOneof("data")
-        try:
-            if kind == "encoded":
-                return await asyncio.to_thread(decode_image, image.encoded, limits)
-            if kind == "raw":
-                return raw_pixels(image.raw, limits)
-        except ImageError as exc:
-            raise image_error(exc) from None
-        raise BadInput("missing_image", "set image.encoded (JPEG, PNG or WebP bytes) or image.raw (RGB pixels)")
 
-    async def _analyze(
-        self, rgb: np.ndarray, decode_s: float, options: AnalysisOptions, index: int, time_s: float, deadline: float
-    ) -> Report:
-        """The core's analysis of one image."""
-        try:  # the core drops queued faces at the deadline itself; this is the backstop for slow stages
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic()) + CORE_DEADLINE_SLACK_S):
-                return await self.core.analyze_frames(
-                    [(index, time_s, rgb)], options, TRANSPORT, deadline, decode_s, is_video=False
-                )
-        except TimeoutError:
-            raise DeadlineExceeded() from None
-
-    def _refused(self, options: AnalysisOptions, error: AnalysisError) -> AnalysisError:
-        """Count a failure the door finds before the core sees the request (the core counts its own)."""
-        labels = (options.model or "default", options.task, TRANSPORT, error.reason)
-        self.core.metrics.request_failure.labels(*labels).inc()
-        return error
+async def _answer(context: grpc.aio.ServicerContext, work: Awaitable[Report]) -> Report:
+    """A unary call's report; its failure ends the call with the error's status."""
+    try:
+        return await work
+    except AnalysisError as exc:
+        await abort(context, exc)
 
 
 async def _cancel(reader: asyncio.Task, current: asyncio.Future | None, queued: asyncio.Queue) -> None:
@@ -386,19 +243,11 @@ async def _cancel(reader: asyncio.Task, current: asyncio.Future | None, queued: 
 # ---- API keys, health, the server -------------------------------------------------------------
 
 
-def key_accepted(key: str, accepted: list[bytes]) -> bool:
-    """Every accepted key is compared, each in constant time."""
-    matched = False
-    for candidate in accepted:
-        matched |= hmac.compare_digest(key.encode(), candidate)
-    return matched
-
-
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """Calls need an accepted ``x-api-key`` metadata value; health checking and reflection stay open."""
 
-    def __init__(self, keys: list[str]) -> None:
-        self._accepted = [key.encode() for key in keys]
+    def __init__(self, keys: ApiKeys) -> None:
+        self._keys = keys
 
     async def intercept_service(
         self,
@@ -409,13 +258,11 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or details.method.split("/")[1] in OPEN_SERVICES:
             return handler
         key = next((value for name, value in details.invocation_metadata or () if name == API_KEY_HEADER), None)
-        if key is None:
-            error = Unauthorized("missing_api_key", f"send an API key in the {API_KEY_HEADER} metadata")
-        elif not key_accepted(key, self._accepted):
-            error = Unauthorized("invalid_api_key", f"the {API_KEY_HEADER} metadata does not hold an accepted key")
-        else:
-            return handler
-        return _refusal(handler, error)
+        try:
+            self._keys.check(key, "metadata")
+        except AnalysisError as exc:
+            return _refusal(handler, exc)
+        return handler
 
 
 _HANDLER_FACTORIES = {
@@ -470,8 +317,9 @@ async def start_grpc_server(core: AnalysisCore, settings: Settings) -> tuple[grp
     """Bind ``settings.host:settings.grpc_port`` (0: any free port) and start serving FaceSecurity,
     health and reflection; returns the server and the bound port. The caller stops the server."""
     limit = settings.max_grpc_message_bytes
+    keys = ApiKeys(settings.api_keys)
     server = grpc.aio.server(
-        interceptors=[ApiKeyInterceptor(settings.api_keys)] if settings.api_keys else [],
+        interceptors=[ApiKeyInterceptor(keys)] if keys else [],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),

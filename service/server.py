@@ -21,8 +21,8 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from service.api import create_app
 from service.core import AnalysisCore
+from service.rest.app import create_app
 from service.settings import Settings
 
 log = logging.getLogger("fsfm.service")
@@ -30,8 +30,9 @@ log = logging.getLogger("fsfm.service")
 STOP_BOUND_S = 5.0  # after the drain: the longest the servers may take to close
 
 
-class _RestServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: signals belong to ``serve``, which drains first."""
+class HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: signals belong to the process's own loop (``serve``
+    drains first; ``fsfm worker`` finishes its batch)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -82,7 +83,7 @@ async def serve(settings: Settings, grpc: bool = True) -> int:
     signals.install(loop)
     core = AnalysisCore(settings)
     rest_socket = listen(settings.host, settings.port)
-    rest = _RestServer(
+    rest = HttpServer(
         uvicorn.Config(
             create_app(core, settings), lifespan="off", log_config=None, server_header=False,
             timeout_graceful_shutdown=STOP_BOUND_S,
@@ -128,7 +129,7 @@ async def _run_until_signal(core: AnalysisCore, rest_task: asyncio.Task, signals
 async def _shutdown(
     core: AnalysisCore,
     settings: Settings,
-    rest: _RestServer,
+    rest: HttpServer,
     rest_task: asyncio.Task,
     grpc_server,
     signals: _Signals,

@@ -1,4 +1,4 @@
-"""``fsfm worker``: runs the models for API nodes, taking their faces from Redis Streams (design.md §5).
+"""``fsfm worker``: runs the models for API nodes, taking their faces from Redis Streams (docs/scaling.md).
 
 Per model, a consumer in the group ``workers`` takes a batch with XREADGROUP COUNT=max_batch_size and
 tops it up for at most max_queue_delay_ms (Triton's dynamic-batching rule, with Redis as the queue:
@@ -14,13 +14,13 @@ at once, and at its ``max_deliveries``-th delivery it goes to the dead-letter st
 and its request gets that error.
 
 SIGTERM: stop taking work, finish the batch in hand, leave the group, exit. ``/metrics``,
-``/healthz`` and ``/readyz`` are served on ``metrics_port``.
+``/healthz`` and ``/readyz`` are served on ``metrics_port`` by the API's own operations routes
+(``service/rest/routes/operations.py``), so a worker's readiness has the API's shape.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import time
@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from prometheus_client import CONTENT_TYPE_LATEST
+import uvicorn
 from pydantic import Field, model_validator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -59,12 +59,13 @@ from service.redis_queue import (
     queue_metrics,
     work_stream,
 )
+from service.rest.app import create_probe_app
+from service.server import HttpServer, listen
 from service.settings import Settings
 
 log = logging.getLogger("fsfm.worker")
 
 MAX_POLL_S = 1.0  # longest blocking read: bounds how late a stop or a claim scan starts
-HTTP_READ_TIMEOUT_S = 5.0
 
 
 class WorkerSettings(Settings):
@@ -363,15 +364,14 @@ class Worker:
         self.stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        http = await asyncio.start_server(self._http, self.settings.host, self.settings.metrics_port)
-        port = http.sockets[0].getsockname()[1]
+        http, http_task, port = self._serve_probes()
         log.info("fsfm worker %s: metrics on http://%s:%d, queue %s",
                  self.settings.consumer, self.settings.host, port, describe(self.settings.queue))
         try:
             await loop.run_in_executor(None, self.load)
         except Exception as exc:
             log.error("cannot start the worker: %s", exc)
-            http.close()
+            await _stop(http, http_task)
             return 1
         log.info("fsfm worker ready: %s", ", ".join(self.models))
         monitor = asyncio.create_task(monitor_streams(self.redis, self.health, self.models))
@@ -379,7 +379,7 @@ class Worker:
             await asyncio.gather(*(consumer.run(self.stopping, self.health) for consumer in self.consumers))
         finally:
             monitor.cancel()
-            http.close()
+            await _stop(http, http_task)
             await self._leave()
         log.info("fsfm worker stopped")
         return 0
@@ -400,32 +400,17 @@ class Worker:
             details["queue_error"] = self.health.error
         return loaded and not stopping and self.health.error is None, details
 
-    async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """A minimal HTTP/1.1 responder for probes and scrapers: GET /metrics, /healthz, /readyz."""
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HTTP_READ_TIMEOUT_S)
-            path = head.split(b" ", 2)[1].split(b"?")[0] if head.count(b" ") >= 2 else b""
-            status, content_type, body = self._route(path)
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode() + body
-            )
-            await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
-            pass  # a client that went away or sent no request
-        finally:
-            writer.close()
+    def _serve_probes(self) -> tuple[HttpServer, asyncio.Task, int]:
+        """Serve /metrics, /healthz and /readyz on ``metrics_port``; returns the server, its task, the port."""
+        sock = listen(self.settings.host, self.settings.metrics_port)
+        config = uvicorn.Config(create_probe_app(self), lifespan="off", log_config=None, server_header=False)
+        server = HttpServer(config)
+        return server, asyncio.create_task(server.serve(sockets=[sock]), name="probes"), sock.getsockname()[1]
 
-    def _route(self, path: bytes) -> tuple[str, str, bytes]:
-        if path == b"/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, self.metrics.exposition()
-        if path == b"/healthz":
-            return "200 OK", "application/json", b'{"status": "ok"}'
-        if path == b"/readyz":
-            ready, details = self.readiness()
-            body = json.dumps({"ready": ready, **details}).encode()
-            return ("200 OK" if ready else "503 Service Unavailable"), "application/json", body
-        return "404 Not Found", "application/json", b'{"error": "not found"}'
+
+async def _stop(server: HttpServer, task: asyncio.Task) -> None:
+    server.should_exit = True
+    await task
 
 
 def run_worker(settings: WorkerSettings) -> int:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 from google.protobuf import descriptor_pool
@@ -26,14 +27,15 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from PIL import Image
 from skimage import data as skdata
 
-from fsfm.analysis import FaceResult, ImageAnalysis, Verdict
+from fsfm.analysis import FaceResult, ImageAnalysis
 from fsfm.face.types import DetectedFace
 from fsfm.imaging import decode_image
 from fsfm.package import ModelRepository
 from fsfm.package.manifest import OperatingPoint, Thresholds
 from service import protogen
-from service.core import AnalysisCore, FrameReport, Report
-from service.grpc_server import REASON_KEY, RETRY_AFTER_KEY, StreamAggregate, start_grpc_server
+from service.core import AnalysisCore, FrameReport, StreamAggregate
+from service.grpc_messages import aggregate_message
+from service.grpc_server import REASON_KEY, RETRY_AFTER_KEY, start_grpc_server
 from service.grpc_stubs import SERVICE_NAME, pb, pb_grpc
 from service.settings import Settings
 from tests.faces import ASTRONAUT_FACE_BOX, ASTRONAUT_LANDMARKS, assert_face_at, assert_group_faces
@@ -41,6 +43,7 @@ from tests.no_torch import torchless_env
 from tests.references import Reference, encode, make_reference
 from tests.packages import make_tiny_package
 from tests.servers import REPO_ROOT, RunningServer, metric, running_server, scrape
+from tests.test_rest import make_video
 
 API_KEY = "grpc-key"
 KEYED = (("x-api-key", API_KEY),)
@@ -213,6 +216,43 @@ def test_models_are_listed_with_their_manifests(stub) -> None:
     assert all(e.default_for_task for e in entries.values())
     assert entries[DEEPFAKE].model.demo and entries[DEEPFAKE].default_threshold == 0.4
     assert '"fpr_1pct"' in entries[DEEPFAKE].manifest_json
+
+
+# ---- a video ------------------------------------------------------------------------------------
+
+
+def test_a_video_gets_the_same_frames_scores_and_verdict_as_over_rest(server, stub, astronaut_rgb) -> None:
+    coffee = np.asarray(Image.fromarray(skdata.coffee()).resize(astronaut_rgb.shape[1::-1]))
+    faces = [np.clip(astronaut_rgb * (0.6 + 0.1 * k), 0, 255).astype(np.uint8) for k in range(3)]
+    video = make_video(faces + [coffee] * 2, "mp4", "mpeg4")
+    answer = stub.AnalyzeVideo(
+        pb.AnalyzeVideoRequest(video=video, options=options(), max_frames=4), metadata=KEYED, timeout=60
+    )
+    rest = httpx.post(server.rest_url + "/v1/deepfake", files={"file": ("clip", video)}, data={"max_frames": "4"},
+                      headers={"x-api-key": API_KEY}, timeout=60)
+    assert rest.status_code == 200, rest.text
+    body = rest.json()
+    assert body["media"] == "video" and len(answer.frames) == len(body["frames"]) == 4
+    assert answer.model == pb.ModelInfo(name="tiny-deepfake", version=1, task=pb.TASK_DEEPFAKE, demo=True)
+    for frame, expected in zip(answer.frames, body["frames"], strict=True):
+        assert (frame.index, round(frame.time_s, 3)) == (expected["index"], expected["time_s"])
+        assert [f.score for f in frame.faces] == pytest.approx([f["score"] for f in expected["faces"]], abs=1e-5)
+    assert 0 < sum(bool(frame.faces) for frame in answer.frames) < len(answer.frames)
+    assert answer.verdict.label == body["verdict"]["label"]
+    assert answer.verdict.score == pytest.approx(body["verdict"]["score"], abs=1e-5)
+    assert set(answer.timing_ms) == {"decode", "detect", "queue", "infer", "total"}
+
+
+@pytest.mark.parametrize(("media", "fields", "expected_reason"), [
+    ("jpeg", {}, "unsupported_type"),  # images go to AnalyzeImage
+    ("mp4", {"max_frames": 1000}, "invalid_parameter"),
+    ("mp4", {"fps": 500.0}, "invalid_parameter"),
+])
+def test_bad_video_requests_get_a_clear_status(stub, astronaut_rgb, media, fields, expected_reason) -> None:
+    data = encode(astronaut_rgb) if media == "jpeg" else make_video([astronaut_rgb] * 2, "mp4", "mpeg4")
+    request = pb.AnalyzeVideoRequest(video=data, options=options(), **fields)
+    error = status_of(lambda: stub.AnalyzeVideo(request, metadata=KEYED, timeout=30))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and reason(error) == expected_reason
 
 
 # ---- the stream ---------------------------------------------------------------------------------
@@ -457,7 +497,7 @@ def test_reflection_lists_and_describes_the_service(server) -> None:
         assert {SERVICE_NAME, "grpc.health.v1.Health"} <= set(database.get_services())
         pool = descriptor_pool.DescriptorPool(database)
         service = pool.FindServiceByName(SERVICE_NAME)
-        assert {m.name for m in service.methods} == {"Analyze", "AnalyzeImage", "ListModels"}
+        assert {m.name for m in service.methods} == {"Analyze", "AnalyzeImage", "AnalyzeVideo", "ListModels"}
         assert service.file.name == "fsfm/v1/analysis.proto"
         assert "aggregate" in pool.FindMessageTypeByName("fsfm.v1.FrameResult").fields_by_name
 
@@ -481,33 +521,33 @@ def test_an_api_key_is_required(stub, astronaut_jpeg, metadata, expected_reason)
 # ---- the aggregate, unit -------------------------------------------------------------------------
 
 
-def _report(manifest, threshold: float, scores: list[float | None]) -> Report:
-    """A one-frame report whose faces have these scores (None: a face too small to judge)."""
+def _report(manifest, threshold: float, scores: list[float | None]) -> tuple[FrameReport, object, float]:
+    """A frame whose faces have these scores (None: a face too small to judge), its model and threshold."""
     face = DetectedFace(np.zeros(4, np.float32), np.zeros((5, 2), np.float32), 0.99)
     results = [FaceResult(face, s, "x", threshold) if s is not None else FaceResult(face, skip_reason="face_too_small")
                for s in scores]
-    return Report("id", manifest, threshold, "request", [FrameReport(0, 0.0, results)], Verdict(None, None))
+    return FrameReport(0, 0.0, results), manifest, threshold
 
 
 def test_the_stream_aggregate_covers_a_window_of_analysed_frames(models) -> None:
     manifest = ModelRepository(models).get(DEEPFAKE).manifest
     aggregate = StreamAggregate(window=3)
-    assert aggregate.message().verdict == pb.Verdict(reason="no_face")
-    aggregate.add(_report(manifest, 0.5, []))
-    assert aggregate.message().verdict == pb.Verdict(reason="no_face")
-    aggregate.add(_report(manifest, 0.5, [None]))
-    assert aggregate.message().verdict == pb.Verdict(reason="no_judged_face")
-    aggregate.add(_report(manifest, 0.5, [0.2, 0.9]))
+    assert aggregate_message(aggregate.snapshot()).verdict == pb.Verdict(reason="no_face")
+    aggregate.add(*_report(manifest, 0.5, []))
+    assert aggregate_message(aggregate.snapshot()).verdict == pb.Verdict(reason="no_face")
+    aggregate.add(*_report(manifest, 0.5, [None]))
+    assert aggregate_message(aggregate.snapshot()).verdict == pb.Verdict(reason="no_judged_face")
+    aggregate.add(*_report(manifest, 0.5, [0.2, 0.9]))
     aggregate.add_failure()
-    aggregate.add(_report(manifest, 0.5, [0.1]))  # the empty frame leaves the window
-    message = aggregate.message()
+    aggregate.add(*_report(manifest, 0.5, [0.1]))  # the empty frame leaves the window
+    message = aggregate_message(aggregate.snapshot())
     assert (message.frames_seen, message.frames_failed, message.faces_seen) == (5, 1, 4)
     assert (message.window_frames, message.window_faces) == (3, 3)
     assert message.mean_score == pytest.approx(0.4) and message.max_score == pytest.approx(0.9)
     assert message.verdict.score == pytest.approx(0.5) and message.verdict.label == "fake"  # mean(0.9, 0.1)
     for _ in range(3):
-        aggregate.add(_report(manifest, 0.5, [0.3]))
-    message = aggregate.message()
+        aggregate.add(*_report(manifest, 0.5, [0.3]))
+    message = aggregate_message(aggregate.snapshot())
     assert (message.window_faces, message.mean_score, message.verdict.label) == (3, pytest.approx(0.3), "real")
 
 

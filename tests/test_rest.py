@@ -22,11 +22,11 @@ from skimage import data as skdata
 from fsfm.analysis import ImageAnalysis
 from fsfm.imaging import ImageLimits, decode_image
 from fsfm.package.manifest import OperatingPoint, Thresholds
-from service.api import AnalysisResponse, ErrorResponse, ModelsResponse
 from service.commands import serve
+from service.media import decode_video
 from service.metrics import Metrics
+from service.rest.schemas import AnalysisResponse, ErrorResponse, ModelsResponse
 from service.settings import Settings
-from service.video import decode_video
 from tests.faces import ASTRONAUT_FACE_BOX, ASTRONAUT_LANDMARKS, assert_face_at, assert_group_faces
 from tests.references import Reference, encode, make_reference
 from tests.packages import make_tiny_package

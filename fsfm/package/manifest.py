@@ -166,6 +166,10 @@ class PackageInfo(BaseModel):
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
 
+    def reference(self) -> dict[str, object]:
+        """How answers name the model: ``{name, version, task, demo}`` (REST, gRPC, ``fsfm analyze``)."""
+        return {"name": self.name, "version": self.version, "task": self.task, "demo": self.demo}
+
 
 class Manifest(PackageInfo):
     schema_version: Literal[1] = 1

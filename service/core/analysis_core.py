@@ -1,0 +1,217 @@
+"""``AnalysisCore``: the one entry into the analysis, ``analyze(request) -> Report``, behind both doors.
+
+A door turns its protocol into an ``AnalysisRequest`` and the ``Report`` back into its protocol;
+everything between is here: admission (``admission.py``), model choice and backends
+(``models.py``), the media step (``service/media.py``), the pipeline (``pipeline.py``), the verdict
+and the per-stream aggregate (``report.py``, ``streams.py``). Every failure of a request is counted
+here once (``fsfm_request_failure``), those a door finds before calling ``analyze`` included
+(``refused``). The request's deadline is enforced here: the backends drop queued faces when it
+passes, and a backstop ``CORE_DEADLINE_SLACK_S`` later ends slower stages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from fsfm.face.detector import FaceDetector, create_detector
+from fsfm.package.manifest import Manifest
+from fsfm.scoring import resolve_threshold
+from service.core.admission import Admission
+from service.core.models import ModelListing, ServedModels
+from service.core.pipeline import Pipeline
+from service.core.report import AGGREGATE_WINDOW_FRAMES, AggregateSnapshot, Report, overall_verdict
+from service.core.request import AnalysisOptions, AnalysisRequest, RequestContext
+from service.core.streams import Streams
+from service.errors import AnalysisError, BadInput, DeadlineExceeded, InvalidRequest
+from service.media import MAX_SAMPLING_FPS, Sampling, decode_media
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger("fsfm.service")
+
+CORE_DEADLINE_SLACK_S = 0.25  # the backends answer the deadline themselves (and say so); this ends slower stages
+PREPROCESS_THREADS = 2  # decode, detect and crop run here, off the event loop; engines have their own threads
+
+
+class AnalysisCore:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.models = ServedModels(settings, self.metrics)
+        self.admission = Admission()
+        self.streams = Streams()
+        self.detector: FaceDetector | None = None
+        self._cpu = ThreadPoolExecutor(max_workers=PREPROCESS_THREADS, thread_name_prefix="preprocess")
+        self._pipeline: Pipeline | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load every version of every package in the repository, warm each engine up, start the backends."""
+        loop = asyncio.get_running_loop()
+        self.detector = await loop.run_in_executor(self._cpu, create_detector, self.settings.detector_config())
+        self._pipeline = Pipeline(self.detector, self._cpu, self.metrics)
+        await loop.run_in_executor(self._cpu, self.models.load)
+        self.models.start()
+        self.admission.ready = True
+        log.info("serving %s (%s)", ", ".join(self.models.models) or "no models", self.settings.precision)
+
+    async def drain(self, grace_s: float) -> bool:
+        """Refuse new work, let in-flight requests finish (up to ``grace_s``). True if all finished."""
+        return await self.admission.drain(grace_s)
+
+    async def stop(self) -> None:
+        self.admission.ready = False
+        await self.models.stop()
+        self._cpu.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def ready(self) -> bool:
+        return self.admission.ready
+
+    @property
+    def in_flight(self) -> int:
+        return self.admission.in_flight
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """(ready, details) for /readyz and the gRPC health service."""
+        backend_errors = self.models.backend_errors()
+        details: dict[str, object] = {
+            "models_loaded": self.admission.ready,
+            "draining": self.admission.draining,
+            "models": sorted(self.models.models),
+            "queue": self.settings.queue if self.settings.queue == "local" else "redis",
+            "precision": self.settings.precision,
+        }
+        if backend_errors:
+            details["backend_errors"] = backend_errors
+        repository = self.models.repository
+        if repository is not None and repository.errors:
+            details["skipped_packages"] = repository.errors
+        return self.admission.ready and not self.admission.draining and not backend_errors, details
+
+    def tasks(self) -> list[str]:
+        return self.models.tasks()
+
+    def listing(self) -> list[ModelListing]:
+        return self.models.listing()
+
+    # ---- streams ---------------------------------------------------------------------------
+
+    def open_stream(self, window: int = AGGREGATE_WINDOW_FRAMES) -> str:
+        """A new stream's id; its requests carry it in ``RequestContext.stream_id``. Close it when done."""
+        return self.streams.open(window)
+
+    def close_stream(self, stream_id: str) -> None:
+        self.streams.close(stream_id)
+
+    def failed_frame_aggregate(self, stream_id: str, sequence: int) -> AggregateSnapshot:
+        """The aggregate after the stream's request ``sequence``, which failed (taken once)."""
+        return self.streams.get(stream_id).failed.pop(sequence)
+
+    # ---- analysis --------------------------------------------------------------------------
+
+    async def analyze(self, request: AnalysisRequest) -> Report:
+        """Admit, analyse and count one request; raises ``AnalysisError`` (counted) when it fails."""
+        options, context = request.options, request.context
+        try:
+            self.admission.check()
+        except AnalysisError as exc:
+            raise await self.refused(options, context, exc) from None
+        started = time.monotonic()
+        with self.admission.admitted():
+            try:
+                async with asyncio.timeout(max(0.0, context.deadline - started) + CORE_DEADLINE_SLACK_S):
+                    report = await self._analyze(request)
+            except TimeoutError:
+                raise await self.refused(options, context, DeadlineExceeded()) from None
+            except AnalysisError as exc:
+                raise await self.refused(options, context, exc) from None
+            except asyncio.CancelledError:
+                self._count_failure(options, context.transport, "cancelled")
+                raise
+        total = time.monotonic() - started
+        report.timing_ms["total"] = round(total * 1000, 2)
+        self.metrics.stage_duration.labels("total", report.model.ref).observe(total)
+        self.metrics.request_success.labels(report.model.ref, options.task, context.transport).inc()
+        if context.stream_id is not None:
+            report.aggregate = await self.streams.get(context.stream_id).settle(context.sequence, report)
+        return report
+
+    async def refused(self, options: AnalysisOptions, context: RequestContext, error: AnalysisError) -> AnalysisError:
+        """Count a failed request, one a door refused before calling ``analyze`` too; in a stream,
+        settle the frame as failed. Returns ``error``, for the caller to raise."""
+        self._count_failure(options, context.transport, error.reason)
+        if context.stream_id is not None:
+            await self.streams.get(context.stream_id).settle(context.sequence, None)
+        return error
+
+    def _count_failure(self, options: AnalysisOptions, transport: str, reason: str) -> None:
+        self.metrics.request_failure.labels(options.model or "default", options.task, transport, reason).inc()
+
+    async def _analyze(self, request: AnalysisRequest) -> Report:
+        options, context = request.options, request.context
+        max_frames = self._max_frames(options)
+        model = self.models.resolve(options)
+        manifest = model.manifest
+        threshold, source = _threshold(manifest, options)
+        decode_s = 0.0
+        if request.media is not None:
+            sampling = Sampling(self.settings.max_video_seconds, max_frames, options.fps)
+            started = time.monotonic()
+            media = await asyncio.get_running_loop().run_in_executor(
+                self._cpu, decode_media, request.media, request.accept, self.settings.image_limits(), sampling
+            )
+            decode_s = time.monotonic() - started
+            self.metrics.stage_duration.labels("decode", model.label).observe(decode_s)
+            frames, is_video = media.frames, media.kind == "video"
+        else:
+            frames, is_video = request.frames or [], len(request.frames or []) > 1
+        assert self._pipeline is not None
+        result = await self._pipeline.run(model, frames, threshold, context.deadline)
+        timing = {"decode": decode_s, **result.stage_s}
+        report = Report(
+            request_id=context.request_id,
+            model=manifest,
+            threshold=threshold,
+            threshold_source=source,
+            frames=result.frames,
+            verdict=overall_verdict(result.frames, manifest, threshold, is_video),
+            timing_ms={stage: round(seconds * 1000, 2) for stage, seconds in timing.items()},
+            is_video=is_video,
+        )
+        if is_video and context.stream_id is None:  # an uploaded video is a stream of its own
+            report.aggregate = await self._video_aggregate(report)
+        return report
+
+    async def _video_aggregate(self, report: Report) -> AggregateSnapshot:
+        """The aggregate of a video's frames, kept as a stream's while the request lasts."""
+        stream_id = self.open_stream(window=len(report.frames))
+        try:
+            return await self.streams.get(stream_id).settle(0, report)
+        finally:
+            self.close_stream(stream_id)
+
+    def _max_frames(self, options: AnalysisOptions) -> int:
+        """The frames a video may give: the request's ``max_frames`` within the server's ceiling."""
+        if options.fps is not None and not 0 < options.fps <= MAX_SAMPLING_FPS:
+            raise InvalidRequest("invalid_parameter", f"fps is {options.fps}; it must be in (0, {MAX_SAMPLING_FPS:g}]")
+        ceiling = self.settings.max_video_frames
+        if options.max_frames is not None and not 1 <= options.max_frames <= ceiling:
+            message = f"max_frames is {options.max_frames}; this server allows {ceiling}"
+            raise InvalidRequest("invalid_parameter", message)
+        return options.max_frames or ceiling
+
+
+def _threshold(manifest: Manifest, options: AnalysisOptions) -> tuple[float, str]:
+    try:
+        return resolve_threshold(manifest, options.threshold, options.target_fpr)
+    except KeyError as exc:
+        raise BadInput("unknown_operating_point", str(exc).strip("'\"")) from None
+    except ValueError as exc:
+        raise BadInput("bad_threshold", str(exc)) from None
+
+

@@ -1,0 +1,153 @@
+"""The served models: the repository loaded, one inference backend per package, model choice.
+
+Each package gets a backend: with ``queue=local`` an engine, created and warmed up by
+``load_engine``, behind a ``DynamicBatcher``; with a Redis queue a ``RedisInferenceClient`` (the
+workers hold the engines, docs/scaling.md). Every version in the repository is served; a request
+names ``name`` (its latest version) or ``name:version``, or only a task (the task's default model).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from fsfm.engines.base import Engine
+from fsfm.package import ModelPackage, ModelRepository, PackageError
+from fsfm.package.manifest import TASKS, Manifest
+from service.batcher import DynamicBatcher, InferenceResult
+from service.core.request import AnalysisOptions
+from service.engines import create_engine
+from service.errors import BadInput, ModelNotFound
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger("fsfm.service")
+
+
+class InferenceBackend(Protocol):
+    """Where a model's faces go to be inferred: the in-process ``DynamicBatcher`` (``queue=local``)
+    or the Redis Streams queue to remote workers (``queue=redis://...``)."""
+
+    async def infer(self, tensors: np.ndarray, deadline: float | None = None) -> InferenceResult: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def health_error(self) -> str | None:
+        """Why the backend cannot take work right now (e.g. the queue is unreachable), or None."""
+        ...
+
+
+@dataclass
+class ServedModel:
+    package: ModelPackage
+    backend: InferenceBackend
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.package.manifest
+
+    @property
+    def label(self) -> str:
+        return self.manifest.ref
+
+
+@dataclass(frozen=True)
+class ModelListing:
+    """One served model, as both doors list it."""
+
+    manifest: Manifest
+    default_for_task: bool
+
+
+def load_engine(package: ModelPackage, settings: Settings) -> Engine:
+    """The package's engine, chosen by ``settings``, warmed up with one zero crop."""
+    engine = create_engine(package, settings)
+    size = package.manifest.crop.size
+    engine.warmup(np.zeros((1, 3, size, size), np.float32))
+    return engine
+
+
+def load_backend(package: ModelPackage, settings: Settings, metrics: Metrics) -> InferenceBackend:
+    """Local queue: an engine, warmed up, behind a dynamic batcher. Redis queue: a client of the
+    model's stream; this node needs only the manifest."""
+    if settings.queue != "local":
+        from service.redis_queue import RedisInferenceClient
+
+        return RedisInferenceClient(package.manifest, settings, metrics)
+    return DynamicBatcher(
+        load_engine(package, settings),
+        package.manifest.onnx.output_name,
+        package.manifest.ref,
+        metrics,
+        max_batch_size=settings.max_batch_size,
+        max_queue_delay_ms=settings.max_queue_delay_ms,
+        max_queue_size=settings.max_queue_size,
+    )
+
+
+class ServedModels:
+    """Every package of the repository with its backend (filled by ``load``; empty until then)."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.repository: ModelRepository | None = None
+        self.models: dict[str, ServedModel] = {}
+
+    def load(self) -> None:
+        """Load every version of every package, each with its backend (slow: run it off the loop)."""
+        self.repository = ModelRepository(self.settings.models)
+        for folder, error in self.repository.errors.items():
+            log.error("skipping model package %s: %s", folder, error)
+        for package in self.repository.packages:
+            backend = load_backend(package, self.settings, self.metrics)
+            self.models[package.manifest.ref] = ServedModel(package, backend)
+
+    def start(self) -> None:
+        for model in self.models.values():
+            model.backend.start()
+            self.metrics.model_ready.labels(model.label).set(1)
+
+    async def stop(self) -> None:
+        for model in self.models.values():
+            await model.backend.stop()
+            self.metrics.model_ready.labels(model.label).set(0)
+
+    def backend_errors(self) -> dict[str, str]:
+        return {label: error for label, model in self.models.items() if (error := model.backend.health_error())}
+
+    def tasks(self) -> list[str]:
+        """The tasks some loaded model judges."""
+        return sorted({m.manifest.task for m in self.models.values()})
+
+    def listing(self) -> list[ModelListing]:
+        """Every served model, sorted by ``name:version``."""
+        repository = self.repository
+        defaults = {repository.default_for_task(t).manifest.ref for t in self.tasks()} if repository else set()
+        return [ModelListing(served.manifest, ref in defaults) for ref, served in sorted(self.models.items())]
+
+    def resolve(self, options: AnalysisOptions) -> ServedModel:
+        """The model a request gets: the one it names, else its task's default."""
+        if options.task not in TASKS:
+            raise BadInput("unknown_task", f"unknown task {options.task!r}; tasks: {list(TASKS)}")
+        if self.repository is None:
+            raise ModelNotFound("model_not_found", "no model is loaded yet")
+        try:
+            package = (
+                self.repository.get(options.model) if options.model else self.repository.default_for_task(options.task)
+            )
+        except PackageError as exc:
+            raise ModelNotFound("model_not_found", str(exc)) from None
+        if package.manifest.task != options.task:
+            raise BadInput(
+                "wrong_task", f"model {package.manifest.ref} is a {package.manifest.task} model, not {options.task}"
+            )
+        return self.models[package.manifest.ref]

@@ -1,0 +1,59 @@
+"""What a door hands the core: ``AnalysisRequest`` = options + context + the media or the frames.
+
+Both doors build one request per analysis (an uploaded image or video, a gRPC image, one frame of a
+gRPC stream) and call ``AnalysisCore.analyze``; nothing else about a request reaches the core.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+from service.media import MEDIA_KINDS, Frame, MediaKind
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """What a request may choose; both doors build one from their parameters. ``fps`` and
+    ``max_frames`` apply to videos only (default and ceiling of ``max_frames``: the server's
+    ``max_video_frames``)."""
+
+    task: str
+    model: str | None = None
+    threshold: float | None = None
+    target_fpr: float | None = None
+    fps: float | None = None
+    max_frames: int | None = None
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Where a request comes from and how long it may take.
+
+    ``deadline`` is a ``time.monotonic()`` instant. ``stream_id`` (from ``AnalysisCore.open_stream``)
+    and ``sequence`` (the frame's position in that stream: 0, 1, 2, ...) make the request one frame
+    of a stream, whose running aggregate the core keeps and reports in order of ``sequence``.
+    """
+
+    transport: str
+    deadline: float
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    stream_id: str | None = None
+    sequence: int = 0
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """Either ``media`` (encoded bytes, sniffed and decoded by the core; ``accept`` says which kinds
+    the door allows) or ``frames`` (already decoded RGB pixels, e.g. gRPC raw images)."""
+
+    options: AnalysisOptions
+    context: RequestContext
+    media: bytes | None = None
+    frames: list[Frame] | None = None
+    accept: Collection[MediaKind] = MEDIA_KINDS
+
+    def __post_init__(self) -> None:
+        if (self.media is None) == (self.frames is None):
+            raise ValueError("an AnalysisRequest carries either media or frames")

@@ -1,0 +1,139 @@
+"""Protobuf <-> core types for the gRPC door (proto/fsfm/v1/analysis.proto): pure translation, no I/O.
+
+Requests become ``AnalysisOptions`` and media bytes or frames; ``Report``, ``AggregateSnapshot``,
+the model listing and ``AnalysisError`` become messages. A message that cannot be translated
+(no task, no image, malformed raw pixels) raises the ``AnalysisError`` the door answers with.
+"""
+
+from __future__ import annotations
+
+from fsfm.analysis import FaceResult, Verdict
+from fsfm.imaging import ImageLimits
+from fsfm.package.manifest import TASKS, Manifest
+from service.core import AggregateSnapshot, AnalysisOptions, Frame, ModelListing, Report
+from service.errors import AnalysisError, BadInput
+from service.grpc_stubs import pb
+from service.media import raw_frame
+
+_TASK_VALUES: dict[str, int] = {task: pb.Task.Value(f"TASK_{task.upper()}") for task in TASKS}
+_TASK_NAMES: dict[int, str] = {value: task for task, value in _TASK_VALUES.items()}
+
+
+# ---- requests -----------------------------------------------------------------------------------
+
+
+def analysis_options(message: pb.AnalysisOptions, fps: float | None = None, max_frames: int = 0) -> AnalysisOptions:
+    """The core's options; a missing task is refused by ``missing_task`` (see ``missing_task``)."""
+    return AnalysisOptions(
+        task=_TASK_NAMES.get(message.task, "unspecified"),
+        model=message.model or None,
+        threshold=message.threshold if message.HasField("threshold") else None,
+        target_fpr=message.target_fpr if message.HasField("target_fpr") else None,
+        fps=fps,
+        max_frames=max_frames or None,
+    )
+
+
+def missing_task(message: pb.AnalysisOptions) -> AnalysisError | None:
+    """The error of options without a task, or None."""
+    if message.task in _TASK_NAMES:
+        return None
+    names = ", ".join(name for name in pb.Task.keys() if name != "TASK_UNSPECIFIED")
+    return BadInput("missing_task", f"set options.task to one of {names}")
+
+
+def image_input(image: pb.Image, limits: ImageLimits) -> bytes | list[Frame]:
+    """An ``Image``'s encoded bytes (the core decodes them) or its raw pixels as one frame."""
+    kind = image.WhichOneof("data")
+    if kind == "encoded":
+        return image.encoded
+    if kind == "raw":
+        return [Frame(0, 0.0, raw_frame(image.raw.width, image.raw.height, image.raw.rgb, limits))]
+    raise BadInput("missing_image", "set image.encoded (JPEG, PNG or WebP bytes) or image.raw (RGB pixels)")
+
+
+# ---- answers ------------------------------------------------------------------------------------
+
+
+def model_info(manifest: Manifest) -> pb.ModelInfo:
+    reference = manifest.reference()
+    return pb.ModelInfo(**{**reference, "task": _TASK_VALUES[manifest.task]})
+
+
+def face_message(result: FaceResult) -> pb.Face:
+    x1, y1, x2, y2 = result.face.box.tolist()
+    face = pb.Face(
+        box=pb.Box(x1=x1, y1=y1, x2=x2, y2=y2),
+        landmarks=[pb.Point(x=x, y=y) for x, y in result.face.landmarks.tolist()],
+        detection_score=float(result.face.score),
+        judged=result.score is not None,
+        reason=result.skip_reason or "",
+    )
+    if result.score is not None:
+        face.score, face.label, face.threshold = result.score, result.label, result.threshold
+    return face
+
+
+def verdict_message(verdict: Verdict) -> pb.Verdict:
+    message = pb.Verdict(label=verdict.label or "", reason=verdict.reason or "")
+    if verdict.score is not None:
+        message.score = verdict.score
+    return message
+
+
+def _answer_fields(report: Report) -> dict[str, object]:
+    """The fields ``ImageAnalysis`` and ``VideoAnalysis`` share."""
+    return {
+        "request_id": report.request_id,
+        "model": model_info(report.model),
+        "threshold": report.threshold,
+        "threshold_source": report.threshold_source,
+        "verdict": verdict_message(report.verdict),
+        "timing_ms": report.timing_ms,
+    }
+
+
+def analysis_message(report: Report) -> pb.ImageAnalysis:
+    """A one-image ``Report`` as ``ImageAnalysis``."""
+    return pb.ImageAnalysis(faces=[face_message(face) for face in report.frames[0].faces], **_answer_fields(report))
+
+
+def video_message(report: Report) -> pb.VideoAnalysis:
+    """A video's ``Report`` as ``VideoAnalysis``."""
+    frames = [
+        pb.FrameAnalysis(index=frame.index, time_s=frame.time_s, faces=[face_message(f) for f in frame.faces])
+        for frame in report.frames
+    ]
+    return pb.VideoAnalysis(frames=frames, **_answer_fields(report))
+
+
+def aggregate_message(snapshot: AggregateSnapshot) -> pb.Aggregate:
+    aggregate = pb.Aggregate(
+        frames_seen=snapshot.frames_seen,
+        frames_failed=snapshot.frames_failed,
+        faces_seen=snapshot.faces_seen,
+        window_frames=snapshot.window_frames,
+        window_faces=snapshot.window_faces,
+        verdict=verdict_message(snapshot.verdict),
+    )
+    if snapshot.mean_score is not None:
+        aggregate.mean_score = snapshot.mean_score
+    if snapshot.max_score is not None:
+        aggregate.max_score = snapshot.max_score
+    return aggregate
+
+
+def error_message(error: AnalysisError) -> pb.Error:
+    return pb.Error(code=error.grpc_code, reason=error.reason, message=error.message)
+
+
+def models_message(listing: list[ModelListing]) -> pb.ListModelsResponse:
+    return pb.ListModelsResponse(models=[
+        pb.ModelEntry(
+            model=model_info(entry.manifest),
+            default_for_task=entry.default_for_task,
+            default_threshold=entry.manifest.thresholds.default,
+            manifest_json=entry.manifest.model_dump_json(),
+        )
+        for entry in listing
+    ])

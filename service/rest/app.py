@@ -1,0 +1,49 @@
+"""The REST apps, each assembled in one factory: routers, exception handlers, middleware.
+
+``create_app(core, settings)``: the API (docs/api.md). API keys, when configured, guard the ``/v1``
+routers; the probes and the OpenAPI document stay open for probes and scrapers. ``create_probe_app``:
+the operations routes alone, over any ``Probes`` (``fsfm worker`` serves it on its metrics port).
+The caller starts and stops the core (``service/server.py``).
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service.auth import ApiKeys
+from service.core import AnalysisCore
+from service.rest.deps import ApiKeyDep, Probes
+from service.rest.errors import add_error_handlers
+from service.rest.routes import analysis, models, operations
+from service.settings import Settings
+
+TITLE = "fsfm"
+SUMMARY = "Face security on the FSFM ViT: deepfake, liveness and diffusion-forgery detection."
+
+
+def create_app(core: AnalysisCore, settings: Settings) -> FastAPI:
+    """The REST API over ``core``."""
+    app = FastAPI(title=TITLE, summary=SUMMARY, version="1")
+    app.state.core, app.state.settings, app.state.probes = core, settings, core
+    app.state.api_keys = ApiKeys(settings.api_keys)
+    guarded = [ApiKeyDep] if app.state.api_keys else []
+    app.include_router(analysis.router, dependencies=guarded)
+    app.include_router(models.router, dependencies=guarded)
+    app.include_router(operations.router)
+    add_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            allow_headers=["x-api-key", "content-type"], expose_headers=["x-request-id", "retry-after"],
+        )
+    return app
+
+
+def create_probe_app(probes: Probes) -> FastAPI:
+    """``/healthz``, ``/readyz`` and ``/metrics`` over ``probes``."""
+    app = FastAPI(title=f"{TITLE} probes", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.probes = probes
+    app.include_router(operations.router)
+    add_error_handlers(app)
+    return app

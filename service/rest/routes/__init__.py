@@ -1,0 +1,2 @@
+"""One router per resource: ``analysis`` (``POST /v1/{task}``), ``models`` (``GET /v1/models``),
+``operations`` (``/healthz``, ``/readyz``, ``/metrics``); ``service/rest/app.py`` gathers them."""

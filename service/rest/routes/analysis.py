@@ -1,0 +1,103 @@
+"""``POST /v1/{task}`` for every task (deepfake, liveness, diffusion), all through one handler: the
+upload and parameters become an ``AnalysisRequest``, the core's ``Report`` becomes JSON.
+
+A task without a loaded model answers 404 ``task_not_served`` before the upload is read. Failures
+before the core (upload, parameters) are counted by ``core.refused``, like the core's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from fsfm.package.manifest import TASKS
+from service.core import AnalysisOptions, AnalysisRequest, RequestContext
+from service.errors import AnalysisError, DeadlineExceeded, InvalidRequest, ModelNotFound
+from service.rest.deps import CoreDep, SettingsDep
+from service.rest.errors import error_responses, validation_message
+from service.rest.multipart import UPLOAD_FIELD, read_upload
+from service.rest.schemas import AnalysisParams, AnalysisResponse, report_json
+
+TRANSPORT = "rest"
+
+router = APIRouter(tags=["analysis"])
+
+
+async def analyze(
+    task: str, request: Request, query: AnalysisParams, core: CoreDep, settings: SettingsDep
+) -> JSONResponse:
+    context = RequestContext(TRANSPORT, deadline=time.monotonic() + settings.request_timeout_s)
+    options = AnalysisOptions(task=task, model=query.model)
+    try:
+        async with asyncio.timeout(settings.request_timeout_s):
+            if core.ready and task not in core.tasks():
+                raise ModelNotFound("task_not_served", f"no {task} model is loaded; served tasks: {core.tasks()}")
+            upload = await read_upload(request, settings.max_upload_bytes)
+            options = AnalysisOptions(task=task, **merge_params(query, upload.fields).model_dump())
+    except TimeoutError:
+        raise await core.refused(options, context, DeadlineExceeded()) from None
+    except AnalysisError as exc:
+        raise await core.refused(options, context, exc) from None
+    report = await core.analyze(AnalysisRequest(options, context, media=upload.data))
+    return JSONResponse(report_json(report), headers={"x-request-id": report.request_id})
+
+
+def merge_params(query: AnalysisParams, form: dict[str, str]) -> AnalysisParams:
+    """Query parameters and form fields, validated alike; one parameter given both ways is refused."""
+    try:
+        from_form = AnalysisParams.model_validate(form)
+    except ValidationError as exc:
+        raise InvalidRequest("invalid_parameter", validation_message(exc.errors())) from None
+    in_query = query.model_dump(exclude_none=True)
+    in_form = from_form.model_dump(exclude_none=True)
+    if twice := sorted(in_query.keys() & in_form.keys()):
+        raise InvalidRequest("invalid_parameter", f"given both as query parameter and form field: {twice}")
+    return AnalysisParams(**in_query, **in_form)
+
+
+def _upload_body_schema() -> dict[str, object]:
+    """The multipart body, for OpenAPI: the route parses it itself (as a bounded stream), so FastAPI
+    cannot derive it from the signature."""
+    properties: dict[str, object] = {
+        UPLOAD_FIELD: {"type": "string", "format": "binary",
+                       "description": "JPEG, PNG or WebP image, or MP4/WebM video; the type is sniffed from the bytes"},
+    }
+    properties.update(AnalysisParams.model_json_schema()["properties"])
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "required": [UPLOAD_FIELD], "properties": properties}}}}}
+
+
+def _endpoint(task: str) -> Callable[..., Awaitable[JSONResponse]]:
+    """The route function of one task; every task shares ``analyze``."""
+
+    async def endpoint(
+        request: Request, query: Annotated[AnalysisParams, Query()], core: CoreDep, settings: SettingsDep
+    ) -> JSONResponse:
+        return await analyze(task, request, query, core, settings)
+
+    endpoint.__name__ = f"analyze_{task}"
+    endpoint.__doc__ = (
+        f"Detect the faces in an image or short video and judge each with the {task} model.\n\n"
+        f"Upload the media as multipart/form-data in the field `{UPLOAD_FIELD}`; its type is sniffed "
+        "from the bytes (JPEG, PNG, WebP; MP4 or WebM video). Parameters may be query parameters or "
+        "form fields. Videos are sampled evenly (`max_frames`) or at `fps`."
+    )
+    return endpoint
+
+
+for _task in TASKS:
+    router.add_api_route(
+        f"/v1/{_task}",
+        _endpoint(_task),
+        methods=["POST"],
+        response_model=AnalysisResponse,
+        responses=error_responses(400, 401, 404, 413, 415, 422, 429, 503, 504),
+        openapi_extra=_upload_body_schema(),
+        summary=f"Judge the faces of an image or video ({_task})",
+    )

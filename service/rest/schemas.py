@@ -1,0 +1,177 @@
+"""The REST API's documents (pydantic models, for validation and the OpenAPI document) and the one
+translation of a core ``Report`` into ``AnalysisResponse`` JSON. Field meanings: docs/api.md."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fsfm.package.manifest import TASKS, Manifest
+from service.core import Report
+from service.media import MAX_SAMPLING_FPS
+
+
+class AnalysisParams(BaseModel):
+    """What a request may choose. Each may be a query parameter or a form field, not both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(
+        default=None, max_length=200, description="model as `name` or `name:version` (default: the task's model)",
+        examples=["tiny-deepfake:1"],
+    )
+    threshold: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="attack-score threshold (default: the manifest's default)"
+    )
+    target_fpr: float | None = Field(
+        default=None, gt=0.0, lt=1.0,
+        description="use the manifest's operating point calibrated for this false-positive rate",
+    )
+    fps: float | None = Field(
+        default=None, gt=0.0, le=MAX_SAMPLING_FPS, description="video only: frames sampled per second"
+    )
+    max_frames: int | None = Field(
+        default=None, ge=1,
+        description="video only: frames analysed, at most (default and ceiling: the server's max_video_frames)",
+    )
+
+
+class ModelRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    version: int
+    task: Literal[TASKS]  # type: ignore[valid-type]  (the task names, from their one definition)
+    demo: bool = Field(description="a demo model: not fit for decisions")
+
+
+class FaceOut(BaseModel):
+    """One detected face. Judged faces carry ``score``, ``label`` and ``threshold``; faces that were
+    not judged carry ``judged: false`` and a ``reason`` instead (e.g. ``face_too_small``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    box: list[float] = Field(min_length=4, max_length=4, description="[x1, y1, x2, y2] in pixels")
+    landmarks: list[list[float]] = Field(
+        min_length=5, max_length=5, description="[x, y] of left eye, right eye, nose tip, left and right mouth corner"
+    )
+    detection_score: float
+    score: float | None = Field(default=None, description="probability of the attack class (fake / spoof)")
+    label: str | None = None
+    threshold: float | None = None
+    judged: bool | None = Field(default=None, description="false when the face was not judged")
+    reason: str | None = Field(default=None, description="why the face was not judged")
+
+
+class VerdictOut(BaseModel):
+    """Image: the most suspicious judged face. Video: the mean over frames of each frame's most
+    suspicious face. No judged face: ``label`` and ``score`` are null and ``reason`` says why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None
+    score: float | None
+    reason: str | None = Field(default=None, description="no_face | no_judged_face")
+
+
+class FrameOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(description="frame number in the video")
+    time_s: float
+    faces: list[FaceOut]
+
+
+_FACE_EXAMPLE = {
+    "box": [184.2, 71.9, 272.5, 185.3],
+    "landmarks": [[203.1, 101.4], [247.2, 102.8], [224.0, 126.5], [204.9, 141.0], [243.6, 141.7]],
+    "detection_score": 0.9998,
+    "score": 0.031264,
+    "label": "real",
+    "threshold": 0.5,
+}
+_IMAGE_EXAMPLE = {
+    "request_id": "4f1c2a9e7b3d4e5f8a6b7c8d9e0f1a2b",
+    "model": {"name": "fsfm-dfd", "version": 1, "task": "deepfake", "demo": False},
+    "media": "image",
+    "threshold": 0.5,
+    "threshold_source": "default",
+    "faces": [_FACE_EXAMPLE, {**{k: _FACE_EXAMPLE[k] for k in ("box", "landmarks")}, "detection_score": 0.97,
+                             "judged": False, "reason": "face_too_small"}],
+    "verdict": {"label": "real", "score": 0.031264},
+    "timing_ms": {"decode": 3.1, "detect": 41.7, "queue": 4.9, "infer": 62.3, "total": 113.5},
+}
+_VIDEO_EXAMPLE = {
+    **{k: v for k, v in _IMAGE_EXAMPLE.items() if k not in ("faces", "media")},
+    "media": "video",
+    "frames": [{"index": 0, "time_s": 0.0, "faces": [_FACE_EXAMPLE]}, {"index": 12, "time_s": 0.5, "faces": []}],
+}
+
+
+class AnalysisResponse(BaseModel):
+    """An image's faces (``faces``) or a video's sampled frames (``frames``), and the verdict."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_IMAGE_EXAMPLE, _VIDEO_EXAMPLE]})
+
+    request_id: str
+    model: ModelRef
+    media: Literal["image", "video"]
+    threshold: float = Field(description="the attack-score threshold applied")
+    threshold_source: str = Field(description='"default", "request", or the name of a manifest operating point')
+    faces: list[FaceOut] | None = Field(default=None, description="images: every detected face")
+    frames: list[FrameOut] | None = Field(default=None, description="videos: the sampled frames")
+    verdict: VerdictOut
+    timing_ms: dict[str, float] = Field(description="decode, detect, queue, infer, total")
+
+
+class ErrorDetail(BaseModel):
+    reason: str = Field(description="stable machine-readable code, e.g. corrupt, overloaded, model_not_found")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+    request_id: str | None = None
+
+
+class ModelEntry(BaseModel):
+    ref: str = Field(description="name:version")
+    default_for_task: bool = Field(description="requests for the task that name no model get this one")
+    manifest: Manifest
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelEntry]
+
+
+class Readiness(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    ready: bool
+    models_loaded: bool
+    draining: bool
+    models: list[str]
+    queue: str
+    precision: str = Field(description="fp32, or int8 (each package's int8 ONNX variant)")
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    """The response document (``AnalysisResponse``) of a core report."""
+    body: dict[str, Any] = {
+        "request_id": report.request_id,
+        "model": report.model.reference(),
+        "media": report.media,
+        "threshold": report.threshold,
+        "threshold_source": report.threshold_source,
+    }
+    if report.is_video:
+        body["frames"] = [
+            {"index": frame.index, "time_s": frame.time_s, "faces": [face.to_json() for face in frame.faces]}
+            for frame in report.frames
+        ]
+    else:
+        body["faces"] = [face.to_json() for face in report.frames[0].faces]
+    body["verdict"] = report.verdict.to_json()
+    body["timing_ms"] = report.timing_ms
+    return body
