@@ -24,7 +24,7 @@ from fsfm.package import ModelPackage, ModelRepository, PackageError
 from fsfm.package.manifest import TASKS, Manifest
 from fsfm.scoring import label_for, resolve_threshold
 from service.batcher import DynamicBatcher, InferenceResult
-from service.engines import create_engine
+from service.engines import load_engine
 from service.errors import AnalysisError, BadInput, ModelNotFound, TooLarge, Unavailable, UnsupportedMedia
 from service.metrics import Metrics
 from service.settings import Settings
@@ -146,12 +146,8 @@ class AnalysisCore:
             from service.redis_queue import RedisInferenceClient
 
             return ServedModel(package, RedisInferenceClient(package.manifest, self.settings, self.metrics))
-        engine = create_engine(package, self.settings)
-        size = package.manifest.crop.size
-        engine.warmup(np.zeros((1, 3, size, size), np.float32))
         batcher = DynamicBatcher(
-            engine,
-            package.manifest.onnx.output_name,
+            load_engine(package, self.settings),
             package.manifest.ref,
             self.metrics,
             max_batch_size=self.settings.max_batch_size,
@@ -312,7 +308,7 @@ class AnalysisCore:
         logits = np.zeros((0, manifest.architecture.num_classes), np.float32)
         if tensors:
             result = await model.backend.infer(np.stack(tensors), deadline)
-            logits, queue_s, infer_s = result.logits, result.queue_s, result.infer_s
+            logits, queue_s, infer_s = result.outputs[manifest.onnx.output_name], result.queue_s, result.infer_s
             self.metrics.stage_duration.labels("queue", model.label).observe(queue_s)
             self.metrics.stage_duration.labels("infer", model.label).observe(infer_s)
         reports: list[FrameReport] = []

@@ -164,10 +164,10 @@ def test_gpu_tensorrt_plan_matches_onnxruntime(precision: str, atol: float, tmp_
     package = add_plan_to_package(
         make_tiny_package(tmp_path), precision=precision, min_batch=2, opt_batch=4, max_batch=8, workspace_gib=1
     )
-    info = package.manifest.tensorrt
-    assert info is not None and (info.precision, info.min_batch, info.max_batch) == (precision, 2, 8)
-    assert load_package(package.path).manifest.tensorrt == info
-    engine = TensorRTEngine(package.plan_path)
+    info = package.manifest.variant(precision, "tensorrt-plan")
+    assert info is not None and (info.precision, info.plan.min_batch, info.plan.max_batch) == (precision, 2, 8)
+    assert load_package(package.path).manifest.variant(precision, "tensorrt-plan") == info
+    engine = TensorRTEngine(package.variant_path(info))
     assert isinstance(engine, Engine)
     assert (engine.input_name, engine.output_names, engine.sample_shape) == ("images", ("logits",), (3, 64, 64))
     reference = OnnxRuntimeEngine(package.onnx_path, providers=["CPUExecutionProvider"])

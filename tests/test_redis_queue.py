@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from fsfm.cli import app
 from fsfm.engines.onnxruntime import OnnxRuntimeEngine
 from fsfm.package import ModelPackage
-from service.engines import create_engine
+from service.engines import load_engine
 from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, Unavailable
 from service.metrics import Metrics
 from service.redis_queue import (
@@ -95,7 +95,7 @@ async def live_consumer(package: ModelPackage, url: str = SHARED, **settings: ob
     """A worker's consumer of ``package``, running in this process until the block ends."""
     worker_settings = WorkerSettings(queue=url, consumer=f"live-{uuid.uuid4().hex[:6]}", **settings)
     connection = connect(url, MAX_POLL_S + COMMAND_TIMEOUT_S)
-    consumer = ModelConsumer(package, create_engine(package, worker_settings), connection, worker_settings, Metrics())
+    consumer = ModelConsumer(package, load_engine(package, worker_settings), connection, worker_settings, Metrics())
     stopping = asyncio.Event()
     task = asyncio.create_task(consumer.run(stopping, QueueHealth(url, {})))
     try:
@@ -126,7 +126,7 @@ def test_work_items_and_replies_round_trip_through_redis() -> None:
     stream = f"fsfm:test:{uuid.uuid4().hex}"
     tensor = faces(1)[0]
     item = WorkItem(Address("fsfm:reply:node-1", "req-1", 3), "tiny:1", 1_800_000_000.25, 1_799_999_990.5, tensor)
-    answer = Reply("req-1", 3, np.array([0.25, -1.5], np.float32), queue_s=0.01, infer_s=0.02)
+    answer = Reply("req-1", 3, {"logits": np.array([0.25, -1.5], np.float32)}, queue_s=0.01, infer_s=0.02)
     failure = Reply("req-1", 4, reason="inference_failed", message="went to the dead-letter stream")
     with redis.Redis.from_url(SHARED) as r:
         for fields in (item.encode(), answer.encode(), failure.encode()):
@@ -139,7 +139,7 @@ def test_work_items_and_replies_round_trip_through_redis() -> None:
     assert decoded.tensor.shape == (3, 64, 64) and np.array_equal(decoded.tensor, tensor)
     got = Reply.decode(answer_fields)
     assert (got.request_id, got.index, got.queue_s, got.infer_s, got.reason) == ("req-1", 3, 0.01, 0.02, None)
-    assert np.array_equal(got.logits, answer.logits)
+    assert np.array_equal(got.outputs["logits"], answer.outputs["logits"])
     assert Reply.decode(failure_fields) == failure
 
 
@@ -175,7 +175,7 @@ def test_a_dead_workers_faces_are_claimed_answered_and_removed(model: ModelPacka
                 result = await asyncio.wait_for(request, 10)
             waited = time.monotonic() - started
         expected = OnnxRuntimeEngine(model.onnx_path).run(batch)["logits"]
-        np.testing.assert_allclose(result.logits, expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(result.outputs["logits"], expected, rtol=1e-5, atol=1e-6)
         assert waited >= 0.3  # only once they had been idle for the claim timeout
         assert sample(consumer.metrics, "fsfm_queue_claimed_total", ref) == len(batch)
         assert await dead.xlen(stream) == 0  # answered entries are acknowledged and deleted
@@ -230,7 +230,7 @@ def test_expired_and_malformed_items_are_not_computed(model: ModelPackage) -> No
             await eventually(lambda: length_is(r, stream, 0))
         answers = {Reply.decode(fields).request_id: Reply.decode(fields) for _, fields in await r.xrange(replies)}
         assert set(answers) == {"malformed", "good"}
-        assert answers["good"].logits is not None and "malformed work item" in answers["malformed"].message
+        assert answers["good"].outputs is not None and "malformed work item" in answers["malformed"].message
         assert await r.xlen(dead_letter_stream(ref)) == 2
         assert sample(consumer.metrics, "fsfm_queue_expired_total", ref) == 1
         assert sample(consumer.metrics, "fsfm_inference_count_total", ref) == 1
@@ -295,7 +295,7 @@ def test_redis_dying_fails_requests_at_once_and_the_client_recovers(model: Model
             await eventually(lambda: _healthy(client))
             async with live_consumer(model, server.url):
                 result = await asyncio.wait_for(client.infer(faces(2)), 10)
-            assert result.logits.shape == (2, 2)
+            assert result.outputs["logits"].shape == (2, 2)
 
     with running_redis(tmp_path) as server:
         asyncio.run(scenario(server))
