@@ -99,10 +99,8 @@ def sweep(
     for size, measured in times.items():
         faces_per_s = size / float(np.median(measured))
         gflops = flops_per_face * faces_per_s / 1e9
-        runs.append(
-            EngineRun(label, size, faces_per_s, latency(measured), gflops, gflops / peak_gflops if peak_gflops else None,
-                      precision)
-        )
+        share = gflops / peak_gflops if peak_gflops else None
+        runs.append(EngineRun(label, size, faces_per_s, latency(measured), gflops, share, precision))
     return runs
 
 

@@ -142,7 +142,8 @@ class DynamicBatcher:
             for face in faces:  # a failure or cancellation of one face frees the others' slots too
                 if not face.future.done():
                     face.future.cancel()
-        return InferenceResult(stack_rows([o[0] for o in outputs]), max(o[1] for o in outputs), max(o[2] for o in outputs))
+        rows, queue_s, infer_s = zip(*outputs)
+        return InferenceResult(stack_rows(list(rows)), max(queue_s), max(infer_s))
 
     def _forget_if_cancelled(self, face: _Face):
         def callback(future: asyncio.Future) -> None:

@@ -427,7 +427,8 @@ class _Waiting:
         rows = [self.rows[i] for i in sorted(self.rows)]
         if any(row.keys() != rows[0].keys() for row in rows):
             names = sorted({tuple(row) for row in rows})
-            self.future.set_exception(InferenceFailed("inference_failed", f"workers answered with other outputs: {names}"))
+            error = InferenceFailed("inference_failed", f"workers answered with other outputs: {names}")
+            self.future.set_exception(error)
             return
         self.future.set_result(InferenceResult(stack_rows(rows), self.queue_s, self.infer_s))
 

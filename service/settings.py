@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     )
     engine_threads: int | None = Field(default=None, ge=1, description="ONNX Runtime intra-op threads (default: all cores)")
     precision: str = Field(
-        default="auto", description='"auto" or the package variant to run: fp32 (model.onnx), int8 (fsfm quantize), fp16'
+        default="auto", description='"auto" or the package variant to run: fp32 (model.onnx), int8, fp16'
     )
     queue: str = Field(default="local", description='"local" (in-process) or a redis:// URL (Redis Streams)')
 

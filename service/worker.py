@@ -132,8 +132,9 @@ class _Outcome:
         c = self._consumer
         log.warning("model %s: refusing entry %s: %s", c.model, delivery.entry_id.decode(), error)
         address = Address.decode(delivery.fields)  # decoded before the version was checked
-        message = f"the worker {c.name} got a work item in {error}: upgrade the API nodes and workers to one fsfm version"
-        self.reply(delivery, address, Reply(address.request_id, address.index, reason=VERSION_MISMATCH, message=message))
+        message = f"worker {c.name} got a work item in {error}: run one fsfm version on API nodes and workers"
+        reply = Reply(address.request_id, address.index, reason=VERSION_MISMATCH, message=message)
+        self.reply(delivery, address, reply)
 
     def dead_letter(self, delivery: Delivery, error: str) -> None:
         """Move the face to the dead-letter stream with its error, and tell its request."""

@@ -88,7 +88,7 @@ def test_auto_is_onnxruntime_fp32_on_a_cpu_whatever_the_package_carries(package:
     for candidate in (package, with_plan(package)):
         chosen = select_variant(candidate, host=CPU)
         assert (chosen.engine, chosen.precision, chosen.path) == ("onnxruntime", "fp32", package.onnx_path)
-        assert chosen.variant == package.manifest.reference and chosen.why
+        assert chosen.variant == package.manifest.reference_variant and chosen.why
 
 
 def test_auto_runs_a_tensorrt_plan_on_a_gpu_with_tensorrt(package: ModelPackage) -> None:
@@ -108,11 +108,13 @@ def test_forced_engines_and_precisions(package: ModelPackage) -> None:
     assert (plan.engine, plan.precision) == ("tensorrt", "fp16")
 
 
-@pytest.mark.parametrize(("engine", "precision", "host", "message"), ids=lambda v: v if isinstance(v, str) else "", argvalues=[
+@pytest.mark.parametrize(("engine", "precision", "host", "message"), ids=lambda v: v if isinstance(v, str) else "",
+                         argvalues=[
     ("auto", "int8", CPU, "tiny-two:1 has no int8 variant: add one with `fsfm quantize --model tiny-two:1"),
     ("onnxruntime", "int8", CPU, "has no int8 variant"),
     ("tensorrt", "auto", GPU, "has no TensorRT plan: build one with `fsfm export --tensorrt`"),
-    ("tensorrt", "fp16", CPU, "has no fp16 TensorRT plan: build one with `fsfm export --tensorrt --trt-precision fp16`"),
+    ("tensorrt", "fp16", CPU,
+     "has no fp16 TensorRT plan: build one with `fsfm export --tensorrt --trt-precision fp16`"),
     ("torch", "int8", CPU, "engine torch cannot run precision int8; it runs fp32"),
     ("cuda-magic", "auto", CPU, "unknown engine 'cuda-magic'; engines: onnxruntime, tensorrt, torch"),
     ("auto", "fp64", CPU, "unknown precision 'fp64'"),
@@ -152,7 +154,7 @@ def test_old_manifests_load_with_their_int8_graph_and_plan_as_variants(package: 
     int8, plan = manifest.variant("int8"), manifest.variant("fp16", "tensorrt-plan")
     assert (int8.file, int8.method, int8.heldout[0].auc_variant) == ("model.int8.onnx", "dynamic", 0.89)
     assert (plan.file, plan.plan.max_batch, plan.plan.device) == ("model.plan", 32, "NVIDIA H200")
-    assert manifest.onnx.output_name == "logits" and manifest.reference.file == "model.onnx"
+    assert manifest.onnx.output_name == "logits" and manifest.reference_variant.file == "model.onnx"
     saved = manifest.model_dump(mode="json")
     assert "onnx_int8" not in saved and "tensorrt" not in saved  # written in the new form
     assert Manifest.model_validate(saved) == manifest

@@ -104,7 +104,8 @@ def add_plan_to_package(
     max_batch: int = 32,
     workspace_gib: int = 4,
 ) -> ModelPackage:
-    """Build ``model.plan`` in the package folder and record it among the manifest's variants. The manifest is replaced atomically (written beside it, then renamed), so a reader
+    """Build ``model.plan`` in the package folder and record it among the manifest's variants.
+    The manifest is replaced atomically (written beside it, then renamed), so a reader
     sees the old manifest or the new one, never half of one."""
     variant = build_plan(
         package.onnx_path,

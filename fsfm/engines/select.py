@@ -132,7 +132,8 @@ def select_variant(
             continue
         if row.cpu_features <= host.cpu_features and host.cannot_run(spec) is None:
             if (variant := carried(spec, row.precision)) is not None:
-                return chosen(spec, variant, f"preferred: {row.engine} {row.precision} runs here and the package has it")
+                why = f"preferred: {row.engine} {row.precision} runs here and the package has it"
+                return chosen(spec, variant, why)
     specs = [ENGINES[engine]] if engine != AUTO else list(ENGINES.values())
     for spec in specs:
         for wanted in [precision] if precision != AUTO else spec.precisions:

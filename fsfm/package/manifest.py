@@ -46,7 +46,7 @@ class ClassSemantics(BaseModel):
         return next(n for i, n in enumerate(self.names) if i != self.attack_index)
 
 
-# Official FSFM class orders (method spec §7): DfD/DiFF index 0 = fake, 1 = real; FAS 1 = live.
+# Official FSFM class orders (docs/finetuning.md): DfD/DiFF index 0 = fake, 1 = real; FAS 1 = live.
 DEFAULT_CLASSES: dict[str, ClassSemantics] = {
     "deepfake": ClassSemantics(names=["fake", "real"], attack_index=0),
     "diffusion": ClassSemantics(names=["fake", "real"], attack_index=0),
@@ -241,13 +241,13 @@ class Manifest(PackageInfo):
         return self
 
     @property
-    def reference(self) -> Variant:
+    def reference_variant(self) -> Variant:
         """The exported fp32 ONNX graph, as a variant."""
         return Variant(precision="fp32", format="onnx", file=self.onnx.file, sha256=self.onnx.sha256, method="export")
 
     def all_variants(self) -> list[Variant]:
         """The reference first, then the declared variants."""
-        return [self.reference, *self.variants]
+        return [self.reference_variant, *self.variants]
 
     def variant(self, precision: str, format: str = "onnx") -> Variant | None:
         """The package's graph in ``precision`` and ``format``, or None when it carries none."""
