@@ -7,8 +7,8 @@ from pathlib import Path
 
 from fsfm.engines.onnxruntime import OnnxRuntimeEngine
 from fsfm.engines.registry import EngineOptions, EngineSpec
+from fsfm.engines.select import Selection
 from fsfm.package import ModelPackage
-from fsfm.package.manifest import Variant
 
 SPEC = EngineSpec("test-recording", "tests.recording_engine", "cpu", ("onnx",), ("fp32", "int8"))
 MADE: list[Path] = []  # the variant file of every engine made, in order
@@ -22,7 +22,7 @@ def unavailable() -> str | None:
     return None
 
 
-def create(package: ModelPackage, variant: Variant, options: EngineOptions) -> RecordingEngine:
-    engine = RecordingEngine(package.variant_path(variant), threads=options.threads)
+def create(package: ModelPackage, selection: Selection, options: EngineOptions) -> RecordingEngine:
+    engine = RecordingEngine(selection.path, threads=options.threads)
     MADE.append(engine.path)
     return engine

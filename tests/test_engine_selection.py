@@ -116,7 +116,7 @@ def test_forced_engines_and_precisions(package: ModelPackage) -> None:
     ("tensorrt", "fp16", CPU,
      "has no fp16 TensorRT plan: build one with `fsfm export --tensorrt --trt-precision fp16`"),
     ("torch", "int8", CPU, "engine torch cannot run precision int8; it runs fp32"),
-    ("cuda-magic", "auto", CPU, "unknown engine 'cuda-magic'; engines: onnxruntime, tensorrt, torch"),
+    ("cuda-magic", "auto", CPU, "unknown engine 'cuda-magic'; engines: onnxruntime, tensorrt, torch, openvino"),
     ("auto", "fp64", CPU, "unknown precision 'fp64'"),
 ])
 def test_what_cannot_be_chosen_is_said_clearly(

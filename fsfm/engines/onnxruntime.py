@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from fsfm.engines.registry import EngineOptions
     from fsfm.engines.select import Selection
     from fsfm.package import ModelPackage
-    from fsfm.package.manifest import Variant
 
 # Preference order when the caller does not name providers: the fastest one installed wins.
 _PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -27,8 +26,8 @@ def unavailable() -> str | None:
     return None if importlib.util.find_spec("onnxruntime") else "ONNX Runtime is not installed: pip install onnxruntime"
 
 
-def create(package: ModelPackage, variant: Variant, options: EngineOptions) -> OnnxRuntimeEngine:
-    return OnnxRuntimeEngine(package.variant_path(variant), threads=options.threads)
+def create(package: ModelPackage, selection: Selection, options: EngineOptions) -> OnnxRuntimeEngine:
+    return OnnxRuntimeEngine(selection.path, threads=options.threads)
 
 
 def available_providers() -> list[str]:

@@ -6,11 +6,14 @@ An engine is one module and one ``register`` line at the end of this file. The m
         why the engine cannot run in this environment (and what to install), or None. It must not
         import the runtime itself: listing engines stays cheap, and the service imports no runtime
         it does not run.
-    create(package: ModelPackage, variant: Variant, options: EngineOptions) -> Engine
-        load ``variant`` of ``package`` (the file ``select_variant`` chose); import the runtime here.
+    create(package: ModelPackage, selection: Selection, options: EngineOptions) -> Engine
+        load the variant ``select_variant`` chose (``selection.path``) to run at
+        ``selection.precision``; import the runtime here.
 
 The spec says where the engine runs (``device``: "cpu" runs on any machine, "cuda" needs an NVIDIA
-GPU), which variant formats it reads and which precisions it runs. Which engine and variant a
+GPU), which variant formats it reads and which precisions it runs; ``derives`` are the precisions it
+makes itself from the fp32 reference graph (a compile-time hint) when the package declares no
+variant in them. Which engine and variant a
 package gets is decided in one place, ``fsfm.engines.select.select_variant``; ``create_engine``
 makes the engine for that decision.
 """
@@ -41,10 +44,11 @@ class EngineOptions:
 @dataclass(frozen=True)
 class EngineSpec:
     name: str
-    module: str  # defines unavailable() and create(package, variant, options)
+    module: str  # defines unavailable() and create(package, selection, options)
     device: Literal["cpu", "cuda"]
     formats: tuple[str, ...]  # Variant.format values it reads
-    precisions: tuple[str, ...]  # Variant.precision values it runs
+    precisions: tuple[str, ...]  # precisions it runs
+    derives: tuple[str, ...] = ()  # of those, the ones it can run from the fp32 reference graph
 
     def _module(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -55,8 +59,8 @@ class EngineSpec:
     def runs(self, variant: Variant) -> bool:
         return variant.format in self.formats and variant.precision in self.precisions
 
-    def create(self, package: ModelPackage, variant: Variant, options: EngineOptions) -> Engine:
-        return self._module().create(package, variant, options)
+    def create(self, package: ModelPackage, selection: Selection, options: EngineOptions) -> Engine:
+        return self._module().create(package, selection, options)
 
 
 ENGINES: dict[str, EngineSpec] = {}
@@ -98,7 +102,7 @@ def unavailable_engines(specs: Iterable[EngineSpec] | None = None) -> dict[str, 
 def create_engine(package: ModelPackage, selection: Selection, options: EngineOptions | None = None) -> Engine:
     """The engine ``selection`` names, loaded with the variant it chose; ``engine.selection`` says
     what was chosen and why."""
-    engine = engine_spec(selection.engine).create(package, selection.variant, options or EngineOptions())
+    engine = engine_spec(selection.engine).create(package, selection, options or EngineOptions())
     engine.selection = selection
     return engine
 
@@ -106,3 +110,4 @@ def create_engine(package: ModelPackage, selection: Selection, options: EngineOp
 register(EngineSpec("onnxruntime", "fsfm.engines.onnxruntime", "cpu", ("onnx",), ("fp32", "int8")))
 register(EngineSpec("tensorrt", "fsfm.engines.tensorrt", "cuda", ("tensorrt-plan",), ("fp32", "fp16")))
 register(EngineSpec("torch", "fsfm.engines.torch", "cpu", ("onnx",), ("fp32",)))
+register(EngineSpec("openvino", "fsfm.engines.openvino", "cpu", ("onnx",), ("fp32", "bf16"), derives=("bf16",)))

@@ -6,6 +6,9 @@ int8 graph or TensorRT plan), the engine and precision asked for ("auto" or a na
 its CPU features, whether an NVIDIA GPU is present, and which registered engines cannot run here.
 Given the host explicitly, the function is pure; ``Host.detect()`` reads the machine.
 
+An engine runs a precision from a variant the package declares in it, or, for the precisions its
+registry entry ``derives`` (OpenVINO's bf16 inference hint), from the fp32 reference graph.
+
 ``auto`` walks ``AUTO_PREFERENCE`` top to bottom and takes the first row whose engine runs here,
 whose CPU features the host has and whose variant the package carries. A forced engine or precision
 keeps only the rows that agree with it; when none of them fits, the forced engine's (or any
@@ -88,7 +91,8 @@ class Host:
 
 @dataclass(frozen=True)
 class Selection:
-    """The engine, the variant it runs (its precision and file) and why it was chosen."""
+    """The engine, the precision it runs, the variant it reads (``path``) and why they were chosen.
+    ``precision`` is the variant's, or one the engine derives from the fp32 reference graph."""
 
     engine: str
     precision: str
@@ -121,10 +125,12 @@ def select_variant(
     variants = package.manifest.all_variants()
 
     def carried(spec: EngineSpec, wanted: str) -> Variant | None:
-        return next((v for v in variants if v.precision == wanted and spec.runs(v)), None)
+        """The variant ``spec`` runs at ``wanted``: declared, or the reference for a derived precision."""
+        declared = next((v for v in variants if v.precision == wanted and spec.runs(v)), None)
+        return declared or (variants[0] if wanted in spec.derives else None)
 
-    def chosen(spec: EngineSpec, variant: Variant, why: str) -> Selection:
-        return Selection(spec.name, variant.precision, variant, package.variant_path(variant), why)
+    def chosen(spec: EngineSpec, variant: Variant, precision: str, why: str) -> Selection:
+        return Selection(spec.name, precision, variant, package.variant_path(variant), why)
 
     for row in preferences:
         spec = ENGINES.get(row.engine)
@@ -133,12 +139,12 @@ def select_variant(
         if row.cpu_features <= host.cpu_features and host.cannot_run(spec) is None:
             if (variant := carried(spec, row.precision)) is not None:
                 why = f"preferred: {row.engine} {row.precision} runs here and the package has it"
-                return chosen(spec, variant, why)
+                return chosen(spec, variant, row.precision, why)
     specs = [ENGINES[engine]] if engine != AUTO else list(ENGINES.values())
     for spec in specs:
         for wanted in [precision] if precision != AUTO else spec.precisions:
             if host.cannot_run(spec) is None and (variant := carried(spec, wanted)) is not None:
-                return chosen(spec, variant, f"asked for engine {engine}, precision {precision}")
+                return chosen(spec, variant, wanted, f"asked for engine {engine}, precision {precision}")
     raise SelectionError(_nothing_fits(package, engine, precision, host, carried))
 
 

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from fsfm.engines.registry import EngineOptions
     from fsfm.engines.select import Selection
     from fsfm.package import ModelPackage
-    from fsfm.package.manifest import Variant
 
 INSTALL_HINT = (
     "pip install tensorrt-cu13 cuda-python (tensorrt-cu12 and cuda-python<13 for a CUDA 12 driver), "
@@ -51,8 +50,8 @@ def unavailable() -> str | None:
     return None if found else f"CUDA Python (cuda.bindings) is not installed: {INSTALL_HINT}"
 
 
-def create(package: ModelPackage, variant: Variant, options: EngineOptions) -> TensorRTEngine:
-    return TensorRTEngine(package.variant_path(variant))
+def create(package: ModelPackage, selection: Selection, options: EngineOptions) -> TensorRTEngine:
+    return TensorRTEngine(selection.path)
 
 
 def require_tensorrt() -> tuple[ModuleType, ModuleType]:

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from fsfm.engines.registry import EngineOptions
     from fsfm.engines.select import Selection
     from fsfm.package import ModelPackage
-    from fsfm.package.manifest import Variant
 
 TORCH_WEIGHTS_FILE = "model.pt"
 
@@ -28,8 +27,8 @@ def unavailable() -> str | None:
     return None if importlib.util.find_spec("torch") else "PyTorch is not installed: install the `train` extra"
 
 
-def create(package: ModelPackage, variant: Variant, options: EngineOptions) -> TorchEngine:
-    """The fp32 ``variant`` is the reference graph; torch computes it from ``model.pt`` instead.
+def create(package: ModelPackage, selection: Selection, options: EngineOptions) -> TorchEngine:
+    """The selection is the fp32 reference graph; torch computes it from ``model.pt`` instead.
     ``options.threads`` is left alone: torch's thread count is per process, not per model."""
     return TorchEngine(package)
 
