@@ -115,7 +115,9 @@ def pipeline(
     model: str = typer.Option("vit-b16", help=MODEL_HELP),
     package: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help=PACKAGE_HELP),
     image: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Request image (default: a one-face JPEG from the sample group photo)."),
-    engine_kind: str = typer.Option("onnxruntime", "--engine", help="engine[:precision]: onnxruntime, onnxruntime:int8, torch, tensorrt, auto."),
+    engine_kind: str = typer.Option(
+        "onnxruntime", "--engine", help="engine[:precision]: onnxruntime, onnxruntime:int8, torch, tensorrt, auto."
+    ),
     repeats: int = typer.Option(10, min=1),
     min_face_size: int = typer.Option(20, min=8, help="The detector's smallest face, as the service's FSFM_MIN_FACE_SIZE."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
@@ -155,7 +157,9 @@ def serve(
     max_queue_delay_ms: float = typer.Option(5.0, min=0.0, help="The started service's FSFM_MAX_QUEUE_DELAY_MS."),
     engine_kind: str = typer.Option("auto", "--engine", help="The started service's FSFM_ENGINE."),
     engine_threads: Optional[int] = typer.Option(None, min=1, help="The started service's ONNX Runtime threads."),
-    precision: str = typer.Option("auto", help="The started service's FSFM_PRECISION: auto | fp32 | int8 (needs a package with an int8 variant)."),
+    precision: str = typer.Option(
+        "auto", help="The started service's FSFM_PRECISION: auto | fp32 | int8 (needs a package with an int8 variant)."
+    ),
     baseline: bool = typer.Option(True, help="When starting the service: measure its engine alone first, for the targets."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:

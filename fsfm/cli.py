@@ -81,8 +81,8 @@ def analyze(
     detector: DetectorKind = typer.Option(DetectorKind.mtcnn, help="Face detector."),
     detector_weights: Optional[Path] = typer.Option(None, help="Detector ONNX weights (folder for MTCNN)."),
     min_face_size: int = typer.Option(20, help="Smallest face side searched for, in pixels."),
-    engine: str = typer.Option("auto", help="auto, or a registered engine: onnxruntime, tensorrt, torch."),
-    precision: str = typer.Option("auto", help="auto, or the package variant to run: fp32, int8, fp16."),
+    engine: str = typer.Option("auto", help="auto, or a registered engine: onnxruntime, tensorrt, torch, openvino."),
+    precision: str = typer.Option("auto", help="auto, or the precision to run: fp32, int8, fp16, bf16."),
 ) -> None:
     """Detect faces and score them; JSON to stdout, one object per file. Files that cannot be read get
     an ``error`` object and a line on stderr, and the exit code is 1."""

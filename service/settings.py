@@ -25,12 +25,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535, description="REST port (0: any free port)")
     grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC port (0: any free port)")
     engine: str = Field(
-        default="auto", description='"auto" (fsfm.engines.select) or a registered engine: onnxruntime, tensorrt, torch'
+        default="auto", description='"auto" (fsfm.engines.select) or a registered engine (fsfm.engines.registry)'
     )
     engine_threads: int | None = Field(default=None, ge=1, description="ONNX Runtime intra-op threads (default: all cores)")
-    precision: str = Field(
-        default="auto", description='"auto" or the package variant to run: fp32 (model.onnx), int8, fp16'
-    )
+    precision: str = Field(default="auto", description='"auto" or the precision to run: fp32, int8, fp16, bf16')
     queue: str = Field(default="local", description='"local" (in-process) or a redis:// URL (Redis Streams)')
 
     # Dynamic batching (Triton's semantics).

@@ -11,7 +11,8 @@ Device memory comes from CUDA Python's runtime bindings (``cuda.bindings.runtime
   per CUDA major version, and what TensorRT's own Python samples use. It works in the same primary
   context as TensorRT, so pointers pass between them as plain integers.
 
-Registered as ``tensorrt``: it runs the package's ``tensorrt-plan`` variant. Nothing here imports torch. The TensorRT >= 10 tensor API is used throughout (named I/O tensors,
+Registered as ``tensorrt``: it runs the package's ``tensorrt-plan`` variant. Nothing here imports
+torch. The TensorRT >= 10 tensor API is used throughout (named I/O tensors,
 ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``); it is unchanged in TensorRT 11.
 """
 
