@@ -115,6 +115,7 @@ def test_forced_engines_and_precisions(package: ModelPackage) -> None:
     ("tensorrt", "auto", GPU, "has no TensorRT plan: build one with `fsfm export --tensorrt`"),
     ("tensorrt", "fp16", CPU,
      "has no fp16 TensorRT plan: build one with `fsfm export --tensorrt --trt-precision fp16`"),
+    ("auto", "fp16", CPU, "has no fp16 TensorRT plan"),
     ("torch", "int8", CPU, "engine torch cannot run precision int8; it runs fp32"),
     ("cuda-magic", "auto", CPU, "unknown engine 'cuda-magic'; engines: onnxruntime, tensorrt, torch, openvino"),
     ("auto", "fp64", CPU, "unknown precision 'fp64'"),

@@ -18,7 +18,7 @@ engine's) variants in the forced precision are taken in registry order. Nothing 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,7 +148,10 @@ def select_variant(
     raise SelectionError(_nothing_fits(package, engine, precision, host, carried))
 
 
-def _nothing_fits(package: ModelPackage, engine: str, precision: str, host: Host, carried) -> str:
+def _nothing_fits(
+    package: ModelPackage, engine: str, precision: str, host: Host, carried: Callable[[EngineSpec, str], Variant | None]
+) -> str:
+    """Why ``select_variant`` found nothing: the most specific reason first."""
     ref = package.manifest.ref
     if engine != AUTO:
         spec = ENGINES[engine]
@@ -160,7 +163,7 @@ def _nothing_fits(package: ModelPackage, engine: str, precision: str, host: Host
         return f"engine {engine} cannot run here: {host.cannot_run(spec)}"
     runners = [s for s in ENGINES.values() if precision == AUTO or precision in s.precisions]
     if precision != AUTO and not any(carried(s, precision) for s in runners):
-        return missing_variant(ref, precision, "onnx")
+        return missing_variant(ref, precision, runners[0].formats[0] if runners else "onnx")
     reasons = "; ".join(f"{s.name}: {host.cannot_run(s)}" for s in runners if host.cannot_run(s))
     return f"no engine that runs here runs {ref}" + (f" at precision {precision}" if precision != AUTO else "") + (
         f" ({reasons})" if reasons else ""
