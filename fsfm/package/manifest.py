@@ -10,7 +10,7 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -100,7 +100,7 @@ class OnnxInfo(BaseModel):
 
 
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 VariantFormat = Literal["onnx", "tensorrt-plan"]
 
 
@@ -134,13 +134,14 @@ class PlanBuild(BaseModel):
 
 
 class Variant(BaseModel):
-    """A graph of the model in another precision or format than the reference ``model.onnx``: an
-    int8 ONNX graph (``fsfm quantize``), a TensorRT plan (``fsfm export --tensorrt``). ``heldout``
-    holds what the variant costs against fp32 on held-out faces, where its maker measured it."""
+    """A graph of the model in one precision and format: the reference ``model.onnx`` (fp32, see
+    ``Manifest.reference_variant``), an int8 ONNX graph (``fsfm quantize``), a TensorRT plan (``fsfm
+    export --tensorrt``). ``heldout`` holds what the variant costs against fp32 on held-out faces,
+    where its maker measured it."""
 
     precision: Precision
     format: VariantFormat = "onnx"
-    file: str = Field(description="relative to the package folder")
+    file: str = Field(description="relative to the package folder (an absolute path stays as it is)")
     sha256: str | None = None
     method: str = Field(default="", description="how the variant was made")
     heldout: list[HeldOutCheck] = Field(default_factory=list)
