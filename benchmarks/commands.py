@@ -32,6 +32,10 @@ def _int_list(text: str, what: str) -> list[int]:
     return values
 
 
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _package(model: str, package: Optional[Path]):
     from fsfm.package import PackageError
     from fsfm.package.repository import load_package
@@ -65,7 +69,13 @@ def _write_json(path: Optional[Path], value: object) -> None:
 def engine(
     model: str = typer.Option("vit-b16", help=MODEL_HELP),
     package: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help=PACKAGE_HELP),
-    engines: str = typer.Option("onnxruntime,torch", "--engines", help="Comma-separated: onnxruntime, onnxruntime-int8, torch, tensorrt."),
+    engines: str = typer.Option(
+        "onnxruntime,torch", "--engines",
+        help="Comma-separated engine[:precision]: onnxruntime, onnxruntime:int8, torch, tensorrt, auto.",
+    ),
+    precisions: Optional[str] = typer.Option(
+        None, "--precisions", help="Comma-separated precisions (fp32, int8, fp16) to measure each engine at."
+    ),
     max_batch: int = typer.Option(8, min=1, help="Batch sizes 1, 2, 4, ... up to this."),
     threads: Optional[int] = typer.Option(None, min=1, help="ONNX Runtime intra-op threads (default: all cores)."),
     min_seconds: float = typer.Option(2.0, min=0.0, help="Time each batch size for at least this long (and 3 calls)."),
@@ -75,13 +85,14 @@ def engine(
     the machine's matmul peak (measured first)."""
     from fsfm.engines.base import EngineError
 
-    from benchmarks.engine import ENGINES, batch_sizes, engine_table, matmul_peak_gflops, run_engines
+    from benchmarks.engine import batch_sizes, engine_specs, engine_table, matmul_peak_gflops, run_engines
     from benchmarks.inputs import sample_face_tensors
     from benchmarks.targets import checks_table, engine_checks
 
-    kinds = [k.strip() for k in engines.split(",") if k.strip()]
-    if unknown := [k for k in kinds if k not in ENGINES]:
-        _fail(f"unknown engines {unknown}; choose from {list(ENGINES)}")
+    try:
+        kinds = engine_specs(_names(engines), _names(precisions) if precisions else None)
+    except EngineError as exc:
+        _fail(str(exc))
     chosen = _package(model, package)
     faces = sample_face_tensors(_detector(20), chosen.manifest) if len(kinds) > 1 else None
     peak = matmul_peak_gflops()
@@ -104,7 +115,9 @@ def pipeline(
     model: str = typer.Option("vit-b16", help=MODEL_HELP),
     package: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help=PACKAGE_HELP),
     image: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Request image (default: a one-face JPEG from the sample group photo)."),
-    engine_kind: str = typer.Option("onnxruntime", "--engine", help="onnxruntime | onnxruntime-int8 | torch | tensorrt."),
+    engine_kind: str = typer.Option(
+        "onnxruntime", "--engine", help="engine[:precision]: onnxruntime, onnxruntime:int8, torch, tensorrt, auto."
+    ),
     repeats: int = typer.Option(10, min=1),
     min_face_size: int = typer.Option(20, min=8, help="The detector's smallest face, as the service's FSFM_MIN_FACE_SIZE."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
@@ -142,9 +155,11 @@ def serve(
     image: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Request image (default: a one-face JPEG from the sample group photo)."),
     max_batch_size: int = typer.Option(8, min=1, help="The started service's FSFM_MAX_BATCH_SIZE."),
     max_queue_delay_ms: float = typer.Option(5.0, min=0.0, help="The started service's FSFM_MAX_QUEUE_DELAY_MS."),
-    engine_kind: str = typer.Option("onnxruntime", "--engine", help="The started service's engine."),
+    engine_kind: str = typer.Option("auto", "--engine", help="The started service's FSFM_ENGINE."),
     engine_threads: Optional[int] = typer.Option(None, min=1, help="The started service's ONNX Runtime threads."),
-    precision: str = typer.Option("fp32", help="The started service's FSFM_PRECISION: fp32 | int8 (needs a package with an int8 variant)."),
+    precision: str = typer.Option(
+        "auto", help="The started service's FSFM_PRECISION: auto | fp32 | int8 (needs a package with an int8 variant)."
+    ),
     baseline: bool = typer.Option(True, help="When starting the service: measure its engine alone first, for the targets."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
@@ -175,7 +190,7 @@ def serve(
         _write_json(json_out, {"levels": results})
         return
     chosen = _package(model, package)
-    baseline_engine = "onnxruntime-int8" if precision == "int8" else engine_kind
+    baseline_engine = f"{engine_kind}:{precision}"
     engine_report = None
     if baseline:
         engine_report = run_engines(chosen, [baseline_engine], batch_sizes(max_batch_size), matmul_peak_gflops(), engine_threads)

@@ -1,9 +1,11 @@
 """``fsfm bench engine``: engine-only throughput and latency per batch size, and the achieved
 GFLOP/s against the model's FLOPs and the machine's measured matmul peak.
 
-Engines: ``onnxruntime`` (as the service makes it), ``onnxruntime-int8`` (the package's int8
-variant from ``fsfm quantize``, or the same quantisation made on the fly; CPU), ``torch`` (the
-package's ``model.pt``, eager fp32) and ``tensorrt`` (the package's ``model.plan``, NVIDIA GPUs).
+What runs is asked for as ``engine[:precision]`` (``onnxruntime``, ``onnxruntime:int8``, ``torch``,
+``tensorrt``, ``auto``; engines from ``fsfm.engines.registry``) and chosen by the same function as
+the service's, ``fsfm.engines.select.select_variant``. A package without an int8 variant is
+measured with the same quantisation as ``fsfm quantize`` makes, made once into the fsfm cache (the
+package folder is left as it is).
 """
 
 from __future__ import annotations
@@ -11,27 +13,28 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from benchmarks.stats import Latency, latency, table
-from fsfm.engines.base import Engine
+from fsfm.engines.base import Engine, EngineError
+from fsfm.engines.registry import ENGINES, EngineOptions, create_engine
+from fsfm.engines.select import AUTO, select_variant
 from fsfm.package import ModelPackage
-
-ENGINES = ("onnxruntime", "onnxruntime-int8", "torch", "tensorrt")
+from fsfm.package.manifest import PRECISIONS, Variant
 
 
 @dataclass
 class EngineRun:
     """One engine at one batch size."""
 
-    engine: str
+    engine: str  # as asked for: engine[:precision]
     batch_size: int
     faces_per_s: float  # batch_size / median batch time
     batch: Latency  # time per engine call
     gflops: float  # achieved: model FLOPs per face x faces/s
     peak_share: float | None  # gflops / the matmul peak measured in the same run
+    precision: str = "fp32"  # the variant that ran
 
 
 def batch_sizes(max_batch: int) -> list[int]:
@@ -79,6 +82,7 @@ def sweep(
     min_calls: int = 3,
     peak_gflops: float | None = None,
     rounds: int = 3,
+    precision: str = "fp32",
 ) -> list[EngineRun]:
     """Time ``engine`` at each batch size on random inputs of the model's shape. The sizes take
     turns over ``rounds`` rounds (each round a share of ``min_seconds`` and ``min_calls``), so a
@@ -95,40 +99,61 @@ def sweep(
     for size, measured in times.items():
         faces_per_s = size / float(np.median(measured))
         gflops = flops_per_face * faces_per_s / 1e9
-        runs.append(
-            EngineRun(label, size, faces_per_s, latency(measured), gflops, gflops / peak_gflops if peak_gflops else None)
-        )
+        share = gflops / peak_gflops if peak_gflops else None
+        runs.append(EngineRun(label, size, faces_per_s, latency(measured), gflops, share, precision))
     return runs
 
 
-def int8_onnx(package: ModelPackage) -> Path:
-    """The package's int8 variant (``fsfm quantize``), or, for a package without one, the same
-    quantisation made once and kept in the fsfm cache under the graph's checksum (the package
-    folder is left as it is)."""
-    if package.int8_path is not None and package.int8_path.is_file():
-        return package.int8_path
+def split_spec(spec: str) -> tuple[str, str]:
+    """``"engine[:precision]"`` -> (engine, precision), "auto" where left out."""
+    engine, _, precision = spec.partition(":")
+    return engine or AUTO, precision or AUTO
+
+
+def engine_specs(engines: Sequence[str], precisions: Sequence[str] | None = None) -> list[str]:
+    """``engine[:precision]`` names checked against the registry; with ``precisions``, each engine
+    named without one is measured at each of them (``onnxruntime:fp32``, ``onnxruntime:int8``, ...)."""
+    pairs = [split_spec(spec) for spec in engines]
+    if unknown := [engine for engine, _ in pairs if engine != AUTO and engine not in ENGINES]:
+        raise EngineError(f"unknown engines {unknown}; choose from {[AUTO, *ENGINES]}")
+    asked = [p for _, p in pairs] + list(precisions or [])
+    if unknown := [p for p in asked if p != AUTO and p not in PRECISIONS]:
+        raise EngineError(f"unknown precisions {unknown}; choose from {[AUTO, *PRECISIONS]}")
+    specs: list[str] = []
+    for spec, (engine, precision) in zip(engines, pairs):
+        if precisions is None or precision != AUTO:
+            specs.append(spec)
+        else:
+            specs += [f"{engine}:{p}" for p in precisions]
+    return specs
+
+
+def with_int8(package: ModelPackage) -> ModelPackage:
+    """``package`` itself when it has an int8 variant; else a view of it whose manifest lists the
+    quantisation ``fsfm quantize`` would make (unjudged), kept in the fsfm cache under the graph's
+    checksum. The package folder is left as it is."""
+    if package.manifest.variant("int8") is not None:
+        return package
+    import onnxruntime
+
     from fsfm.assets import cache_dir
-    from training.quantize import quantize_int8
+    from training.quantize import INT8_METHOD, quantize_int8
 
     path = cache_dir() / "bench-int8" / f"{package.manifest.onnx.sha256}.onnx"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         quantize_int8(package.onnx_path, path)
-    return path
+    method = INT8_METHOD.format(version=onnxruntime.__version__) + ", made by fsfm bench"
+    variant = Variant(precision="int8", file=str(path), method=method)
+    return ModelPackage(package.manifest.with_variant(variant), package.path)
 
 
-def create_bench_engine(kind: str, package: ModelPackage, threads: int | None = None) -> Engine:
-    """The engine ``kind`` for ``package``; the service's own factory for the kinds it serves."""
-    if kind not in ENGINES:
-        raise ValueError(f"unknown engine {kind!r}; choose from {ENGINES}")
-    if kind == "onnxruntime-int8":
-        from fsfm.engines.onnxruntime import OnnxRuntimeEngine
-
-        return OnnxRuntimeEngine(int8_onnx(package), providers=["CPUExecutionProvider"], threads=threads)
-    from service.engines import create_engine
-    from service.settings import Settings
-
-    return create_engine(package, Settings(engine=kind, engine_threads=threads))
+def create_bench_engine(spec: str, package: ModelPackage, threads: int | None = None) -> Engine:
+    """The engine ``spec`` (``engine[:precision]``) for ``package``, chosen as the service chooses."""
+    engine, precision = split_spec(spec)
+    if precision == "int8":
+        package = with_int8(package)
+    return create_engine(package, select_variant(package, engine, precision), EngineOptions(threads=threads))
 
 
 def output_drift(reference: Engine, other: Engine, inputs: np.ndarray, output_name: str) -> float:
@@ -163,7 +188,7 @@ class EngineReport:
     flops_per_face: int
     peak_gflops: float
     runs: list[EngineRun]
-    drift: dict[str, float]  # variant engine -> max |logit difference| from onnxruntime on real faces
+    drift: dict[str, float]  # engine[:precision] -> max |logit difference| from onnxruntime fp32 on real faces
     unavailable: dict[str, str]  # engine -> why it could not run here
 
 
@@ -177,29 +202,30 @@ def run_engines(
     faces: np.ndarray | None = None,
     skip_unavailable: bool = False,
 ) -> EngineReport:
-    """Sweep each engine over ``sizes``. ``faces`` (real face crops) measure how far the int8
-    variant's outputs drift from the fp32 graph's. An engine that cannot be made here (no GPU, no
-    ``model.pt``) is recorded in ``unavailable`` when ``skip_unavailable``, else its error raises."""
-    from fsfm.engines.base import EngineError
-
+    """Sweep each ``engine[:precision]`` over ``sizes``. ``faces`` (real face crops) measure how far
+    the other engines' outputs drift from ONNX Runtime fp32's. An engine that cannot be made here (no
+    GPU, no ``model.pt``, no variant) is recorded in ``unavailable`` when ``skip_unavailable``, else
+    its error raises."""
     manifest = package.manifest
     flops = manifest.architecture.vit.flops_per_image()
     report = EngineReport(manifest.ref, flops, peak_gflops, [], {}, {})
     reference: Engine | None = None
-    for kind in engines:
+    for spec in engines:
         try:
-            engine = create_bench_engine(kind, package, threads)
+            engine = create_bench_engine(spec, package, threads)
         except EngineError as exc:
             if not skip_unavailable:
                 raise
-            report.unavailable[kind] = str(exc)
+            report.unavailable[spec] = str(exc)
             continue
-        peak = peak_gflops if kind != "onnxruntime-int8" and _on_cpu(engine) else None
-        report.runs += sweep(engine, kind, manifest.crop.size, flops, sizes, min_seconds, peak_gflops=peak)
-        if kind == "onnxruntime":
+        chosen = engine.selection  # set by create_engine
+        peak = peak_gflops if chosen.precision == "fp32" and _on_cpu(engine) else None
+        report.runs += sweep(engine, spec, manifest.crop.size, flops, sizes, min_seconds, peak_gflops=peak,
+                             precision=chosen.precision)
+        if reference is None and (chosen.engine, chosen.precision) == ("onnxruntime", "fp32"):
             reference = engine
         elif faces is not None and reference is not None:
-            report.drift[kind] = output_drift(reference, engine, faces, manifest.onnx.output_name)
+            report.drift[spec] = output_drift(reference, engine, faces, manifest.onnx.output_name)
     return report
 
 

@@ -29,7 +29,7 @@ from benchmarks.targets import Check, checks_table, engine_checks, service_check
 from fsfm.face.detector import create_detector
 from fsfm.package import ModelPackage
 
-CPU_ENGINES = ("onnxruntime", "onnxruntime-int8", "torch")
+CPU_ENGINES = ("onnxruntime", "onnxruntime:int8", "torch")
 # The service as it ships (its batching defaults), driven at these levels.
 SERVICE_SETTINGS: dict[str, object] = {"max_batch_size": 8, "max_queue_delay_ms": 5.0}
 LOAD_PLAN: list[tuple[str, int]] = [("rest", 1), ("rest", 8), ("rest", 32), ("grpc", 32), ("stream", 8)]
@@ -113,7 +113,8 @@ def with_gpu_engines(package: ModelPackage) -> tuple[list[str], str | None]:
     into the cached benchmark package first). Returns the list and why TensorRT was left out."""
     if gpu_name() is None:
         return list(CPU_ENGINES), "no CUDA GPU on this machine"
-    if package.plan_path is None or not package.plan_path.is_file():
+    plan = next((v for v in package.manifest.variants if v.format == "tensorrt-plan"), None)
+    if plan is None or not package.variant_path(plan).is_file():
         from training.tensorrt_build import add_plan_to_package
 
         try:

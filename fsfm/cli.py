@@ -81,11 +81,14 @@ def analyze(
     detector: DetectorKind = typer.Option(DetectorKind.mtcnn, help="Face detector."),
     detector_weights: Optional[Path] = typer.Option(None, help="Detector ONNX weights (folder for MTCNN)."),
     min_face_size: int = typer.Option(20, help="Smallest face side searched for, in pixels."),
+    engine: str = typer.Option("auto", help="auto, or a registered engine: onnxruntime, tensorrt, torch, openvino."),
+    precision: str = typer.Option("auto", help="auto, or the precision to run: fp32, int8, fp16, bf16."),
 ) -> None:
     """Detect faces and score them; JSON to stdout, one object per file. Files that cannot be read get
     an ``error`` object and a line on stderr, and the exit code is 1."""
     from fsfm.analysis import Analyzer
-    from fsfm.engines.onnxruntime import OnnxRuntimeEngine
+    from fsfm.engines.base import EngineError
+    from fsfm.engines.loading import open_engine
     from fsfm.face.detector import DetectorConfig, create_detector
     from fsfm.imaging import ImageError, read_image_file
     from fsfm.package.repository import ModelRepository, PackageError
@@ -101,8 +104,8 @@ def analyze(
             repo = ModelRepository(models)
             package = repo.get(model) if model else repo.default_for_task(task.value)
             chosen = resolve_threshold(package.manifest, threshold, target_fpr)[0]
-            analyzer = Analyzer(face_detector, package.manifest, OnnxRuntimeEngine(package.onnx_path))
-    except (PackageError, FileNotFoundError, KeyError, ValueError) as exc:
+            analyzer = Analyzer(face_detector, package.manifest, open_engine(package, engine, precision))
+    except (PackageError, EngineError, FileNotFoundError, KeyError, ValueError) as exc:
         fail(str(exc).strip("'\""))
 
     results: list[dict] = []

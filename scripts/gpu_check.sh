@@ -82,7 +82,8 @@ from training.tensorrt_build import add_plan_to_package, onnx_bytes
 start = time.perf_counter()
 package = load_package(Path(sys.argv[1]) / "vit-b16" / "1")
 package = add_plan_to_package(package, precision="fp16", min_batch=1, opt_batch=8, max_batch=32)
-print(f"fp16 plan built in {time.perf_counter() - start:.0f} s: {package.manifest.tensorrt}")
+plan = package.manifest.variant("fp16", "tensorrt-plan")
+print(f"fp16 plan built in {time.perf_counter() - start:.0f} s: {plan}")
 if hasattr(ort, "preload_dlls"):
     ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels beside torch
 half = onnx_bytes(package.onnx_path, "fp16")  # the graph the plan was built from
@@ -100,7 +101,7 @@ backends = {
     "onnxruntime TensorRT EP, fp16 graph": lambda: ort_run(
         [("TensorrtExecutionProvider", profile), "CUDAExecutionProvider"]
     ),
-    "TensorRT native, fp16 plan": lambda: TensorRTEngine(package.plan_path).run,
+    "TensorRT native, fp16 plan": lambda: TensorRTEngine(package.variant_path(plan)).run,
     "torch eager CUDA, fp32": lambda: TorchEngine(package).run,
 }
 print(f"{'engine':<38} {'batch':>5} {'images/s':>9} {'ms/batch':>9}")

@@ -8,6 +8,9 @@ engine runs on its own thread, off the event loop, one batch at a time.
 The queue is bounded (``max_queue_size`` faces): a request that does not fit is refused at once
 (``Overloaded``), never queued. A request that is cancelled or whose deadline passes has its faces
 removed from the queue at that moment, even while the engine is busy with another batch.
+
+Every named output of the engine travels back, each face its row of each (``InferenceResult.outputs``).
+``stop`` closes the engine.
 """
 
 from __future__ import annotations
@@ -25,19 +28,35 @@ from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, Unavai
 from service.metrics import Metrics
 
 
+Rows = dict[str, np.ndarray]  # one face's row of each named output
+
+
 @dataclass
 class InferenceResult:
     """Model outputs for one request's faces, in order, and where its time went."""
 
-    logits: np.ndarray  # (n, classes)
+    outputs: dict[str, np.ndarray]  # every named output, each (n, ...); none for no faces
     queue_s: float  # longest wait of its faces before their batch started
     infer_s: float  # engine time of the (last) batch that carried its faces
+
+
+def stack_rows(rows: list[Rows]) -> dict[str, np.ndarray]:
+    """Faces' rows (the same output names each) -> each output stacked, (n, ...)."""
+    return {name: np.stack([row[name] for row in rows]) for name in rows[0]} if rows else {}
+
+
+def split_rows(outputs: dict[str, np.ndarray], n: int) -> list[Rows]:
+    """An engine's outputs for a batch of ``n`` -> each face's rows; outputs without the batch as
+    their first axis are an engine error."""
+    if wrong := {name: array.shape for name, array in outputs.items() if array.ndim == 0 or len(array) != n}:
+        raise ValueError(f"outputs without the batch of {n} as their first axis: {wrong}")
+    return [{name: array[i] for name, array in outputs.items()} for i in range(n)]
 
 
 @dataclass(eq=False)
 class _Face:
     tensor: np.ndarray  # (3, S, S) float32
-    future: asyncio.Future[tuple[np.ndarray, float, float]]
+    future: asyncio.Future[tuple[Rows, float, float]]
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -45,7 +64,6 @@ class DynamicBatcher:
     def __init__(
         self,
         engine: Engine,
-        output_name: str,
         model_label: str,
         metrics: Metrics,
         max_batch_size: int = 8,
@@ -53,7 +71,6 @@ class DynamicBatcher:
         max_queue_size: int = 256,
     ) -> None:
         self.engine = engine
-        self.output_name = output_name
         self.model_label = model_label
         self.metrics = metrics
         self.max_batch_size = max_batch_size
@@ -77,7 +94,7 @@ class DynamicBatcher:
             self._task = asyncio.get_running_loop().create_task(self._dispatch_loop(), name=f"batcher-{self.model_label}")
 
     async def stop(self) -> None:
-        """Stop dispatching; faces still queued fail as unavailable."""
+        """Stop dispatching; faces still queued fail as unavailable; close the engine."""
         if self._task is not None:
             self._task.cancel()
             try:
@@ -91,6 +108,7 @@ class DynamicBatcher:
                 face.future.set_exception(Unavailable("shutting_down", "the service is shutting down"))
         self._update_pending()
         self._executor.shutdown(wait=True)
+        self.engine.close()
 
     async def infer(self, tensors: np.ndarray, deadline: float | None = None) -> InferenceResult:
         """Queue ``tensors`` (n, 3, S, S) and wait for their outputs. ``deadline`` is a
@@ -99,7 +117,7 @@ class DynamicBatcher:
             raise Unavailable("not_ready", f"model {self.model_label} is not running")
         n = len(tensors)
         if n == 0:
-            return InferenceResult(np.zeros((0, 0), np.float32), 0.0, 0.0)
+            return InferenceResult({}, 0.0, 0.0)
         if len(self._queue) + n > self.max_queue_size:
             raise Overloaded(
                 f"model {self.model_label}: {len(self._queue)} faces queued, limit {self.max_queue_size}",
@@ -124,8 +142,8 @@ class DynamicBatcher:
             for face in faces:  # a failure or cancellation of one face frees the others' slots too
                 if not face.future.done():
                     face.future.cancel()
-        logits = np.stack([o[0] for o in outputs])
-        return InferenceResult(logits, max(o[1] for o in outputs), max(o[2] for o in outputs))
+        rows, queue_s, infer_s = zip(*outputs)
+        return InferenceResult(stack_rows(list(rows)), max(queue_s), max(infer_s))
 
     def _forget_if_cancelled(self, face: _Face):
         def callback(future: asyncio.Future) -> None:
@@ -170,7 +188,7 @@ class DynamicBatcher:
         try:
             stacked = np.stack([face.tensor for face in batch])
             outputs = await loop.run_in_executor(self._executor, self.engine.run, stacked)
-            logits = outputs[self.output_name]
+            rows = split_rows(outputs, len(batch))
         except Exception as exc:  # an engine failure fails this batch only, never the loop
             error = InferenceFailed("inference_failed", f"model {self.model_label}: {exc}")
             for face in batch:
@@ -183,6 +201,6 @@ class DynamicBatcher:
         self.metrics.batch_execution_count.labels(label).inc()
         self.metrics.batch_size.labels(label).observe(len(batch))
         self.metrics.inference_count.labels(label).inc(len(batch))
-        for face, row in zip(batch, logits):
+        for face, row in zip(batch, rows):
             if not face.future.done():
                 face.future.set_result((row, started - face.enqueued, infer_s))

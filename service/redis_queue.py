@@ -1,4 +1,4 @@
-"""The Redis Streams queue between API nodes and ``fsfm worker`` processes (design.md §4-5).
+"""The Redis Streams queue between API nodes and ``fsfm worker`` processes (docs/scaling.md).
 
 Keys, per model ``name:version`` and per API node process:
 
@@ -12,6 +12,20 @@ ref, the absolute deadline and the enqueue time as wall-clock epoch seconds (mon
 machine), and the reply stream of the API node that waits. Workers acknowledge an entry and delete it
 once answered, so a stream holds only faces that are waiting or in work; XADD's approximate MAXLEN is a
 backstop far above the admission limit.
+
+Wire format, version 2 (``WIRE_VERSION``). Every entry is a flat map of fields, numbers as text:
+
+  work item  v=2, reply, id, i (the face's index in the request), model, deadline, t (enqueued), and
+             the face crop (3, S, S) as data (raw little-endian float32 bytes), shape ("3,224,224"),
+             dtype ("float32")
+  answer     v=2, id, i, queue_s, infer_s, outputs (the output names, comma-separated) and, per
+             output NAME, the face's row of it: out:NAME:data, out:NAME:shape, out:NAME:dtype
+  error      v=2, id, i, reason (a stable code), message
+
+Version 1 (one output, no ``v``) had the same error form, so API nodes of either version read the
+errors of both. Neither side misreads the other's other entries: an API node fails a request whose
+answer comes in another version with reason ``wire_version_mismatch`` (the workers need upgrading),
+and a worker answers a work item of another version with that error without computing it.
 
 The API node side is ``RedisInferenceClient`` (one per model; ``AnalysisCore`` uses it as the model's
 backend when ``FSFM_QUEUE`` is a redis:// URL). All clients of one process and Redis URL share an
@@ -42,7 +56,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fsfm.package.manifest import Manifest
-from service.batcher import InferenceResult
+from service.batcher import InferenceResult, Rows, stack_rows
 from service.errors import AnalysisError, DeadlineExceeded, InferenceFailed, Overloaded, Unavailable
 from service.metrics import Metrics
 from service.settings import Settings
@@ -132,6 +146,24 @@ def _number(fields: Mapping[bytes, bytes], name: str, kind: type[int] | type[flo
         raise WireError(f"field {name!r} is not a {kind.__name__}") from None
 
 
+WIRE_VERSION = "2"
+VERSION_MISMATCH = "wire_version_mismatch"
+
+
+class WireVersionError(WireError):
+    """An entry written in another version of the wire format."""
+
+    def __init__(self, version: bytes | None) -> None:
+        self.version = "1 (unversioned)" if version is None else version.decode(errors="replace")
+        super().__init__(f"wire format version {self.version}; this side speaks version {WIRE_VERSION}")
+
+
+def check_version(fields: Mapping[bytes, bytes]) -> None:
+    version = fields.get(b"v")
+    if version != WIRE_VERSION.encode():
+        raise WireVersionError(version)
+
+
 def encode_array(array: np.ndarray, prefix: str = "") -> dict[str, bytes | str]:
     """``{data, shape, dtype}`` fields: raw little-endian float32 bytes, shape as "3,64,64"."""
     array = np.ascontiguousarray(array, dtype="<f4")
@@ -146,8 +178,9 @@ def decode_array(fields: Mapping[bytes, bytes], prefix: str = "") -> np.ndarray:
     dtype = _text(fields, f"{prefix}dtype")
     if dtype != "float32":
         raise WireError(f"unsupported dtype {dtype!r}; the queue carries float32")
+    text = _text(fields, f"{prefix}shape")
     try:
-        shape = tuple(int(side) for side in _text(fields, f"{prefix}shape").split(","))
+        shape = tuple(int(side) for side in text.split(",")) if text else ()
     except ValueError:
         raise WireError("malformed shape") from None
     data = fields.get(f"{prefix}data".encode(), b"")
@@ -184,6 +217,7 @@ class WorkItem:
 
     def encode(self) -> dict[str, bytes | str]:
         return {
+            "v": WIRE_VERSION,
             **self.address.encode(),
             "model": self.model,
             "deadline": repr(self.deadline),
@@ -193,8 +227,12 @@ class WorkItem:
 
     @classmethod
     def decode(cls, fields: Mapping[bytes, bytes]) -> WorkItem:
+        """Raises ``WireError`` for a malformed item, ``WireVersionError`` for an addressed item of
+        another version (it can be answered, with that error)."""
+        address = Address.decode(fields)
+        check_version(fields)
         return cls(
-            address=Address.decode(fields),
+            address=address,
             model=_text(fields, "model"),
             deadline=float(_number(fields, "deadline", float)),
             enqueued=float(_number(fields, "t", float)),
@@ -202,33 +240,49 @@ class WorkItem:
         )
 
 
+def _output_prefix(name: str) -> str:
+    return f"out:{name}:"
+
+
 @dataclass
 class Reply:
-    """One face's answer: its logits and timings, or an error (reason code and message)."""
+    """One face's answer: its row of every named output and timings, or an error (reason and message)."""
 
     request_id: str
     index: int
-    logits: np.ndarray | None = None
+    outputs: dict[str, np.ndarray] | None = None
     queue_s: float = 0.0
     infer_s: float = 0.0
     reason: str | None = None
     message: str = ""
 
     def encode(self) -> dict[str, bytes | str]:
-        fields: dict[str, bytes | str] = {"id": self.request_id, "i": str(self.index)}
-        if self.logits is None:
+        fields: dict[str, bytes | str] = {"v": WIRE_VERSION, "id": self.request_id, "i": str(self.index)}
+        if self.outputs is None:
             return {**fields, "reason": self.reason or "inference_failed", "message": self.message}
-        return {**fields, "queue_s": repr(self.queue_s), "infer_s": repr(self.infer_s), **encode_array(self.logits)}
+        if bad := [name for name in self.outputs if "," in name or not name]:
+            raise WireError(f"output names {bad} cannot travel: names are comma-separated")
+        fields |= {"queue_s": repr(self.queue_s), "infer_s": repr(self.infer_s), "outputs": ",".join(self.outputs)}
+        for name, row in self.outputs.items():
+            fields |= encode_array(row, _output_prefix(name))
+        return fields
 
     @classmethod
     def decode(cls, fields: Mapping[bytes, bytes]) -> Reply:
+        """An answer of another version decodes as a ``wire_version_mismatch`` error for its request."""
         request_id, index = _text(fields, "id"), int(_number(fields, "i", int))
+        try:
+            check_version(fields)
+        except WireVersionError as exc:
+            message = f"a worker answered in {exc}: upgrade the workers to this API node's fsfm version"
+            return cls(request_id, index, reason=VERSION_MISMATCH, message=message)
         if b"reason" in fields:
             return cls(request_id, index, reason=_text(fields, "reason"), message=_text(fields, "message"))
+        names = _text(fields, "outputs").split(",")
         return cls(
             request_id,
             index,
-            logits=decode_array(fields),
+            outputs={name: decode_array(fields, _output_prefix(name)) for name in names},
             queue_s=float(_number(fields, "queue_s", float)),
             infer_s=float(_number(fields, "infer_s", float)),
         )
@@ -350,26 +404,33 @@ async def monitor_streams(
 
 @dataclass(eq=False)
 class _Waiting:
-    """One request's faces in flight: the rows filled so far and the future the request awaits."""
+    """One request's faces in flight: the answers so far and the future the request awaits."""
 
-    logits: np.ndarray  # (n, classes)
     future: asyncio.Future[InferenceResult]
-    missing: set[int] = field(default_factory=set)
+    missing: set[int]  # the indices of the faces not yet answered
+    rows: dict[int, Rows] = field(default_factory=dict)
     queue_s: float = 0.0
     infer_s: float = 0.0
 
     def deliver(self, reply: Reply) -> None:
         if self.future.done():
             return
-        if reply.logits is None:
+        if reply.outputs is None:
             self.future.set_exception(InferenceFailed(reply.reason or "inference_failed", reply.message))
             return
         if reply.index in self.missing:  # a face answered twice (claimed from a slow worker) counts once
-            self.logits[reply.index] = reply.logits
+            self.rows[reply.index] = reply.outputs
             self.missing.discard(reply.index)
             self.queue_s, self.infer_s = max(self.queue_s, reply.queue_s), max(self.infer_s, reply.infer_s)
-        if not self.missing:
-            self.future.set_result(InferenceResult(self.logits, self.queue_s, self.infer_s))
+        if self.missing:
+            return
+        rows = [self.rows[i] for i in sorted(self.rows)]
+        if any(row.keys() != rows[0].keys() for row in rows):
+            names = sorted({tuple(row) for row in rows})
+            error = InferenceFailed("inference_failed", f"workers answered with other outputs: {names}")
+            self.future.set_exception(error)
+            return
+        self.future.set_result(InferenceResult(stack_rows(rows), self.queue_s, self.infer_s))
 
     def fail(self, error: AnalysisError) -> None:
         if not self.future.done():
@@ -489,7 +550,6 @@ class RedisInferenceClient:
     def __init__(self, manifest: Manifest, settings: Settings, metrics: Metrics) -> None:
         self.model = manifest.ref
         self.stream = work_stream(self.model)
-        self.num_classes = manifest.architecture.num_classes
         self.url = settings.queue
         self.max_queue_size = settings.max_queue_size
         self.maxlen = stream_maxlen(settings.max_queue_size)
@@ -533,7 +593,7 @@ class RedisInferenceClient:
             raise Unavailable("queue_unreachable", node.health.error)
         n = len(tensors)
         if n == 0:
-            return InferenceResult(np.zeros((0, self.num_classes), np.float32), 0.0, 0.0)
+            return InferenceResult({}, 0.0, 0.0)
         timeout = self.request_timeout_s if deadline is None else deadline - time.monotonic()
         if timeout <= 0:
             raise DeadlineExceeded()
@@ -543,9 +603,7 @@ class RedisInferenceClient:
             WorkItem(Address(node.reply_stream, request_id, i), self.model, now + timeout, now, tensor)
             for i, tensor in enumerate(tensors)
         ]
-        waiting = _Waiting(
-            np.zeros((n, self.num_classes), np.float32), asyncio.get_running_loop().create_future(), set(range(n))
-        )
+        waiting = _Waiting(asyncio.get_running_loop().create_future(), set(range(n)))
         node.waiting[request_id] = waiting
         self._count_pending(n)
         entry_ids: list[bytes] = []

@@ -9,8 +9,11 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from fsfm.engines.registry import ENGINES, combination_error
+from fsfm.engines.select import AUTO
 from fsfm.face.detector import DetectorConfig
 from fsfm.imaging import ImageLimits
+from fsfm.package.manifest import PRECISIONS
 
 
 class Settings(BaseSettings):
@@ -21,11 +24,11 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="REST bind address")
     port: int = Field(default=8000, ge=0, le=65535, description="REST port (0: any free port)")
     grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC port (0: any free port)")
-    engine: Literal["onnxruntime", "tensorrt", "torch"] = Field(default="onnxruntime", description="inference engine")
-    engine_threads: int | None = Field(default=None, ge=1, description="ONNX Runtime intra-op threads (default: all cores)")
-    precision: Literal["fp32", "int8"] = Field(
-        default="fp32", description="ONNX Runtime graph: fp32 (model.onnx) or each package's int8 variant (fsfm quantize)"
+    engine: str = Field(
+        default="auto", description='"auto" (fsfm.engines.select) or a registered engine (fsfm.engines.registry)'
     )
+    engine_threads: int | None = Field(default=None, ge=1, description="ONNX Runtime intra-op threads (default: all cores)")
+    precision: str = Field(default="auto", description='"auto" or the precision to run: fp32, int8, fp16, bf16')
     queue: str = Field(default="local", description='"local" (in-process) or a redis:// URL (Redis Streams)')
 
     # Dynamic batching (Triton's semantics).
@@ -55,10 +58,24 @@ class Settings(BaseSettings):
     grpc_tls_key: Path | None = None
     shutdown_grace_s: float = Field(default=20.0, ge=0, description="drain time for in-flight work on SIGTERM")
 
+    @field_validator("engine")
+    @classmethod
+    def _registered_engine(cls, value: str) -> str:
+        if value != AUTO and value not in ENGINES:
+            raise ValueError(f"unknown engine {value!r}; choose from {', '.join((AUTO, *ENGINES))}")
+        return value
+
+    @field_validator("precision")
+    @classmethod
+    def _known_precision(cls, value: str) -> str:
+        if value != AUTO and value not in PRECISIONS:
+            raise ValueError(f"unknown precision {value!r}; choose from {', '.join((AUTO, *PRECISIONS))}")
+        return value
+
     @model_validator(mode="after")
-    def _int8_on_onnxruntime(self) -> "Settings":
-        if self.precision == "int8" and self.engine != "onnxruntime":
-            raise ValueError(f"precision int8 is an ONNX Runtime graph; engine {self.engine} has its own precision")
+    def _engine_runs_precision(self) -> "Settings":
+        if (error := combination_error(self.engine, self.precision)) is not None:
+            raise ValueError(error)
         return self
 
     @field_validator("api_keys", "cors_origins", mode="before")

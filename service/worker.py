@@ -11,11 +11,13 @@ Nothing is lost when a worker dies: the faces it held stay pending in the group,
 claims those idle longer than ``claim_timeout_s`` (XAUTOCLAIM) and answers them. A batch that fails
 is rerun face by face, so a poison face fails alone; a face that fails is handed back for redelivery
 at once, and at its ``max_deliveries``-th delivery it goes to the dead-letter stream with its error,
-and its request gets that error.
+and its request gets that error. Each answer carries every named output of the engine; a work item
+in another version of the wire format is answered with ``wire_version_mismatch``, not computed
+(``service.redis_queue`` describes the format).
 
-SIGTERM: stop taking work, finish the batch in hand, leave the group, exit. ``/metrics``,
-``/healthz`` and ``/readyz`` are served on ``metrics_port`` by the API's own operations routes
-(``service/rest/routes/operations.py``), so a worker's readiness has the API's shape.
+SIGTERM: stop taking work, finish the batch in hand, close the engines, leave the group, exit.
+``/metrics``, ``/healthz`` and ``/readyz`` are served on ``metrics_port`` by the API's own operations
+routes (``service/rest/routes/operations.py``), so a worker's readiness has the API's shape.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from fsfm.engines.base import Engine
 from fsfm.package import ModelPackage, ModelRepository
-from service.engines import create_engine
+from service.batcher import Rows, split_rows
+from service.engines import load_engine
 from service.metrics import Metrics
 from service.redis_queue import (
     COMMAND_TIMEOUT_S,
@@ -44,11 +47,13 @@ from service.redis_queue import (
     RECONNECT_DELAY_S,
     REPLY_MAXLEN,
     REPLY_TTL_S,
+    VERSION_MISMATCH,
     Address,
     QueueHealth,
     QueueMetrics,
     Reply,
     WireError,
+    WireVersionError,
     WorkItem,
     connect,
     dead_letter_stream,
@@ -122,6 +127,16 @@ class _Outcome:
         c = self._consumer
         self._pipe.xclaim(c.stream, GROUP, c.name, 0, [delivery.entry_id], idle=c.claim_ms + 1, justid=True)
 
+    def refuse_version(self, delivery: Delivery, error: WireVersionError) -> None:
+        """Answer an item of another wire version with the error, uncomputed (no delivery can fix it,
+        and it is no poison face: an upgrade is)."""
+        c = self._consumer
+        log.warning("model %s: refusing entry %s: %s", c.model, delivery.entry_id.decode(), error)
+        address = Address.decode(delivery.fields)  # decoded before the version was checked
+        message = f"worker {c.name} got a work item in {error}: run one fsfm version on API nodes and workers"
+        reply = Reply(address.request_id, address.index, reason=VERSION_MISMATCH, message=message)
+        self.reply(delivery, address, reply)
+
     def dead_letter(self, delivery: Delivery, error: str) -> None:
         """Move the face to the dead-letter stream with its error, and tell its request."""
         c = self._consumer
@@ -163,7 +178,6 @@ class ModelConsumer:
         metrics: Metrics,
     ) -> None:
         self.model = package.manifest.ref
-        self.output_name = package.manifest.onnx.output_name
         self.engine = engine
         self.redis = redis
         self.name = settings.consumer
@@ -185,7 +199,8 @@ class ModelConsumer:
             counter.labels(self.model)  # every series exists from the start, at 0
 
     async def run(self, stopping: asyncio.Event, health: QueueHealth) -> None:
-        """Until ``stopping``: batches, one at a time. Redis faults are waited out, never fatal."""
+        """Until ``stopping``: batches, one at a time. Redis faults are waited out, never fatal. The
+        engine is closed at the end."""
         try:
             while not stopping.is_set():
                 try:
@@ -195,6 +210,7 @@ class ModelConsumer:
                     await asyncio.sleep(RECONNECT_DELAY_S)
         finally:
             self._executor.shutdown(wait=True)
+            self.engine.close()
 
     async def _step(self) -> None:
         if not self._has_group:
@@ -264,6 +280,9 @@ class ModelConsumer:
         for delivery in batch:
             try:
                 item = WorkItem.decode(delivery.fields)
+            except WireVersionError as exc:
+                outcome.refuse_version(delivery, exc)
+                continue
             except WireError as exc:
                 outcome.dead_letter(delivery, f"malformed work item: {exc}")
                 continue
@@ -303,24 +322,24 @@ class ModelConsumer:
                         self.model, delivery.entry_id.decode(), delivery.count, self.max_deliveries, error)
             outcome.hand_back(delivery)
 
-    def _run(self, tensors: list[np.ndarray]) -> tuple[list[np.ndarray | Exception], float]:
-        """On the engine thread: the batch's logits, one row per face; if the batch fails, each face
+    def _run(self, tensors: list[np.ndarray]) -> tuple[list[Rows | Exception], float]:
+        """On the engine thread: each face's rows of every output; if the batch fails, each face
         runs alone so that only the faces that fail by themselves fail."""
         started = time.monotonic()
         try:
-            outputs: list[np.ndarray | Exception] = list(self._engine_rows(tensors))
+            outputs: list[Rows | Exception] = list(self._engine_rows(tensors))
         except Exception as exc:  # any engine failure: isolate it, never let it end the worker
             outputs = [exc] if len(tensors) == 1 else [self._run_alone(tensor) for tensor in tensors]
         return outputs, time.monotonic() - started
 
-    def _run_alone(self, tensor: np.ndarray) -> np.ndarray | Exception:
+    def _run_alone(self, tensor: np.ndarray) -> Rows | Exception:
         try:
             return self._engine_rows([tensor])[0]
         except Exception as exc:
             return exc
 
-    def _engine_rows(self, tensors: list[np.ndarray]) -> np.ndarray:
-        return self.engine.run(np.stack(tensors))[self.output_name]
+    def _engine_rows(self, tensors: list[np.ndarray]) -> list[Rows]:
+        return split_rows(self.engine.run(np.stack(tensors)), len(tensors))
 
     async def leave(self) -> None:
         """Remove this consumer from the group when it holds nothing (deleting a consumer drops its
@@ -343,16 +362,15 @@ class Worker:
         self.stopping: asyncio.Event | None = None
 
     def load(self) -> None:
-        """Engines for every package of the repository, warmed up (slow: run it off the loop)."""
+        """Engines for every package of the repository, chosen and warmed up by ``load_engine`` as
+        the service's are (slow: run it off the loop)."""
         repository = ModelRepository(self.settings.models)
         for folder, error in repository.errors.items():
             log.error("skipping model package %s: %s", folder, error)
         if not repository.packages:
             raise RuntimeError(f"no model packages in {self.settings.models}")
         for package in repository.packages:
-            engine = create_engine(package, self.settings)
-            size = package.manifest.crop.size
-            engine.warmup(np.zeros((1, 3, size, size), np.float32))
+            engine = load_engine(package, self.settings)
             consumer = ModelConsumer(package, engine, self.redis, self.settings, self.metrics)
             self.consumers.append(consumer)
             self.models[consumer.model] = consumer.queue_metrics

@@ -33,3 +33,38 @@ def make_tiny_package(
         repository,
         preset="fsfm_vit_tiny_patch16",
     )
+
+
+class _LogitsAndFeatures(torch.nn.Module):
+    """A classifier with two named outputs: its logits and its pooled features (B, D)."""
+
+    def __init__(self, model: ViTClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(images)
+        return self.model.head(features), features
+
+
+def make_two_output_package(repository: Path, name: str = "tiny-two-outputs", seed: int = 0) -> ModelPackage:
+    """A tiny package whose ``model.onnx`` has two outputs, ``logits`` and ``features`` (its pooled
+    features, (B, 32)): exported by our exporter, then re-exported with the second output."""
+    from fsfm.models.checkpoints import file_sha256
+    from fsfm.package.repository import load_package
+
+    package = make_tiny_package(repository, name=name, seed=seed)
+    size = TINY_VIT.img_size
+    torch.onnx.export(
+        _LogitsAndFeatures(tiny_classifier(seed)).eval(),
+        (torch.zeros(2, 3, size, size),),
+        str(package.onnx_path),
+        input_names=["images"],
+        output_names=["logits", "features"],
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}},
+        opset_version=package.manifest.onnx.opset,
+        dynamo=False,
+    )
+    onnx = package.manifest.onnx.model_copy(update={"sha256": file_sha256(package.onnx_path)})
+    package.manifest.model_copy(update={"onnx": onnx}).replace_in(package.path)
+    return load_package(package.path)

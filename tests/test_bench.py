@@ -118,19 +118,20 @@ def test_engine_sweep_measures_every_engine_and_batch_size(package: ModelPackage
 
     detector = create_detector()
     faces = np.stack([p.tensor for p in prepare_faces(astronaut_rgb, detector.detect(astronaut_rgb), package.manifest)])
-    report = run_engines(package, ["onnxruntime", "onnxruntime-int8", "torch"], [1, 2, 4], peak_gflops=100.0,
+    report = run_engines(package, ["onnxruntime", "onnxruntime:int8", "torch"], [1, 2, 4], peak_gflops=100.0,
                          min_seconds=0.05, faces=faces)
     assert [(r.engine, r.batch_size) for r in report.runs] == [
-        (e, b) for e in ("onnxruntime", "onnxruntime-int8", "torch") for b in (1, 2, 4)
+        (e, b) for e in ("onnxruntime", "onnxruntime:int8", "torch") for b in (1, 2, 4)
     ]
     flops = package.manifest.architecture.vit.flops_per_image()
     for r in report.runs:
         assert r.faces_per_s > 0 and r.batch.count >= 2
         assert r.faces_per_s == pytest.approx(r.batch_size / (r.batch.p50_ms / 1000))
         assert r.gflops == pytest.approx(flops * r.faces_per_s / 1e9)
-        assert (r.peak_share is None) == (r.engine == "onnxruntime-int8")  # fp32 peak: fp32 CPU engines only
+        assert (r.peak_share is None) == (r.engine == "onnxruntime:int8")  # fp32 peak: fp32 CPU engines only
+        assert r.precision == ("int8" if r.engine == "onnxruntime:int8" else "fp32")
     assert report.drift["torch"] < 1e-4  # the same fp32 model
-    assert 0 < report.drift["onnxruntime-int8"] < 1.0  # quantised: close, not equal
+    assert 0 < report.drift["onnxruntime:int8"] < 1.0  # quantised: close, not equal
 
 
 def test_unavailable_engines_are_reported_not_fatal(package: ModelPackage) -> None:
@@ -224,7 +225,7 @@ def test_bench_report_writes_markdown_and_json(mtcnn_dir, tmp_path) -> None:
         assert heading in text
     numbers = json.loads(js.read_text())
     (model,) = numbers["models"]
-    assert {r["engine"] for r in model["engine"]["runs"]} == {"onnxruntime", "onnxruntime-int8", "torch"}
+    assert {r["engine"] for r in model["engine"]["runs"]} == {"onnxruntime", "onnxruntime:int8", "torch"}
     assert [(l["protocol"], l["concurrency"]) for l in model["load"]] == [
         ("rest", 1), ("rest", 8), ("rest", 32), ("grpc", 32), ("stream", 8)
     ]

@@ -1,4 +1,4 @@
-"""The torch and TensorRT engines against ONNX Runtime, and what each says when it cannot run.
+"""The torch, OpenVINO and TensorRT engines against ONNX Runtime, and what each says when it cannot run.
 
 The ``gpu`` tests build and run real TensorRT plans; they run only where TensorRT, CUDA Python
 and an NVIDIA GPU are present (``scripts/gpu_check.sh``) and are reported as skipped elsewhere.
@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from fsfm.engines.base import Engine, EngineError
+from fsfm.engines.loading import open_engine
 from fsfm.engines.onnxruntime import OnnxRuntimeEngine
 from fsfm.engines.tensorrt import TensorRTEngine, require_tensorrt
 from fsfm.engines.torch import TORCH_WEIGHTS_FILE, TorchEngine
@@ -72,6 +73,30 @@ def test_torch_engine_matches_onnxruntime(package: ModelPackage) -> None:
         assert got.shape == (size, 2) and got.dtype == np.float32
         np.testing.assert_allclose(got, expected, atol=1e-4)
     assert np.ptp(expected) > 0.1  # outputs that actually vary
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs the openvino extra")
+def test_openvino_engine_matches_onnxruntime(package: ModelPackage, tmp_path: Path, monkeypatch) -> None:
+    """Chosen by name through the registry, f32 as ONNX Runtime computes it, compiled once into the
+    fsfm cache; bf16 is the same graph under OpenVINO's precision hint (f32 where the CPU lacks bf16)."""
+    monkeypatch.setenv("FSFM_HOME", str(tmp_path))
+    engine = open_engine(package, "openvino", "fp32")
+    assert isinstance(engine, Engine) and (engine.name, engine.selection.path) == ("openvino", package.onnx_path)
+    assert (engine.input_name, engine.output_names) == ("images", ("logits",))
+    assert any((tmp_path / "openvino").iterdir())  # the compiled model, cached
+    reference = OnnxRuntimeEngine(package.onnx_path)
+    bf16 = open_engine(package, precision="bf16")  # no declared bf16 variant: OpenVINO derives it
+    chosen = bf16.selection
+    assert (chosen.engine, chosen.precision, chosen.path) == ("openvino", "bf16", package.onnx_path)
+    for size in (1, 5):
+        x = _batch(size, seed=size)
+        expected = reference.run(x)["logits"]
+        got = engine.run(x)["logits"]
+        assert got.shape == (size, 2) and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+        np.testing.assert_allclose(bf16.run(x)["logits"], expected, atol=5e-2)
+    engine.close()
+    bf16.close()
 
 
 def test_torch_weights_must_be_the_packages(package: ModelPackage, tmp_path: Path) -> None:
@@ -164,10 +189,10 @@ def test_gpu_tensorrt_plan_matches_onnxruntime(precision: str, atol: float, tmp_
     package = add_plan_to_package(
         make_tiny_package(tmp_path), precision=precision, min_batch=2, opt_batch=4, max_batch=8, workspace_gib=1
     )
-    info = package.manifest.tensorrt
-    assert info is not None and (info.precision, info.min_batch, info.max_batch) == (precision, 2, 8)
-    assert load_package(package.path).manifest.tensorrt == info
-    engine = TensorRTEngine(package.plan_path)
+    info = package.manifest.variant(precision, "tensorrt-plan")
+    assert info is not None and (info.precision, info.plan.min_batch, info.plan.max_batch) == (precision, 2, 8)
+    assert load_package(package.path).manifest.variant(precision, "tensorrt-plan") == info
+    engine = TensorRTEngine(package.variant_path(info))
     assert isinstance(engine, Engine)
     assert (engine.input_name, engine.output_names, engine.sample_shape) == ("images", ("logits",), (3, 64, 64))
     reference = OnnxRuntimeEngine(package.onnx_path, providers=["CPUExecutionProvider"])

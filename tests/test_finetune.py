@@ -176,9 +176,9 @@ def test_export_evaluate_and_calibrate_the_finetuned_model(sbi_run: FinetuneResu
     # The int8 variant of a trained model, judged on the same held-out faces.
     result = runner.invoke(_cli(quantize, calibrate), ["quantize", "--model", str(package.path), "--heldout", f"folder:{folder},name=heldout", "--workers", "0"])
     assert result.exit_code == 0, result.output
-    (check,) = Manifest.load(package.path).onnx_int8.heldout
+    (check,) = Manifest.load(package.path).variant("int8").heldout
     assert check.set == "heldout" and check.faces == 96 and check.auc_fp32 == pytest.approx(frame["auc"], abs=1e-6)
-    assert abs(check.auc_int8 - check.auc_fp32) < 0.05 and check.label_agreement >= 0.9
+    assert abs(check.auc_variant - check.auc_fp32) < 0.05 and check.label_agreement >= 0.9
 
 
 def test_official_checkpoints_load_into_finetuning_and_export(faces: dict[str, Path], tmp_path: Path, one_thread: None) -> None:

@@ -55,13 +55,13 @@ def quantized(tmp_path_factory, heldout: Path) -> ModelPackage:
 
 
 def test_variant_is_recorded_with_its_held_out_accuracy(quantized: ModelPackage) -> None:
-    info = quantized.manifest.onnx_int8
-    assert info is not None and quantized.int8_path is not None
-    assert info.sha256 == file_sha256(quantized.int8_path)
-    assert Manifest.load(quantized.path).onnx_int8 == info  # on disk, not only in memory
+    info = quantized.manifest.variant("int8")
+    assert info is not None and info.format == "onnx"
+    assert info.sha256 == file_sha256(quantized.variant_path(info))
+    assert Manifest.load(quantized.path).variant("int8") == info  # on disk, not only in memory
     (check,) = info.heldout
     assert check.set == "heldout" and check.faces == 14  # 7 faces, real and altered
-    assert check.auc_fp32 is not None and check.auc_int8 is not None
+    assert check.auc_fp32 is not None and check.auc_variant is not None
     assert 0 < check.mean_abs_score_diff <= check.max_abs_score_diff < 0.1
     assert 0.8 <= check.label_agreement <= 1.0
     assert "dynamic quantization" in info.method
@@ -81,7 +81,7 @@ def test_int8_is_an_onnxruntime_setting() -> None:
 def test_service_runs_the_int8_graph_when_asked(quantized: ModelPackage, astronaut_rgb: np.ndarray) -> None:
     faces = prepare_faces(astronaut_rgb, create_detector().detect(astronaut_rgb), quantized.manifest)
     tensor = np.stack([f.tensor for f in faces])
-    int8 = OnnxRuntimeEngine(quantized.int8_path).run(tensor)["logits"]
+    int8 = OnnxRuntimeEngine(quantized.variant_path(quantized.manifest.variant("int8"))).run(tensor)["logits"]
     fp32 = OnnxRuntimeEngine(quantized.onnx_path).run(tensor)["logits"]
     assert not np.allclose(int8, fp32, atol=1e-7, rtol=0)  # the two graphs are told apart below
     expected = attack_scores(int8, quantized.manifest)

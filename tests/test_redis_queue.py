@@ -1,4 +1,5 @@
-"""The Redis queue's parts against a real Redis: the wire format, claiming a dead worker's faces,
+"""The Redis queue's parts against a real Redis: the wire format and its version, named outputs
+(through the batcher too, and through a real worker process), claiming a dead worker's faces,
 dead-lettering, expiry, admission and the stream bounds, and Redis going away under a request.
 
 API-node clients and worker consumers run in this process over the shared Redis on 127.0.0.1:6379,
@@ -23,12 +24,14 @@ from typer.testing import CliRunner
 from fsfm.cli import app
 from fsfm.engines.onnxruntime import OnnxRuntimeEngine
 from fsfm.package import ModelPackage
-from service.engines import create_engine
+from service.batcher import DynamicBatcher
+from service.engines import load_engine
 from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, Unavailable
 from service.metrics import Metrics
 from service.redis_queue import (
     COMMAND_TIMEOUT_S,
     GROUP,
+    VERSION_MISMATCH,
     Address,
     QueueHealth,
     RedisInferenceClient,
@@ -38,13 +41,14 @@ from service.redis_queue import (
     connect,
     dead_letter_stream,
     decode_array,
+    encode_array,
     stream_maxlen,
     work_stream,
 )
 from service.settings import Settings
 from service.worker import MAX_POLL_S, ModelConsumer, WorkerSettings
-from tests.packages import make_tiny_package
-from tests.queue_processes import running_redis
+from tests.packages import make_tiny_package, make_two_output_package
+from tests.queue_processes import running_redis, running_worker
 
 SHARED = "redis://127.0.0.1:6379/0"
 
@@ -95,7 +99,7 @@ async def live_consumer(package: ModelPackage, url: str = SHARED, **settings: ob
     """A worker's consumer of ``package``, running in this process until the block ends."""
     worker_settings = WorkerSettings(queue=url, consumer=f"live-{uuid.uuid4().hex[:6]}", **settings)
     connection = connect(url, MAX_POLL_S + COMMAND_TIMEOUT_S)
-    consumer = ModelConsumer(package, create_engine(package, worker_settings), connection, worker_settings, Metrics())
+    consumer = ModelConsumer(package, load_engine(package, worker_settings), connection, worker_settings, Metrics())
     stopping = asyncio.Event()
     task = asyncio.create_task(consumer.run(stopping, QueueHealth(url, {})))
     try:
@@ -126,7 +130,7 @@ def test_work_items_and_replies_round_trip_through_redis() -> None:
     stream = f"fsfm:test:{uuid.uuid4().hex}"
     tensor = faces(1)[0]
     item = WorkItem(Address("fsfm:reply:node-1", "req-1", 3), "tiny:1", 1_800_000_000.25, 1_799_999_990.5, tensor)
-    answer = Reply("req-1", 3, np.array([0.25, -1.5], np.float32), queue_s=0.01, infer_s=0.02)
+    answer = Reply("req-1", 3, {"logits": np.array([0.25, -1.5], np.float32)}, queue_s=0.01, infer_s=0.02)
     failure = Reply("req-1", 4, reason="inference_failed", message="went to the dead-letter stream")
     with redis.Redis.from_url(SHARED) as r:
         for fields in (item.encode(), answer.encode(), failure.encode()):
@@ -139,7 +143,7 @@ def test_work_items_and_replies_round_trip_through_redis() -> None:
     assert decoded.tensor.shape == (3, 64, 64) and np.array_equal(decoded.tensor, tensor)
     got = Reply.decode(answer_fields)
     assert (got.request_id, got.index, got.queue_s, got.infer_s, got.reason) == ("req-1", 3, 0.01, 0.02, None)
-    assert np.array_equal(got.logits, answer.logits)
+    assert np.array_equal(got.outputs["logits"], answer.outputs["logits"])
     assert Reply.decode(failure_fields) == failure
 
 
@@ -156,6 +160,105 @@ def test_malformed_work_items_are_refused(change: dict[bytes, bytes]) -> None:
         WorkItem.decode({**fields, **change})
     with pytest.raises(WireError):
         decode_array({})
+
+
+def v1_fields(fields: dict[str, bytes | str]) -> dict[str, bytes | str]:
+    """An entry as version 1 wrote it: no ``v``."""
+    return {k: v for k, v in fields.items() if k != "v"}
+
+
+def test_an_answer_in_another_wire_version_fails_its_request(model: ModelPackage) -> None:
+    """An old worker (wire v1: no version, one output as data/shape/dtype) answers a face: the
+    request fails with wire_version_mismatch, saying to upgrade the workers."""
+    stream = work_stream(model.manifest.ref)
+
+    async def scenario() -> None:
+        r = connect(SHARED)
+        async with api_client(model) as client:
+            request = asyncio.create_task(client.infer(faces(1)))
+            await eventually(lambda: length_is(r, stream, 1))
+            ((_, fields),) = await r.xrange(stream)
+            address = Address.decode(fields)
+            old_answer = {"id": address.request_id, "i": str(address.index), "queue_s": "0.0", "infer_s": "0.0",
+                          **encode_array(np.zeros(2, np.float32))}
+            await r.xadd(address.reply_to, old_answer)
+            with pytest.raises(InferenceFailed, match="upgrade the workers") as failure:
+                await asyncio.wait_for(request, 5)
+            assert failure.value.reason == VERSION_MISMATCH
+        await r.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_answers_work_in_another_wire_version_with_the_error_uncomputed(model: ModelPackage) -> None:
+    """An old API node's work item (no version): the worker replies with the error in the form
+    every version reads (reason, message), computes nothing and removes the entry."""
+    ref, stream = model.manifest.ref, work_stream(model.manifest.ref)
+    replies = f"fsfm:reply:test-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        r = connect(SHARED)
+        now = time.time()
+        await r.xadd(stream, v1_fields(WorkItem(Address(replies, "old", 0), ref, now + 30, now, faces(1)[0]).encode()))
+        async with live_consumer(model) as consumer:
+            await eventually(lambda: length_is(r, stream, 0))
+        ((_, answer),) = await r.xrange(replies)
+        assert answer[b"reason"] == VERSION_MISMATCH.encode() and b"version 1" in answer[b"message"]
+        assert (answer[b"id"], answer[b"i"]) == (b"old", b"0")
+        assert sample(consumer.metrics, "fsfm_inference_count_total", ref) == 0
+        assert await r.xlen(dead_letter_stream(ref)) == 0
+        await r.delete(replies)
+        await r.aclose()
+
+    asyncio.run(scenario())
+
+
+# ---- named outputs ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_outputs(tmp_path_factory) -> ModelPackage:
+    """A package whose graph answers ``logits`` (B, 2) and ``features`` (B, 32), under a name of its own."""
+    return make_two_output_package(tmp_path_factory.mktemp("models"), name=f"two-outputs-{uuid.uuid4().hex[:8]}")
+
+
+def test_the_batcher_carries_every_named_output(two_outputs: ModelPackage) -> None:
+    batch = faces(5, seed=3)
+    expected = OnnxRuntimeEngine(two_outputs.onnx_path).run(batch)
+
+    async def scenario() -> list:
+        batcher = DynamicBatcher(load_engine(two_outputs, Settings()), two_outputs.manifest.ref, Metrics(),
+                                 max_batch_size=4, max_queue_delay_ms=20)
+        batcher.start()
+        try:  # two requests share batches: each gets its own rows back
+            return await asyncio.gather(batcher.infer(batch[:2]), batcher.infer(batch[2:]))
+        finally:
+            await batcher.stop()
+
+    first, second = asyncio.run(scenario())
+    for name, shape in (("logits", (5, 2)), ("features", (5, 32))):
+        got = np.concatenate([first.outputs[name], second.outputs[name]])
+        assert got.shape == shape
+        np.testing.assert_allclose(got, expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_worker_process_answers_every_named_output(two_outputs: ModelPackage) -> None:
+    batch = faces(3, seed=4)
+    expected = OnnxRuntimeEngine(two_outputs.onnx_path).run(batch)
+
+    async def scenario():
+        async with api_client(two_outputs) as client:
+            return await asyncio.wait_for(client.infer(batch), 30)
+
+    try:
+        with running_worker(two_outputs.path.parent.parent, SHARED, f"two-{uuid.uuid4().hex[:6]}"):
+            result = asyncio.run(scenario())
+    finally:
+        with redis.Redis.from_url(SHARED) as r:
+            r.delete(work_stream(two_outputs.manifest.ref))
+    assert set(result.outputs) == {"logits", "features"}
+    for name in ("logits", "features"):
+        np.testing.assert_allclose(result.outputs[name], expected[name], rtol=1e-5, atol=1e-6)
 
 
 # ---- the worker's rules ---------------------------------------------------------------------------
@@ -175,7 +278,7 @@ def test_a_dead_workers_faces_are_claimed_answered_and_removed(model: ModelPacka
                 result = await asyncio.wait_for(request, 10)
             waited = time.monotonic() - started
         expected = OnnxRuntimeEngine(model.onnx_path).run(batch)["logits"]
-        np.testing.assert_allclose(result.logits, expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(result.outputs["logits"], expected, rtol=1e-5, atol=1e-6)
         assert waited >= 0.3  # only once they had been idle for the claim timeout
         assert sample(consumer.metrics, "fsfm_queue_claimed_total", ref) == len(batch)
         assert await dead.xlen(stream) == 0  # answered entries are acknowledged and deleted
@@ -230,7 +333,7 @@ def test_expired_and_malformed_items_are_not_computed(model: ModelPackage) -> No
             await eventually(lambda: length_is(r, stream, 0))
         answers = {Reply.decode(fields).request_id: Reply.decode(fields) for _, fields in await r.xrange(replies)}
         assert set(answers) == {"malformed", "good"}
-        assert answers["good"].logits is not None and "malformed work item" in answers["malformed"].message
+        assert answers["good"].outputs is not None and "malformed work item" in answers["malformed"].message
         assert await r.xlen(dead_letter_stream(ref)) == 2
         assert sample(consumer.metrics, "fsfm_queue_expired_total", ref) == 1
         assert sample(consumer.metrics, "fsfm_inference_count_total", ref) == 1
@@ -295,7 +398,7 @@ def test_redis_dying_fails_requests_at_once_and_the_client_recovers(model: Model
             await eventually(lambda: _healthy(client))
             async with live_consumer(model, server.url):
                 result = await asyncio.wait_for(client.infer(faces(2)), 10)
-            assert result.logits.shape == (2, 2)
+            assert result.outputs["logits"].shape == (2, 2)
 
     with running_redis(tmp_path) as server:
         asyncio.run(scenario(server))

@@ -174,7 +174,7 @@ def test_a_poison_face_is_dead_lettered_and_the_others_succeed(api, worker_b, re
         failure, *answers = results
         assert isinstance(failure, InferenceFailed) and dead_letter_stream(ref) in failure.message
         expected = OnnxRuntimeEngine(package.onnx_path).run(good)["logits"]
-        np.testing.assert_allclose(np.concatenate([a.logits for a in answers]), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.concatenate([a.outputs["logits"] for a in answers]), expected, rtol=1e-5, atol=1e-6)
         r = connect(redis_server.url)
         letters = await r.xrange(dead_letter_stream(ref))
         await r.aclose()

@@ -186,10 +186,10 @@ def quantize(
         package = add_int8_to_package(package, sources, batch_size, workers)
     except (PackageError, DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    info = package.manifest.onnx_int8
+    info = package.manifest.variant("int8")
     assert info is not None
-    typer.echo(f"{package.manifest.ref}: wrote {package.int8_path}")
+    typer.echo(f"{package.manifest.ref}: wrote {package.variant_path(info)}")
     for check in info.heldout:
-        auc = "" if check.auc_fp32 is None else f"AUC fp32 {check.auc_fp32:.4f} int8 {check.auc_int8:.4f}, "
+        auc = "" if check.auc_fp32 is None else f"AUC fp32 {check.auc_fp32:.4f} int8 {check.auc_variant:.4f}, "
         typer.echo(f"  {check.set}: {check.faces} faces, {auc}max |score diff| {check.max_abs_score_diff:.4f}, "
                    f"labels agree on {check.label_agreement:.1%}")

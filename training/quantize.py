@@ -7,9 +7,9 @@ make it, only to judge it. Weights use 7 bits (``reduce_range``): on x86 CPUs wi
 u8 x s8 multiply-add instruction can saturate at 8 bits (ONNX Runtime's quantisation guide).
 
 Each held-out set is scored by the fp32 graph and by the variant, both on ONNX Runtime as served;
-the manifest keeps, per set, both AUCs, the largest and mean score difference and the share of
-faces labelled alike at the default threshold. The service runs the variant only when asked
-(``FSFM_PRECISION=int8``).
+the manifest's int8 variant (``Manifest.variant("int8")``) keeps, per set, both AUCs, the largest
+and mean score difference and the share of faces labelled alike at the default threshold. The
+service runs the variant only when asked (``FSFM_PRECISION=int8``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fsfm.models.checkpoints import file_sha256
-from fsfm.package.manifest import HeldOutCheck, Int8Info
+from fsfm.package.manifest import INT8_FILE, HeldOutCheck, Variant
 from fsfm.package.repository import ModelPackage, load_package
 from fsfm.scoring import label_for
 from training.metrics import roc_auc
@@ -58,7 +58,7 @@ def heldout_check(source: FaceSource, fp32: np.ndarray, int8: np.ndarray, packag
         set=source.name,
         faces=len(labels),
         auc_fp32=roc_auc(labels, fp32) if both_classes else None,
-        auc_int8=roc_auc(labels, int8) if both_classes else None,
+        auc_variant=roc_auc(labels, int8) if both_classes else None,
         max_abs_score_diff=float(diff.max()),
         mean_abs_score_diff=float(diff.mean()),
         label_agreement=float(np.mean(same)),
@@ -68,22 +68,23 @@ def heldout_check(source: FaceSource, fp32: np.ndarray, int8: np.ndarray, packag
 def add_int8_to_package(
     package: ModelPackage, heldout: Sequence[FaceSource], batch_size: int = 64, workers: int = 0
 ) -> ModelPackage:
-    """Quantise, judge on ``heldout`` (at least one set) and record the variant in the manifest."""
+    """Quantise, judge on ``heldout`` (at least one set) and record the int8 variant in the manifest."""
     import onnxruntime
 
     from training.evaluate import PackageScorer, score_source
 
     if not heldout:
         raise ValueError("give at least one held-out set: the variant's accuracy is measured, not assumed")
-    file = Int8Info.model_fields["file"].default
+    file = INT8_FILE
     quantize_int8(package.onnx_path, package.path / file)
     fp32, int8 = PackageScorer(package), PackageScorer(package, onnx_path=package.path / file)
     checks = [
         heldout_check(source, score_source(fp32, source, batch_size, workers), score_source(int8, source, batch_size, workers), package)
         for source in heldout
     ]
-    info = Int8Info(
-        file=file, method=INT8_METHOD.format(version=onnxruntime.__version__), sha256=file_sha256(package.path / file), heldout=checks
+    variant = Variant(
+        precision="int8", format="onnx", file=file, method=INT8_METHOD.format(version=onnxruntime.__version__),
+        sha256=file_sha256(package.path / file), heldout=checks,
     )
-    package.manifest.model_copy(update={"onnx_int8": info}).replace_in(package.path)
+    package.manifest.with_variant(variant).replace_in(package.path)
     return load_package(package.path)

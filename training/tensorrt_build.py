@@ -15,12 +15,12 @@ import os
 from pathlib import Path
 
 from fsfm.engines.tensorrt import current_device_name, require_tensorrt, trt_logger
-from fsfm.package.manifest import TensorRTInfo
+from fsfm.models.checkpoints import file_sha256
+from fsfm.package.manifest import PLAN_FILE, PlanBuild, Variant
 from fsfm.package.repository import ModelPackage, load_package
 
 PRECISIONS = ("fp32", "fp16")
 FP32_OPS = ["LayerNormalization"]
-PLAN_FILE: str = TensorRTInfo.model_fields["file"].default
 
 
 def onnx_bytes(onnx_path: Path, precision: str) -> bytes:
@@ -44,10 +44,10 @@ def build_plan(
     opt_batch: int = 8,
     max_batch: int = 32,
     workspace_gib: int = 4,
-) -> TensorRTInfo:
+) -> Variant:
     """Build and serialise a TensorRT engine for ``onnx_path`` (one input, dynamic batch) that
     takes batches of ``min_batch..max_batch`` and is tuned for ``opt_batch`` (the batcher's usual
-    batch); write it to ``plan_path`` atomically and describe it. ``fp32`` leaves TensorRT its
+    batch); write it to ``plan_path`` atomically and describe it as a package variant. ``fp32`` leaves TensorRT its
     default of TF32 tensor-core math.
 
     Raises ``EngineError`` (a ``RuntimeError``) when TensorRT, CUDA Python or a GPU is missing,
@@ -86,14 +86,13 @@ def build_plan(
         os.replace(partial, plan_path)
     finally:
         partial.unlink(missing_ok=True)
-    return TensorRTInfo(
-        file=plan_path.name,
-        precision=precision,
-        min_batch=min_batch,
-        opt_batch=opt_batch,
-        max_batch=max_batch,
-        device=current_device_name(cudart),
-        tensorrt_version=trt.__version__,
+    build = PlanBuild(
+        min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+        device=current_device_name(cudart), tensorrt_version=trt.__version__,
+    )
+    return Variant(
+        precision=precision, format="tensorrt-plan", file=plan_path.name, sha256=file_sha256(plan_path),
+        method=f"TensorRT {trt.__version__} plan built on {build.device}", plan=build,
     )
 
 
@@ -105,10 +104,10 @@ def add_plan_to_package(
     max_batch: int = 32,
     workspace_gib: int = 4,
 ) -> ModelPackage:
-    """Build ``model.plan`` in the package folder and record it in the manifest's ``tensorrt``
-    section. The manifest is replaced atomically (written beside it, then renamed), so a reader
+    """Build ``model.plan`` in the package folder and record it among the manifest's variants.
+    The manifest is replaced atomically (written beside it, then renamed), so a reader
     sees the old manifest or the new one, never half of one."""
-    info = build_plan(
+    variant = build_plan(
         package.onnx_path,
         package.path / PLAN_FILE,
         precision=precision,
@@ -117,5 +116,5 @@ def add_plan_to_package(
         max_batch=max_batch,
         workspace_gib=workspace_gib,
     )
-    package.manifest.model_copy(update={"tensorrt": info}).replace_in(package.path)
+    package.manifest.with_variant(variant).replace_in(package.path)
     return load_package(package.path)

@@ -1,4 +1,5 @@
-"""Inference engines: one interface (``Engine``), several runtimes."""
+"""Inference engines: one interface (``Engine``), a registry of runtimes (``registry``), and one
+choice of engine and variant per package (``select``)."""
 
 from fsfm.engines.base import Engine, EngineError
 

@@ -1,17 +1,33 @@
-"""ONNX Runtime engine: the embedded default (CPU), with CUDA/TensorRT providers when present."""
+"""ONNX Runtime engine: the embedded default (CPU), with CUDA/TensorRT providers when present.
+Registered as ``onnxruntime``: it runs the package's ONNX variants (fp32 reference, int8)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fsfm.engines.base import EngineError
 
+if TYPE_CHECKING:
+    from fsfm.engines.registry import EngineOptions
+    from fsfm.engines.select import Selection
+    from fsfm.package import ModelPackage
+
 # Preference order when the caller does not name providers: the fastest one installed wins.
 _PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def unavailable() -> str | None:
+    return None if importlib.util.find_spec("onnxruntime") else "ONNX Runtime is not installed: pip install onnxruntime"
+
+
+def create(package: ModelPackage, selection: Selection, options: EngineOptions) -> OnnxRuntimeEngine:
+    return OnnxRuntimeEngine(selection.path, threads=options.threads)
 
 
 def available_providers() -> list[str]:
@@ -29,6 +45,7 @@ class OnnxRuntimeEngine:
     """
 
     name = "onnxruntime"
+    selection: Selection | None = None
 
     def __init__(
         self,
@@ -77,3 +94,7 @@ class OnnxRuntimeEngine:
     def warmup(self, sample: np.ndarray, passes: int = 2) -> None:
         for _ in range(passes):
             self.run(sample)
+
+    def close(self) -> None:
+        """Drop the session (ONNX Runtime frees its memory with it)."""
+        self.__dict__.pop("session", None)

@@ -11,7 +11,8 @@ Device memory comes from CUDA Python's runtime bindings (``cuda.bindings.runtime
   per CUDA major version, and what TensorRT's own Python samples use. It works in the same primary
   context as TensorRT, so pointers pass between them as plain integers.
 
-Nothing here imports torch. The TensorRT >= 10 tensor API is used throughout (named I/O tensors,
+Registered as ``tensorrt``: it runs the package's ``tensorrt-plan`` variant. Nothing here imports
+torch. The TensorRT >= 10 tensor API is used throughout (named I/O tensors,
 ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``); it is unchanged in TensorRT 11.
 """
 
@@ -19,18 +20,39 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.util
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fsfm.engines.base import EngineError
 
+if TYPE_CHECKING:
+    from fsfm.engines.registry import EngineOptions
+    from fsfm.engines.select import Selection
+    from fsfm.package import ModelPackage
+
 INSTALL_HINT = (
     "pip install tensorrt-cu13 cuda-python (tensorrt-cu12 and cuda-python<13 for a CUDA 12 driver), "
     "on a machine with an NVIDIA GPU"
 )
+
+
+def unavailable() -> str | None:
+    """Whether TensorRT and CUDA Python are installed (the GPU is the selection's question)."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return f"TensorRT is not installed: {INSTALL_HINT}"
+    try:
+        found = importlib.util.find_spec("cuda.bindings") is not None
+    except ModuleNotFoundError:  # no ``cuda`` package at all
+        found = False
+    return None if found else f"CUDA Python (cuda.bindings) is not installed: {INSTALL_HINT}"
+
+
+def create(package: ModelPackage, selection: Selection, options: EngineOptions) -> TensorRTEngine:
+    return TensorRTEngine(selection.path)
 
 
 def require_tensorrt() -> tuple[ModuleType, ModuleType]:
@@ -114,6 +136,7 @@ class TensorRTEngine:
     """
 
     name = "tensorrt"
+    selection: Selection | None = None
 
     def __init__(self, plan_path: str | Path) -> None:
         self.path = Path(plan_path)

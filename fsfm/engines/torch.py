@@ -3,10 +3,12 @@
 ``model.pt`` is optional in a package (the service serves ``model.onnx``); ``fsfm export
 --with-torch`` writes it, checked against the ONNX graph (``training.package_torch``). torch is
 imported when an engine is made, never at import time: the slim serving image has no torch.
+Registered as ``torch``: it runs the fp32 reference, with the weights of ``model.pt``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,9 +16,21 @@ import numpy as np
 from fsfm.engines.base import EngineError
 
 if TYPE_CHECKING:
+    from fsfm.engines.registry import EngineOptions
+    from fsfm.engines.select import Selection
     from fsfm.package import ModelPackage
 
 TORCH_WEIGHTS_FILE = "model.pt"
+
+
+def unavailable() -> str | None:
+    return None if importlib.util.find_spec("torch") else "PyTorch is not installed: install the `train` extra"
+
+
+def create(package: ModelPackage, selection: Selection, options: EngineOptions) -> TorchEngine:
+    """The selection is the fp32 reference graph; torch computes it from ``model.pt`` instead.
+    ``options.threads`` is left alone: torch's thread count is per process, not per model."""
+    return TorchEngine(package)
 
 
 class TorchEngine:
@@ -28,6 +42,7 @@ class TorchEngine:
     """
 
     name = "torch"
+    selection: Selection | None = None
 
     def __init__(self, package: ModelPackage, device: str | None = None) -> None:
         try:
@@ -68,3 +83,8 @@ class TorchEngine:
     def warmup(self, sample: np.ndarray, passes: int = 2) -> None:
         for _ in range(passes):
             self.run(sample)
+
+    def close(self) -> None:
+        """Drop the model; on CUDA also hand its cached device memory back to the driver."""
+        if self.__dict__.pop("model", None) is not None and self.device.type == "cuda":
+            self._torch.cuda.empty_cache()

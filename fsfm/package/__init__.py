@@ -1,4 +1,4 @@
-"""Model packages: the folder format that export writes and the service reads (design.md §3)."""
+"""Model packages: the folder format that export writes and the service reads (README, "Model packages")."""
 
 from fsfm.package.manifest import Manifest
 from fsfm.package.repository import ModelPackage, ModelRepository, PackageError

@@ -10,7 +10,7 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -46,7 +46,7 @@ class ClassSemantics(BaseModel):
         return next(n for i, n in enumerate(self.names) if i != self.attack_index)
 
 
-# Official FSFM class orders (method spec §7): DfD/DiFF index 0 = fake, 1 = real; FAS 1 = live.
+# Official FSFM class orders (docs/finetuning.md): DfD/DiFF index 0 = fake, 1 = real; FAS 1 = live.
 DEFAULT_CLASSES: dict[str, ClassSemantics] = {
     "deepfake": ClassSemantics(names=["fake", "real"], attack_index=0),
     "diffusion": ClassSemantics(names=["fake", "real"], attack_index=0),
@@ -99,35 +99,67 @@ class OnnxInfo(BaseModel):
     sha256: str
 
 
-class TensorRTInfo(BaseModel):
-    file: str = "model.plan"
-    precision: Literal["fp32", "fp16", "int8"] = "fp16"
-    min_batch: int = 1
-    opt_batch: int = 8
-    max_batch: int = 32
-    device: str = Field(description="GPU the engine was built on (plans are device-specific)")
-    tensorrt_version: str
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+VariantFormat = Literal["onnx", "tensorrt-plan"]
 
 
 class HeldOutCheck(BaseModel):
-    """A held-out set scored by the fp32 graph and by a quantised variant: what quantising cost."""
+    """A held-out set scored by the fp32 graph and by a variant: what the variant's precision cost."""
 
     set: str
     faces: int = Field(ge=1)
     auc_fp32: float | None = Field(default=None, description="None when the set holds one class only")
-    auc_int8: float | None = None
+    auc_variant: float | None = None
     max_abs_score_diff: float = Field(ge=0, description="largest |attack score difference| over the set's faces")
     mean_abs_score_diff: float = Field(ge=0)
     label_agreement: float = Field(ge=0, le=1, description="share of faces labelled alike at the default threshold")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate_int8_name(cls, data: object) -> object:
+        if isinstance(data, dict) and "auc_int8" in data:  # the int8-only form of the first manifests
+            data = {k: v for k, v in data.items() if k != "auc_int8"} | {"auc_variant": data["auc_int8"]}
+        return data
 
-class Int8Info(BaseModel):
-    """The package's int8 ONNX variant (``fsfm quantize``), served with ``FSFM_PRECISION=int8``."""
 
-    file: str = "model.int8.onnx"
-    method: str
-    sha256: str
-    heldout: list[HeldOutCheck] = Field(min_length=1, description="its accuracy against fp32 on held-out faces")
+class PlanBuild(BaseModel):
+    """How a TensorRT plan was built: plans load only with that TensorRT version on that GPU model."""
+
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 32
+    device: str = Field(description="GPU the plan was built on (plans are device-specific)")
+    tensorrt_version: str
+
+
+class Variant(BaseModel):
+    """A graph of the model in one precision and format: the reference ``model.onnx`` (fp32, see
+    ``Manifest.reference_variant``), an int8 ONNX graph (``fsfm quantize``), a TensorRT plan (``fsfm
+    export --tensorrt``). ``heldout`` holds what the variant costs against fp32 on held-out faces,
+    where its maker measured it."""
+
+    precision: Precision
+    format: VariantFormat = "onnx"
+    file: str = Field(description="relative to the package folder (an absolute path stays as it is)")
+    sha256: str | None = None
+    method: str = Field(default="", description="how the variant was made")
+    heldout: list[HeldOutCheck] = Field(default_factory=list)
+    plan: PlanBuild | None = Field(default=None, description="for format tensorrt-plan")
+
+    @model_validator(mode="after")
+    def _plan_for_plans(self) -> "Variant":
+        if (self.format == "tensorrt-plan") != (self.plan is not None):
+            raise ValueError("a tensorrt-plan variant, and only one, records its build (plan)")
+        return self
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.precision, self.format
+
+
+INT8_FILE = "model.int8.onnx"
+PLAN_FILE = "model.plan"
 
 
 class Provenance(BaseModel):
@@ -172,11 +204,33 @@ class PackageInfo(BaseModel):
 
 
 class Manifest(PackageInfo):
+    """``onnx`` is the reference graph (fp32, ONNX): its input and output names are the model's, and
+    every variant is judged against it. ``variants`` are the package's other graphs, one per
+    (precision, format). Manifests written before variants existed (``onnx_int8``, ``tensorrt``)
+    load as their variants."""
+
     schema_version: Literal[1] = 1
     architecture: Architecture
     onnx: OnnxInfo
-    tensorrt: TensorRTInfo | None = None
-    onnx_int8: Int8Info | None = None
+    variants: list[Variant] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate_variant_sections(cls, data: object) -> object:
+        if not isinstance(data, dict) or not ({"onnx_int8", "tensorrt"} & data.keys()):
+            return data
+        data = dict(data)
+        variants = list(data.get("variants") or [])
+        if (int8 := data.pop("onnx_int8", None)) is not None:
+            variants.append({"precision": "int8", "format": "onnx", **int8})
+        if (plan := data.pop("tensorrt", None)) is not None:
+            plan = dict(plan)
+            variants.append({
+                "precision": plan.pop("precision", "fp16"), "format": "tensorrt-plan",
+                "file": plan.pop("file", PLAN_FILE), "method": f"TensorRT {plan.get('tensorrt_version', '')} plan",
+                "plan": plan,
+            })
+        return {**data, "variants": variants}
 
     @model_validator(mode="after")
     def _consistent(self) -> "Manifest":
@@ -186,7 +240,28 @@ class Manifest(PackageInfo):
             )
         if self.crop.size != self.architecture.vit.img_size:
             raise ValueError(f"crop size {self.crop.size} != model input size {self.architecture.vit.img_size}")
+        keys = [v.key for v in self.all_variants()]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"one variant per (precision, format); got {keys} (the reference is ('fp32', 'onnx'))")
         return self
+
+    @property
+    def reference_variant(self) -> Variant:
+        """The exported fp32 ONNX graph, as a variant."""
+        return Variant(precision="fp32", format="onnx", file=self.onnx.file, sha256=self.onnx.sha256, method="export")
+
+    def all_variants(self) -> list[Variant]:
+        """The reference first, then the declared variants."""
+        return [self.reference_variant, *self.variants]
+
+    def variant(self, precision: str, format: str = "onnx") -> Variant | None:
+        """The package's graph in ``precision`` and ``format``, or None when it carries none."""
+        return next((v for v in self.all_variants() if v.key == (precision, format)), None)
+
+    def with_variant(self, variant: Variant) -> "Manifest":
+        """A copy that carries ``variant``, replacing one of the same precision and format."""
+        kept = [v for v in self.variants if v.key != variant.key]
+        return self.model_copy(update={"variants": [*kept, variant]})
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / MANIFEST_FILE

@@ -1,4 +1,5 @@
-"""A model repository: ``<root>/<name>/<version>/{manifest.json, model.onnx[, model.plan]}``.
+"""A model repository: ``<root>/<name>/<version>/{manifest.json, model.onnx[, variants]}``; the
+manifest lists the variants (``model.int8.onnx``, ``model.plan``, ...).
 
 Like Triton's model repository: every model in it is served, the highest version by default.
 """
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from fsfm.package.manifest import MANIFEST_FILE, Manifest
+from fsfm.package.manifest import MANIFEST_FILE, Manifest, Variant
 
 
 class PackageError(ValueError):
@@ -26,13 +27,8 @@ class ModelPackage:
     def onnx_path(self) -> Path:
         return self.path / self.manifest.onnx.file
 
-    @property
-    def int8_path(self) -> Path | None:
-        return self.path / self.manifest.onnx_int8.file if self.manifest.onnx_int8 else None
-
-    @property
-    def plan_path(self) -> Path | None:
-        return self.path / self.manifest.tensorrt.file if self.manifest.tensorrt else None
+    def variant_path(self, variant: Variant) -> Path:
+        return self.path / variant.file
 
 
 def load_package(folder: Path) -> ModelPackage:

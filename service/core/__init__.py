@@ -6,7 +6,7 @@ crop, infer, judge), ``report`` (verdicts, the stream aggregate), ``streams`` (p
 """
 
 from service.core.analysis_core import CORE_DEADLINE_SLACK_S, AnalysisCore
-from service.core.models import InferenceBackend, ModelListing, ServedModel, load_engine
+from service.core.models import InferenceBackend, ModelListing, ServedModel
 from service.core.report import AggregateSnapshot, FrameReport, Report, StreamAggregate, overall_verdict
 from service.core.request import AnalysisOptions, AnalysisRequest, RequestContext
 from service.media import Frame
@@ -25,6 +25,5 @@ __all__ = [
     "RequestContext",
     "ServedModel",
     "StreamAggregate",
-    "load_engine",
     "overall_verdict",
 ]

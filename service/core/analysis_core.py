@@ -57,7 +57,8 @@ class AnalysisCore:
         await loop.run_in_executor(self._cpu, self.models.load)
         self.models.start()
         self.admission.ready = True
-        log.info("serving %s (%s)", ", ".join(self.models.models) or "no models", self.settings.precision)
+        chosen = ", ".join(f"{ref} on {e['engine']} {e['precision']}" for ref, e in self.models.engines().items())
+        log.info("serving %s", chosen or ", ".join(self.models.models) or "no models")
 
     async def drain(self, grace_s: float) -> bool:
         """Refuse new work, let in-flight requests finish (up to ``grace_s``). True if all finished."""
@@ -85,6 +86,7 @@ class AnalysisCore:
             "models": sorted(self.models.models),
             "queue": self.settings.queue if self.settings.queue == "local" else "redis",
             "precision": self.settings.precision,
+            "engines": self.models.engines(),
         }
         if backend_errors:
             details["backend_errors"] = backend_errors

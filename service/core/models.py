@@ -14,12 +14,11 @@ from typing import Protocol
 
 import numpy as np
 
-from fsfm.engines.base import Engine
 from fsfm.package import ModelPackage, ModelRepository, PackageError
 from fsfm.package.manifest import TASKS, Manifest
 from service.batcher import DynamicBatcher, InferenceResult
 from service.core.request import AnalysisOptions
-from service.engines import create_engine
+from service.engines import load_engine
 from service.errors import BadInput, ModelNotFound
 from service.metrics import Metrics
 from service.settings import Settings
@@ -67,14 +66,6 @@ class ModelListing:
     default_for_task: bool
 
 
-def load_engine(package: ModelPackage, settings: Settings) -> Engine:
-    """The package's engine, chosen by ``settings``, warmed up with one zero crop."""
-    engine = create_engine(package, settings)
-    size = package.manifest.crop.size
-    engine.warmup(np.zeros((1, 3, size, size), np.float32))
-    return engine
-
-
 def load_backend(package: ModelPackage, settings: Settings, metrics: Metrics) -> InferenceBackend:
     """Local queue: an engine, warmed up, behind a dynamic batcher. Redis queue: a client of the
     model's stream; this node needs only the manifest."""
@@ -84,7 +75,6 @@ def load_backend(package: ModelPackage, settings: Settings, metrics: Metrics) ->
         return RedisInferenceClient(package.manifest, settings, metrics)
     return DynamicBatcher(
         load_engine(package, settings),
-        package.manifest.onnx.output_name,
         package.manifest.ref,
         metrics,
         max_batch_size=settings.max_batch_size,
@@ -123,6 +113,16 @@ class ServedModels:
 
     def backend_errors(self) -> dict[str, str]:
         return {label: error for label, model in self.models.items() if (error := model.backend.health_error())}
+
+    def engines(self) -> dict[str, dict[str, str]]:
+        """The engine, precision and graph file each model runs on in this process (none with a Redis
+        queue: the workers hold the engines and report their own)."""
+        chosen = {}
+        for label, model in self.models.items():
+            selection = getattr(getattr(model.backend, "engine", None), "selection", None)
+            if selection is not None:
+                chosen[label] = selection.describe()
+        return chosen
 
     def tasks(self) -> list[str]:
         """The tasks some loaded model judges."""

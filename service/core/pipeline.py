@@ -31,9 +31,9 @@ class PipelineResult:
     stage_s: dict[str, float] = field(default_factory=dict)  # detect, queue, infer
 
 
-def class_logits(result: InferenceResult) -> np.ndarray:
-    """The (N, num_classes) logits of a backend's answer: the one place the core reads them."""
-    return result.logits
+def class_logits(result: InferenceResult, manifest: Manifest) -> np.ndarray:
+    """The (N, num_classes) logits among a backend's named outputs: the one place the core reads them."""
+    return result.outputs[manifest.onnx.output_name]
 
 
 class Pipeline:
@@ -52,7 +52,7 @@ class Pipeline:
         logits = np.zeros((0, manifest.architecture.num_classes), np.float32)
         if tensors:
             result = await model.backend.infer(np.stack(tensors), deadline)
-            logits, stage_s["queue"], stage_s["infer"] = class_logits(result), result.queue_s, result.infer_s
+            logits, stage_s["queue"], stage_s["infer"] = class_logits(result, manifest), result.queue_s, result.infer_s
         for stage, seconds in stage_s.items():
             if stage == "detect" or tensors:
                 self.metrics.stage_duration.labels(stage, model.label).observe(seconds)

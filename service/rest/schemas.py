@@ -153,7 +153,11 @@ class Readiness(BaseModel):
     draining: bool
     models: list[str]
     queue: str
-    precision: str = Field(description="fp32, or int8 (each package's int8 ONNX variant)")
+    precision: str = Field(description="the precision asked for: auto (the default), or the one FSFM_PRECISION forces")
+    engines: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="per model: the engine, precision and graph file chosen in this process (empty with a Redis queue)",
+    )
 
 
 def report_json(report: Report) -> dict[str, Any]:
