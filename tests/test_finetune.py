@@ -32,7 +32,7 @@ from training.augment import TrainTransform, eval_pixels
 from training.demo import DEMO_ENCODER, build_demo_model, prepare_astronaut_faces
 from training.evaluate import PackageScorer, checkpoint_scorer, score_source
 from training.export import export_checkpoint
-from training.finetune import Finetuner, FinetuneResult, Mixup, initial_model, layer_decay_groups, lr_at, soft_target_ce
+from training.finetune import Finetuner, FinetuneResult, Mixup, initial_model, soft_target_ce
 from training.finetune_commands import calibrate, evaluate, finetune, quantize
 from training.finetune_config import DataSpec, FinetuneConfig
 from training.finetune_data import (
@@ -46,6 +46,7 @@ from training.finetune_data import (
     open_source,
 )
 from training.metrics import roc_auc
+from training.param_groups import layer_decay_groups
 
 SIZE = 64
 SBI_VIT = vit_preset("fsfm_vit_tiny_patch16", img_size=SIZE, embed_dim=64, depth=2, num_heads=2)
@@ -234,10 +235,11 @@ def test_layer_decay_groups_and_the_schedule() -> None:
 
     config = FinetuneConfig(task="deepfake", pretrained=Path("x.pth"), output_dir=Path("out"), train=[DataSpec(path=Path("d"))])
     peak = config.peak_lr(world_size=2)
+    lr_at = config.lr_schedule(peak).lr_at
     assert peak == pytest.approx(2.5e-4 * 64 / 256)  # the paper: 2 GPUs x 32, blr 2.5e-4 -> 6.25e-5
-    assert lr_at(0.0, config, peak) == 0.0 and lr_at(2.5, config, peak) == pytest.approx(peak / 2)
-    assert lr_at(5.0, config, peak) == pytest.approx(peak) and lr_at(10.0, config, peak) == pytest.approx(config.min_lr)
-    assert lr_at(7.5, config, peak) == pytest.approx((peak + config.min_lr) / 2)
+    assert lr_at(0.0) == 0.0 and lr_at(2.5) == pytest.approx(peak / 2)
+    assert lr_at(5.0) == pytest.approx(peak) and lr_at(10.0) == pytest.approx(config.min_lr)
+    assert lr_at(7.5) == pytest.approx((peak + config.min_lr) / 2)
 
 
 def test_mixup_cutmix_and_the_soft_target_loss() -> None:

@@ -29,6 +29,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from fsfm.package.manifest import DEFAULT_CLASSES, ClassSemantics, Task
+from training.schedules import CosineSchedule
 
 DataFormat = Literal["auto", "folder", "csv", "prepared", "ffpp", "celebdf", "dfdc", "dfdcp", "mcio"]
 DATA_FORMATS: tuple[str, ...] = ("auto", "folder", "csv", "prepared", "ffpp", "celebdf", "dfdc", "dfdcp", "mcio")
@@ -192,6 +193,12 @@ class FinetuneConfig(BaseModel):
             return self.lr
         assert self.blr is not None and self.batch_size is not None
         return self.blr * self.batch_size * self.accum_iter * world_size / 256
+
+    def lr_schedule(self, peak_lr: float) -> CosineSchedule:
+        """Warm-up over ``warmup_epochs``, then half-cosine to ``min_lr`` at ``epochs``, or ``peak_lr`` held
+        (``schedule='constant'``)."""
+        assert self.epochs is not None  # filled by the recipe
+        return CosineSchedule(peak_lr, self.epochs, self.warmup_epochs or 0.0, self.min_lr, self.schedule == "constant")
 
     def save(self, path: Path) -> None:
         path.write_text(self.model_dump_json(indent=2) + "\n")
