@@ -32,7 +32,7 @@ from training.augment import TrainTransform, eval_pixels
 from training.demo import DEMO_ENCODER, build_demo_model, prepare_astronaut_faces
 from training.evaluate import PackageScorer, checkpoint_scorer, score_source
 from training.export import export_checkpoint
-from training.finetune import Finetuner, FinetuneResult, Mixup, initial_model, soft_target_ce
+from training.finetune import Finetuner, FinetuneResult, initial_model
 from training.finetune_commands import calibrate, evaluate, finetune, quantize
 from training.finetune_config import DataSpec, FinetuneConfig
 from training.finetune_data import (
@@ -45,6 +45,7 @@ from training.finetune_data import (
     ffpp_videos,
     open_source,
 )
+from training.finetune_engine import Mixup, soft_target_ce
 from training.metrics import roc_auc
 from training.param_groups import layer_decay_groups
 

@@ -143,7 +143,10 @@ def test_service_never_imports_training() -> None:
 
 def test_no_import_cycle() -> None:
     graph = import_graph()
-    edges = {module: {imp.target for imp in imports if imp.at_load and imp.target in graph} for module, imports in graph.items()}
+    edges = {
+        module: {imp.target for imp in imports if imp.at_load and imp.target in graph}
+        for module, imports in graph.items()
+    }
     cycle = find_cycle(edges)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 

@@ -280,7 +280,8 @@ def test_vit_b16_builds_and_trains_one_step(faces: Path, tmp_path: Path) -> None
     counts = parameter_counts(trainer.model)
     target_counts = parameter_counts(trainer.target)
     print(f"\nViT-B/16 FSFM parameters: {counts}; target: {target_counts}")
-    # Spec §1.1 / §6.3: online ≈ 133.7 M (297 tensors), encoder ≈ 85.6 M, target 188 tensors.
+    # The paper's ViT-B/16 and the released checkpoints: online ≈ 133.7 M (297 tensors), encoder ≈ 85.6 M,
+    # target 188 tensors.
     assert counts["total"] == 133_734_400 and len(trainer.model.state_dict()) == 297
     assert counts["encoder"] == 85_647_360  # patch embed + cls + 12 blocks + final norm
     assert counts["pixel_decoder"] == 26_007_808  # 512-d, 8 blocks, -> 16*16*3

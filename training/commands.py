@@ -39,12 +39,20 @@ Amp = literal_choices("Amp", PretrainConfig, "amp")
 
 
 def prepare(
-    source: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of face images and/or videos (searched recursively), or an official-layout folder with images/ and parsing_maps/."),
+    source: Path = typer.Argument(
+        ...,
+        exists=True,
+        file_okay=False,
+        help="Folder of face images and/or videos (searched recursively), or an official-layout folder with "
+        "images/ and parsing_maps/.",
+    ),
     output: Path = typer.Argument(..., help="Dataset folder to create, or to resume filling."),
     size: int = typer.Option(224, min=16, help="Crop side in pixels (the model's input size)."),
     scale: float = typer.Option(1.3, help="Crop side / longer side of the face box (FSFM: 1.3)."),
     frames: int = typer.Option(128, min=1, help="Frames per video, evenly spaced."),
-    frame_stride: Optional[int] = typer.Option(None, min=1, help="Take every n-th frame instead of --frames (1: all frames)."),
+    frame_stride: Optional[int] = typer.Option(
+        None, min=1, help="Take every n-th frame instead of --frames (1: all frames)."
+    ),
     max_faces: int = typer.Option(1, min=1, help="Faces kept per image or frame, highest detection score first."),
     min_face_size: int = typer.Option(40, min=8, help="Smallest face side searched for, in pixels."),
     score_threshold: float = typer.Option(0.9, min=0.0, max=1.0, help="Detection score a face needs."),
@@ -52,9 +60,12 @@ def prepare(
     detector_weights: Optional[Path] = typer.Option(None, help="Detector ONNX weights (folder for MTCNN)."),
     region_maps: RegionMaps = typer.Option(
         RegionMaps.landmarks,
-        help="Facial-region maps for CRFR-P: drawn from the detector's landmarks, or read from --parsing-dir (a face parser's LaPa maps, <face name>.npy).",
+        help="Facial-region maps for CRFR-P: drawn from the detector's landmarks, or read from --parsing-dir "
+        "(a face parser's LaPa maps, <face name>.npy).",
     ),
-    parsing_dir: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help="Folder of precomputed parsing maps."),
+    parsing_dir: Optional[Path] = typer.Option(
+        None, exists=True, file_okay=False, help="Folder of precomputed parsing maps."
+    ),
     workers: Optional[int] = typer.Option(None, min=1, help="Worker processes (default: one per CPU core)."),
     shard_size: int = typer.Option(1024, min=1, help="Faces per storage shard."),
 ) -> None:
@@ -65,9 +76,17 @@ def prepare(
 
     try:
         config = PrepareConfig(
-            size=size, scale=scale, frames=frames, frame_stride=frame_stride, max_faces=max_faces,
-            min_face_size=min_face_size, score_threshold=score_threshold, detector=detector.value,
-            detector_weights=detector_weights, region_maps=region_maps.value, parsing_dir=parsing_dir,
+            size=size,
+            scale=scale,
+            frames=frames,
+            frame_stride=frame_stride,
+            max_faces=max_faces,
+            min_face_size=min_face_size,
+            score_threshold=score_threshold,
+            detector=detector.value,
+            detector_weights=detector_weights,
+            region_maps=region_maps.value,
+            parsing_dir=parsing_dir,
             shard_size=shard_size,
         )
         manifest = prepare_dataset(source, output, config, workers=workers)
@@ -87,7 +106,9 @@ _NOT_FIELDS = ("config", "resume")  # every other parameter of ``pretrain`` is a
 
 def pretrain(
     config: Optional[Path] = typer.Option(
-        None, exists=True, dir_okay=False,
+        None,
+        exists=True,
+        dir_okay=False,
         help="Run configuration (JSON, the fields of config.json); options below override it.",
     ),
     data: Optional[list[Path]] = _flag("data", "Prepared dataset folder (repeat to concatenate)."),

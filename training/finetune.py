@@ -1,5 +1,7 @@
-"""The fine-tuning loop (docs/finetuning.md; FSFM paper, arXiv 2412.12032): a pretrained FSFM encoder (ours
-or the official weights) -> the global-pool ViT classifier the service serves.
+"""A fine-tuning run, as mae's ``main_finetune.py`` (docs/finetuning.md; FSFM paper, arXiv 2412.12032): a
+pretrained FSFM encoder (ours or the official weights) -> the global-pool ViT classifier the service serves.
+This module builds the model, data, optimiser and schedule, and runs the epochs, validation, calibration and
+checkpoints; the step, epoch and prediction live in ``training.finetune_engine``.
 
 * Model: encoder weights from the checkpoint, position embedding resized to the input size, new
   ``fc_norm`` + ``head`` (or a fine-tuned classifier loaded whole, to continue training), drop path.
@@ -31,9 +33,7 @@ Run: ``fsfm finetune ...`` or ``torchrun --nproc-per-node N -m training.finetune
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,18 +41,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
-from fsfm.face.crop import (
-    DLIB_BOX_TRANSFORM,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    BoxTransform,
-    CropSpec,
-    Normalization,
-)
+from fsfm.face.crop import DLIB_BOX_TRANSFORM, IMAGENET_MEAN, IMAGENET_STD, BoxTransform, CropSpec, Normalization
 from fsfm.models.checkpoints import (
     classifier_from_pretrained,
     infer_vit_config,
@@ -83,6 +75,7 @@ from training.finetune_data import (
     open_source,
     split_by_video,
 )
+from training.finetune_engine import FinetuneEngine, Mixup
 from training.param_groups import layer_decay_groups
 from training.prepare import write_mean_std
 from training.saving import save_atomic
@@ -151,7 +144,7 @@ def initial_model(config: FinetuneConfig) -> tuple[ViTClassifier, dict[str, Any]
 
 
 def resolve_normalization(config: FinetuneConfig, meta: dict[str, Any]) -> tuple[Normalization, str]:
-    """The model's input statistics and where they came from (spec §4.1, pitfall 9): the pretraining
+    """The model's input statistics and where they came from (docs/finetuning.md): the pretraining
     statistics (checkpoint metadata, else ``pretrain_ds_mean_std.txt`` beside it, else FSFM's fallback:
     VGGFace2 for DfD/DiFF, ImageNet for FAS), or ImageNet / VGGFace2 when asked for."""
     imagenet = Normalization(mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -167,62 +160,6 @@ def resolve_normalization(config: FinetuneConfig, meta: dict[str, Any]) -> tuple
     if config.task == "liveness":
         return imagenet, f"ImageNet (no {MEAN_STD_FILE} beside the checkpoint)"
     return Normalization(), f"VGGFace2 (no {MEAN_STD_FILE} beside the checkpoint)"
-
-
-# ------------------------------------------------------------------------------------------ loss
-class Mixup:
-    """timm's Mixup/CutMix in batch mode: with probability ``prob``, one lambda ~ Beta(alpha, alpha)
-    for the batch, mixing each sample with the batch reversed; CutMix (chosen with ``switch_prob``
-    when both are on) pastes a box of area 1 - lambda and corrects lambda to the box actually pasted.
-    Targets are label-smoothed one-hots (``smoothing / classes`` off, ``1 - smoothing + that`` on),
-    mixed with the same lambda."""
-
-    def __init__(
-        self, mixup: float, cutmix: float, prob: float, switch_prob: float, smoothing: float, num_classes: int
-    ) -> None:
-        self.mixup, self.cutmix, self.prob, self.switch_prob = mixup, cutmix, prob, switch_prob
-        self.smoothing, self.num_classes = smoothing, num_classes
-
-    def targets(self, classes: torch.Tensor) -> torch.Tensor:
-        off = self.smoothing / self.num_classes
-        return F.one_hot(classes, self.num_classes).float() * (1.0 - self.smoothing) + off
-
-    def __call__(
-        self, images: torch.Tensor, classes: torch.Tensor, rng: np.random.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        lam, use_cutmix = 1.0, False
-        if (self.mixup > 0 or self.cutmix > 0) and rng.random() < self.prob:
-            use_cutmix = self.cutmix > 0 and (self.mixup <= 0 or rng.random() < self.switch_prob)
-            alpha = self.cutmix if use_cutmix else self.mixup
-            lam = float(rng.beta(alpha, alpha))
-        soft = self.targets(classes)
-        if lam == 1.0:
-            return images, soft
-        images = images.clone()
-        if use_cutmix:
-            h, w = images.shape[-2:]
-            ratio = math.sqrt(1.0 - lam)
-            cut_h, cut_w = int(h * ratio), int(w * ratio)
-            cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
-            y1, y2 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
-            x1, x2 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
-            images[:, :, y1:y2, x1:x2] = images.flip(0)[:, :, y1:y2, x1:x2]
-            lam = 1.0 - (y2 - y1) * (x2 - x1) / (h * w)
-        else:
-            images = images * lam + images.flip(0) * (1.0 - lam)
-        return images, soft * lam + soft.flip(0) * (1.0 - lam)
-
-
-def soft_target_ce(
-    logits: torch.Tensor, targets: torch.Tensor, class_weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Cross-entropy against soft targets; with ``class_weight`` (per class index), each sample weighs
-    its target's expected class weight and the loss is the weighted mean."""
-    per_sample = -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1)
-    if class_weight is None:
-        return per_sample.mean()
-    weights = targets @ class_weight
-    return (per_sample * weights).sum() / weights.sum()
 
 
 # ------------------------------------------------------------------------------------------- run
@@ -264,7 +201,6 @@ class Finetuner:
         optimizer_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.peak_lr = config.peak_lr(self.dist.world_size)
         self.optimizer = optimizer_cls(groups, lr=self.peak_lr, betas=config.betas)
-        self.schedule = config.lr_schedule(self.peak_lr)
         self.amp_dtype = amp_dtype("auto" if config.amp else "off", device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         assert config.mixup is not None and config.cutmix is not None and config.smoothing is not None
@@ -276,11 +212,28 @@ class Finetuner:
             config.smoothing,
             len(self.classes.names),
         )
-        self.train_model: torch.nn.Module = self.model
+        train_model: torch.nn.Module = self.model
         if self.dist.world_size > 1:
-            self.train_model = DistributedDataParallel(
+            train_model = DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None
             )
+        self.engine = FinetuneEngine(
+            self.model,
+            train_model,
+            self.optimizer,
+            self.scaler,
+            config.lr_schedule(self.peak_lr),
+            self.mixup,
+            self.label_to_class,
+            self.classes.attack_index,
+            device,
+            self.amp_dtype,
+            config.accum_iter,
+            config.clip_grad,
+            self.class_weight,
+            self.dist.rank,
+            self.dist.world_size,
+        )
 
         self.start_epoch = 0
         self.best: dict[str, Any] | None = None
@@ -414,80 +367,19 @@ class Finetuner:
 
     # ---------------------------------------------------------------------------------- epochs
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        config = self.config
-        self.train_model.train()
-        self.sampler.set_epoch(epoch)
-        rng = np.random.default_rng([config.seed, epoch, self.dist.rank, 1])
-        iters, accum = len(self.sampler), config.accum_iter
-        total, count, lr = 0.0, 0, 0.0
         from tqdm import tqdm
 
-        bar = tqdm(
-            self.train_loader,
-            total=iters,
-            desc=f"epoch {epoch}",
-            disable=not (self.progress and self.dist.is_main),
-            leave=False,
-        )
-        for step, (images, labels) in enumerate(bar):
-            if step % accum == 0:
-                lr = self.schedule.lr_at(epoch + step / iters)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr * group["lr_scale"]
-            images = images.to(self.device, non_blocking=True)
-            images, targets = self.mixup(images, self.label_to_class[labels.to(self.device)], rng)
-            update = (step + 1) % accum == 0 or step + 1 == iters
-            sync = contextlib.nullcontext() if update or self.dist.world_size == 1 else self.train_model.no_sync()
-            with sync:
-                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    logits = self.train_model(images)
-                loss = soft_target_ce(logits.float(), targets, self.class_weight)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}")
-                self.scaler.scale(loss / accum).backward()
-            if update:
-                if config.clip_grad is not None:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-            total, count = total + loss.item(), count + 1
-            bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{lr:.2e}", refresh=False)
-        return {"train_loss": total / max(count, 1), "lr": lr}
+        self.sampler.set_epoch(epoch)
+        rng = np.random.default_rng([self.config.seed, epoch, self.dist.rank, 1])
+        show = self.progress and self.dist.is_main
+        with tqdm(total=len(self.sampler), desc=f"epoch {epoch}", disable=not show, leave=False) as bar:
+            return self.engine.train_one_epoch(self.train_loader, epoch, rng, bar)
 
-    @torch.no_grad()
     def predict(self, source: FaceSource) -> tuple[np.ndarray, np.ndarray, float]:
         """(labels, attack scores, mean cross-entropy) over ``source``, sharded across ranks."""
-        self.model.eval()
-        mine = list(range(self.dist.rank, len(source), self.dist.world_size))
-        batch = 2 * (self.config.batch_size or 32)
-        loader = DataLoader(
-            Subset(EvalFaces(source, self.eval_transform), mine), batch_size=batch, num_workers=self.config.num_workers
-        )
-        indices, scores, losses = [], [], []
-        for images, labels, index in loader:
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                logits = self.model(images.to(self.device)).float()
-            classes = self.label_to_class[labels.to(self.device)]
-            losses.append(F.cross_entropy(logits, classes, reduction="none").cpu())
-            scores.append(torch.softmax(logits, dim=-1)[:, self.classes.attack_index].cpu())
-            indices.append(index)
-        part = (
-            (torch.cat(indices).tolist(), torch.cat(scores).tolist(), torch.cat(losses).tolist())
-            if indices
-            else ([], [], [])
-        )
-        parts = [part]
-        if self.dist.world_size > 1:
-            parts = [None] * self.dist.world_size  # type: ignore[list-item]
-            dist.all_gather_object(parts, part)
-        order = np.array([i for p in parts for i in p[0]])
-        sort = np.argsort(order)
-        all_scores = np.array([s for p in parts for s in p[1]])[sort]
-        all_losses = np.array([x for p in parts for x in p[2]])[sort]
-        labels = np.array([item.label for item in source.items])
-        return labels, all_scores, float(all_losses.mean())
+        faces = EvalFaces(source, self.eval_transform)
+        scores, loss = self.engine.predict(faces, 2 * (self.config.batch_size or 32), self.config.num_workers)
+        return np.array([item.label for item in source.items]), scores, loss
 
     def validate(self) -> dict[str, Any]:
         """Validation loss, metrics, the selection value, and thresholds calibrated on the scores."""

@@ -40,27 +40,53 @@ def _specs(texts: list[str] | None) -> list[DataSpec]:
 
 def finetune(
     task: Optional[Task] = typer.Option(None, help="What the model learns to detect (sets the paper's recipe)."),
-    pretrained: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Pretraining checkpoint (ours or the official FSFM checkpoint-N.pth), or a fine-tuned one to continue."),
-    train: Optional[list[str]] = typer.Option(None, help="Training set as FORMAT:PATH,KEY=VALUE,... (format and options optional, e.g. ffpp:/data/FF++,split=train); repeat for several."),
+    pretrained: Optional[Path] = typer.Option(
+        None,
+        exists=True,
+        dir_okay=False,
+        help="Pretraining checkpoint (ours or the official FSFM checkpoint-N.pth), or a fine-tuned one to continue.",
+    ),
+    train: Optional[list[str]] = typer.Option(
+        None,
+        help="Training set as FORMAT:PATH,KEY=VALUE,... (format and options optional, e.g. "
+        "ffpp:/data/FF++,split=train); repeat for several.",
+    ),
     output_dir: Optional[Path] = typer.Option(None, help="Folder for config.json, log.jsonl and the checkpoints."),
-    val: Optional[list[str]] = typer.Option(None, help="Validation set(s) for model selection and threshold calibration (default: hold out --val-fraction of the training videos)."),
-    test: Optional[list[str]] = typer.Option(None, help="Test set(s) evaluated with the selected checkpoint when training ends (cross-dataset)."),
-    sbi: Optional[bool] = typer.Option(None, "--sbi/--no-sbi", help="Train on self-blended pseudo-fakes made from the training sets' real faces."),
-    config: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="A fine-tuning config JSON (e.g. a previous run's config.json); options given here override it."),
+    val: Optional[list[str]] = typer.Option(
+        None,
+        help="Validation set(s) for model selection and threshold calibration (default: hold out "
+        "--val-fraction of the training videos).",
+    ),
+    test: Optional[list[str]] = typer.Option(
+        None, help="Test set(s) evaluated with the selected checkpoint when training ends (cross-dataset)."
+    ),
+    sbi: Optional[bool] = typer.Option(
+        None, "--sbi/--no-sbi", help="Train on self-blended pseudo-fakes made from the training sets' real faces."
+    ),
+    config: Optional[Path] = typer.Option(
+        None,
+        exists=True,
+        dir_okay=False,
+        help="A fine-tuning config JSON (e.g. a previous run's config.json); options given here override it.",
+    ),
     epochs: Optional[int] = typer.Option(None, min=1, help="Epochs (default: the recipe's)."),
     batch_size: Optional[int] = typer.Option(None, min=2, help="Batch per process (default: the recipe's)."),
     accum_iter: Optional[int] = _flag("accum_iter", "Gradient accumulation steps.", min=1),
     blr: Optional[float] = typer.Option(None, help="Base lr; lr = blr * effective batch / 256."),
     lr: Optional[float] = typer.Option(None, help="Absolute peak lr (overrides --blr)."),
     input_size: Optional[int] = _flag("input_size", "Input side in pixels.", min=16),
-    num_heads: Optional[int] = typer.Option(None, min=1, help="Attention heads, when the checkpoint does not tell and the ViT is not a standard size."),
+    num_heads: Optional[int] = typer.Option(
+        None, min=1, help="Attention heads, when the checkpoint does not tell and the ViT is not a standard size."
+    ),
     val_fraction: Optional[float] = _flag(
         "val_fraction", "Share of training videos held out when no --val is given.", min=0.0, max=0.9
     ),
     num_workers: Optional[int] = _flag("num_workers", "Data-loading processes.", min=0),
     device: Optional[str] = _flag("device", "auto, cpu or cuda."),
     seed: Optional[int] = _flag("seed", "Random seed."),
-    faces_cache: Optional[Path] = typer.Option(None, help="Where faces extracted from benchmark videos are kept (default: the fsfm cache)."),
+    faces_cache: Optional[Path] = typer.Option(
+        None, help="Where faces extracted from benchmark videos are kept (default: the fsfm cache)."
+    ),
     demo: Optional[bool] = _flag("demo", "Mark the model as a demo, not fit for decisions.", "--demo/--no-demo"),
     resume: bool = typer.Option(False, help="Continue the run in --output-dir from its checkpoint-last.pth."),
 ) -> None:
@@ -73,10 +99,23 @@ def finetune(
 
     data: dict[str, Any] = json.loads(config.read_text()) if config else {}
     given = {
-        "task": task.value if task else None, "pretrained": pretrained, "output_dir": output_dir, "sbi": sbi,
-        "epochs": epochs, "batch_size": batch_size, "accum_iter": accum_iter, "blr": blr, "lr": lr,
-        "input_size": input_size, "num_heads": num_heads, "val_fraction": val_fraction, "num_workers": num_workers,
-        "device": device, "seed": seed, "faces_cache": faces_cache, "demo": demo,
+        "task": task.value if task else None,
+        "pretrained": pretrained,
+        "output_dir": output_dir,
+        "sbi": sbi,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "accum_iter": accum_iter,
+        "blr": blr,
+        "lr": lr,
+        "input_size": input_size,
+        "num_heads": num_heads,
+        "val_fraction": val_fraction,
+        "num_workers": num_workers,
+        "device": device,
+        "seed": seed,
+        "faces_cache": faces_cache,
+        "demo": demo,
     }
     data |= {k: v for k, v in given.items() if v is not None}
     try:
@@ -87,8 +126,13 @@ def finetune(
     except (ValidationError, DataError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     if int(os.environ.get("RANK", "0")) == 0:
-        typer.echo(f"selected {result.best_checkpoint} (epoch {result.best_epoch}): " + json.dumps({k: round(v, 4) for k, v in result.val_metrics.items()}))
-        typer.echo(f"export it with: fsfm export --checkpoint {result.best_checkpoint} --name <name> --task {data['task']}")
+        typer.echo(
+            f"selected {result.best_checkpoint} (epoch {result.best_epoch}): "
+            + json.dumps({k: round(v, 4) for k, v in result.val_metrics.items()})
+        )
+        typer.echo(
+            f"export it with: fsfm export --checkpoint {result.best_checkpoint} --name <name> --task {data['task']}"
+        )
 
 
 def _summary(report: dict[str, Any]) -> list[str]:
@@ -98,17 +142,31 @@ def _summary(report: dict[str, Any]) -> list[str]:
     lines = [f"{'set':32s} {'AUC':>6s} {'EER':>6s} {'vAUC':>6s} {'vEER':>6s} {'HTER':>6s}"]
     for name, entry in report["sets"].items():
         frame, video = entry["frame"], entry.get("video", {})
-        lines.append(f"{name[:32]:32s} {pct(frame.get('auc'))} {pct(frame.get('eer'))} {pct(video.get('auc'))} {pct(video.get('eer'))} {pct(frame.get('hter'))}")
+        lines.append(
+            f"{name[:32]:32s} {pct(frame.get('auc'))} {pct(frame.get('eer'))} {pct(video.get('auc'))} "
+            f"{pct(video.get('eer'))} {pct(frame.get('hter'))}"
+        )
     return lines
 
 
 def evaluate(
-    test: list[str] = typer.Option(..., help="Test set as FORMAT:PATH,KEY=VALUE,... (e.g. celebdf:/data/Celeb-DF-v2); repeat for a cross-dataset run."),
-    model: str = typer.Option(..., help="A model package (its folder, or NAME or NAME:VERSION in --models) or a fine-tuned checkpoint (.pth, ours or official)."),
+    test: list[str] = typer.Option(
+        ...,
+        help="Test set as FORMAT:PATH,KEY=VALUE,... (e.g. celebdf:/data/Celeb-DF-v2); repeat for a cross-dataset run.",
+    ),
+    model: str = typer.Option(
+        ...,
+        help="A model package (its folder, or NAME or NAME:VERSION in --models) or a fine-tuned checkpoint "
+        "(.pth, ours or official).",
+    ),
     output_dir: Path = typer.Option(Path("evaluation"), help="Where report.json and the ROC PNGs go."),
     models: Path = typer.Option(Path("models"), envvar="FSFM_MODELS", help="Model repository folder."),
-    task: Optional[Task] = typer.Option(None, help="Task (default: the package's; deepfake for checkpoints without metadata)."),
-    threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Attack-score threshold for the error rates (default: the model's)."),
+    task: Optional[Task] = typer.Option(
+        None, help="Task (default: the package's; deepfake for checkpoints without metadata)."
+    ),
+    threshold: Optional[float] = typer.Option(
+        None, min=0.0, max=1.0, help="Attack-score threshold for the error rates (default: the model's)."
+    ),
     target_fpr: list[float] = typer.Option([0.01], help="FPRs at which to report the TPR."),
     num_heads: Optional[int] = typer.Option(None, min=1, help="Attention heads of a checkpoint of non-standard size."),
     batch_size: int = typer.Option(64, min=1),
@@ -132,7 +190,9 @@ def evaluate(
     except (PackageError, DataError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     typer.echo("\n".join(_summary(report)))
-    typer.echo(f"threshold {report['threshold']:.4f} ({report['threshold_source']}); report: {output_dir / 'report.json'}")
+    typer.echo(
+        f"threshold {report['threshold']:.4f} ({report['threshold_source']}); report: {output_dir / 'report.json'}"
+    )
 
 
 def export(
@@ -152,7 +212,9 @@ def export(
     demo: bool = typer.Option(False, help="Mark the package as a demo model, not fit for decisions."),
     overwrite: bool = typer.Option(False, help="Replace an existing package of the same version."),
     with_torch: bool = typer.Option(False, help="Also write model.pt for the development torch engine."),
-    tensorrt: bool = typer.Option(False, help="Also build model.plan with TensorRT (needs TensorRT and an NVIDIA GPU)."),
+    tensorrt: bool = typer.Option(
+        False, help="Also build model.plan with TensorRT (needs TensorRT and an NVIDIA GPU)."
+    ),
     trt_precision: str = typer.Option("fp16", help="TensorRT precision: fp16 or fp32."),
     trt_batch: tuple[int, int, int] = typer.Option(
         (1, 8, 32), help="TensorRT optimisation profile: min, opt and max batch (match the batcher's max_batch_size)."
@@ -183,7 +245,9 @@ def export(
             from training.tensorrt_build import add_plan_to_package
 
             low, opt, high = trt_batch
-            package = add_plan_to_package(package, precision=trt_precision, min_batch=low, opt_batch=opt, max_batch=high)
+            package = add_plan_to_package(
+                package, precision=trt_precision, min_batch=low, opt_batch=opt, max_batch=high
+            )
     except (ExportError, ValueError, KeyError, RuntimeError) as exc:  # EngineError is a RuntimeError
         fail(str(exc))
     typer.echo(
@@ -196,8 +260,12 @@ def calibrate(
     model: str = typer.Option(..., help="Model package: its folder, or NAME or NAME:VERSION in --models."),
     val: list[str] = typer.Option(..., help="Validation set(s) with real and fake (or live and spoof) faces."),
     models: Path = typer.Option(Path("models"), envvar="FSFM_MODELS", help="Model repository folder."),
-    target_fpr: list[float] = typer.Option([0.01, 0.001], help="False-positive rates to calibrate operating points for."),
-    default: DefaultThreshold = typer.Option(DefaultThreshold.eer, help="The package's default threshold: the EER point, or 0.5."),
+    target_fpr: list[float] = typer.Option(
+        [0.01, 0.001], help="False-positive rates to calibrate operating points for."
+    ),
+    default: DefaultThreshold = typer.Option(
+        DefaultThreshold.eer, help="The package's default threshold: the EER point, or 0.5."
+    ),
     batch_size: int = typer.Option(64, min=1),
     workers: int = typer.Option(2, min=0),
     faces_cache: Optional[Path] = typer.Option(None, help="Where faces extracted from benchmark videos are kept."),
@@ -223,7 +291,9 @@ def calibrate(
 
 def quantize(
     model: str = typer.Option(..., help="Model package: its folder, or NAME or NAME:VERSION in --models."),
-    heldout: list[str] = typer.Option(..., help="Held-out set(s) (as --val of calibrate) on which the int8 variant is judged against fp32."),
+    heldout: list[str] = typer.Option(
+        ..., help="Held-out set(s) (as --val of calibrate) on which the int8 variant is judged against fp32."
+    ),
     models: Path = typer.Option(Path("models"), envvar="FSFM_MODELS", help="Model repository folder."),
     batch_size: int = typer.Option(64, min=1),
     workers: int = typer.Option(2, min=0),
@@ -248,8 +318,10 @@ def quantize(
     typer.echo(f"{package.manifest.ref}: wrote {package.int8_path}")
     for check in info.heldout:
         auc = "" if check.auc_fp32 is None else f"AUC fp32 {check.auc_fp32:.4f} int8 {check.auc_int8:.4f}, "
-        typer.echo(f"  {check.set}: {check.faces} faces, {auc}max |score diff| {check.max_abs_score_diff:.4f}, "
-                   f"labels agree on {check.label_agreement:.1%}")
+        typer.echo(
+            f"  {check.set}: {check.faces} faces, {auc}max |score diff| {check.max_abs_score_diff:.4f}, "
+            f"labels agree on {check.label_agreement:.1%}"
+        )
 
 
 if __name__ == "__main__":  # torchrun --nproc-per-node N -m training.finetune_commands finetune --config run.json
