@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import os
 import shutil
 import subprocess
@@ -26,13 +27,14 @@ from fsfm.models.checkpoints import classifier_from_pretrained, load_checkpoint,
 from fsfm.models.config import vit_preset
 from tests.official_format import official_pretrain_state
 from tests.test_prepare import prepared_test_faces
-from training.commands import pretrain
+from training.commands import Amp, Masking, pretrain
 from training.datasets import MaskingCollate, PreparedFaces, PretrainBatchSampler
-from training.prepare import PrepareConfig, prepare_dataset
+from training.masking import MASKING_STRATEGIES
 from training.param_groups import weight_decay_groups
+from training.prepare import PrepareConfig, prepare_dataset
 from training.pretrain import Pretrainer
-from training.pretrain_engine import ema_update
 from training.pretrain_config import PretrainArchitecture, PretrainConfig
+from training.pretrain_engine import ema_update
 from training.pretrain_model import FSFMPretrainModel, FSFMTargetNetwork, parameter_counts
 from training.schedules import momentum_at
 
@@ -204,6 +206,19 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(tiny_run:
     assert all(torch.equal(final["model"][k], v) for k, v in reference["model"].items())
     target = load_checkpoint(resumed / "checkpoint-te-49.pth")["model"]
     assert all(torch.equal(target[k], v) for k, v in load_checkpoint(tiny_run / "checkpoint-te-49.pth")["model"].items())
+
+
+def test_pretrain_flags_are_the_config_fields_and_state_its_defaults() -> None:
+    """Every flag but --config/--resume names a PretrainConfig field, defaults to None (so the config file or
+    the field's default applies) and shows the field's default, read from PretrainConfig."""
+    params = inspect.signature(pretrain).parameters
+    assert set(params) - {"config", "resume"} <= set(PretrainConfig.model_fields)
+    assert all(params[name].default.default is None for name in params)
+    assert params["epochs"].default.help == f"Epochs (default {PretrainConfig.model_fields['epochs'].default})."
+    assert params["norm_pix_loss"].default.help.endswith("(default on).")
+    assert params["lr"].default.help == "Absolute peak lr (overrides --blr)."  # no default to show
+    assert {m.value for m in Masking} == set(MASKING_STRATEGIES)
+    assert {a.value for a in Amp} == {"auto", "bf16", "fp16", "off"}
 
 
 def test_checkpoints_have_the_official_layout_and_feed_finetuning(tiny_run: Path, faces: Path) -> None:
