@@ -1,8 +1,8 @@
 """``fsfm prepare`` and ``fsfm pretrain`` as plain Typer-annotated functions, which ``fsfm_cli`` registers
 with ``app.command()(prepare)``. Heavy imports (torch, the detector) happen inside the bodies.
 
-``pretrain``'s flags map onto ``PretrainConfig`` fields (``training.flags``): unset flags leave the
-``--config`` file's values or the configuration's defaults.
+Their flags map onto ``PrepareConfig`` and ``PretrainConfig`` fields (``training.flags``): unset flags leave
+the ``--config`` file's values or the configuration's defaults.
 
 Entry point for several processes (DDP): ``torchrun --nproc-per-node N -m training.commands pretrain
 --config run.json`` (the same options as ``fsfm pretrain``).
@@ -20,22 +20,18 @@ import typer
 from fsfm.console import fail
 from training.flags import choices, config_option, literal_choices
 from training.masking import MASKING_STRATEGIES
+from training.prepare import PrepareConfig
 from training.pretrain_config import PretrainConfig
 
-
-class Detector(str, Enum):
-    mtcnn = "mtcnn"
-    retinaface = "retinaface"
-
-
-class RegionMaps(str, Enum):
-    landmarks = "landmarks"
-    parsing = "parsing"
-
-
+Detector = literal_choices("Detector", PrepareConfig, "detector")
+RegionMaps = literal_choices("RegionMaps", PrepareConfig, "region_maps")
 Masking = choices("Masking", MASKING_STRATEGIES)
 ContrastiveLoss = literal_choices("ContrastiveLoss", PretrainConfig, "cl_loss")
 Amp = literal_choices("Amp", PretrainConfig, "amp")
+
+
+def _prepare_flag(field: str, help: str, *param_decls: str, **kwargs: Any) -> Any:
+    return config_option(PrepareConfig, field, help, *param_decls, **kwargs)
 
 
 def prepare(
@@ -47,48 +43,40 @@ def prepare(
         "images/ and parsing_maps/.",
     ),
     output: Path = typer.Argument(..., help="Dataset folder to create, or to resume filling."),
-    size: int = typer.Option(224, min=16, help="Crop side in pixels (the model's input size)."),
-    scale: float = typer.Option(1.3, help="Crop side / longer side of the face box (FSFM: 1.3)."),
-    frames: int = typer.Option(128, min=1, help="Frames per video, evenly spaced."),
-    frame_stride: Optional[int] = typer.Option(
-        None, min=1, help="Take every n-th frame instead of --frames (1: all frames)."
+    size: Optional[int] = _prepare_flag("size", "Crop side in pixels (the model's input size).", min=16),
+    scale: Optional[float] = _prepare_flag("scale", "Crop side / longer side of the face box."),
+    frames: Optional[int] = _prepare_flag("frames", "Frames per video, evenly spaced.", min=1),
+    frame_stride: Optional[int] = _prepare_flag(
+        "frame_stride", "Take every n-th frame instead of --frames (1: all frames).", min=1
     ),
-    max_faces: int = typer.Option(1, min=1, help="Faces kept per image or frame, highest detection score first."),
-    min_face_size: int = typer.Option(40, min=8, help="Smallest face side searched for, in pixels."),
-    score_threshold: float = typer.Option(0.9, min=0.0, max=1.0, help="Detection score a face needs."),
-    detector: Detector = typer.Option(Detector.mtcnn, help="Face detector."),
-    detector_weights: Optional[Path] = typer.Option(None, help="Detector ONNX weights (folder for MTCNN)."),
-    region_maps: RegionMaps = typer.Option(
-        RegionMaps.landmarks,
-        help="Facial-region maps for CRFR-P: drawn from the detector's landmarks, or read from --parsing-dir "
+    max_faces: Optional[int] = _prepare_flag(
+        "max_faces", "Faces kept per image or frame, highest detection score first.", min=1
+    ),
+    min_face_size: Optional[int] = _prepare_flag("min_face_size", "Smallest face side searched for, in pixels.", min=8),
+    score_threshold: Optional[float] = _prepare_flag(
+        "score_threshold", "Detection score a face needs.", min=0.0, max=1.0
+    ),
+    detector: Optional[Detector] = _prepare_flag("detector", "Face detector."),
+    detector_weights: Optional[Path] = _prepare_flag("detector_weights", "Detector ONNX weights (folder for MTCNN)."),
+    region_maps: Optional[RegionMaps] = _prepare_flag(
+        "region_maps",
+        "Facial-region maps for CRFR-P: drawn from the detector's landmarks, or read from --parsing-dir "
         "(a face parser's LaPa maps, <face name>.npy).",
     ),
-    parsing_dir: Optional[Path] = typer.Option(
-        None, exists=True, file_okay=False, help="Folder of precomputed parsing maps."
+    parsing_dir: Optional[Path] = _prepare_flag(
+        "parsing_dir", "Folder of precomputed parsing maps.", exists=True, file_okay=False
     ),
     workers: Optional[int] = typer.Option(None, min=1, help="Worker processes (default: one per CPU core)."),
-    shard_size: int = typer.Option(1024, min=1, help="Faces per storage shard."),
+    shard_size: Optional[int] = _prepare_flag("shard_size", "Faces per storage shard.", min=1),
 ) -> None:
     """Turn face images and videos into a pretraining/fine-tuning dataset: detected, cropped faces and a
     facial-region map per face, in memory-mappable shards, with a manifest. Rerun the same command to
     resume an interrupted run; unreadable files are skipped and listed."""
-    from training.prepare import PrepareConfig, PrepareError, prepare_dataset, summary
+    given = {k: v for k, v in locals().items() if k not in ("source", "output", "workers") and v is not None}
+    from training.prepare import PrepareError, prepare_dataset, summary
 
     try:
-        config = PrepareConfig(
-            size=size,
-            scale=scale,
-            frames=frames,
-            frame_stride=frame_stride,
-            max_faces=max_faces,
-            min_face_size=min_face_size,
-            score_threshold=score_threshold,
-            detector=detector.value,
-            detector_weights=detector_weights,
-            region_maps=region_maps.value,
-            parsing_dir=parsing_dir,
-            shard_size=shard_size,
-        )
+        config = PrepareConfig(**{k: v.value if isinstance(v, Enum) else v for k, v in given.items()})
         manifest = prepare_dataset(source, output, config, workers=workers)
     except (PrepareError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
