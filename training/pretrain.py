@@ -89,7 +89,6 @@ class Pretrainer:
             persistent_workers=config.num_workers > 0,
         )
         self.iters_per_epoch = len(self.sampler)
-        self.total_iters = config.epochs * self.iters_per_epoch
 
         self.model = FSFMPretrainModel(
             arch, config.norm_pix_loss, config.weight_fr, config.weight_cl, config.cl_loss
@@ -127,6 +126,10 @@ class Pretrainer:
             self.output.mkdir(parents=True, exist_ok=True)
             config.save(self.output / CONFIG_FILE)
             write_mean_std(self.output / MEAN_STD_FILE, self.dataset.normalization)
+
+    @property
+    def total_iters(self) -> int:
+        return self.engine.total_iters
 
     def _print(self, message: str) -> None:
         if self.dist.is_main and self.progress:
