@@ -1,4 +1,4 @@
-"""``fsfm bench engine | pipeline | serve | report``, registered in ``fsfm.cli``. Heavy imports
+"""``fsfm bench engine | pipeline | serve | report``, mounted by ``fsfm_cli``. Heavy imports
 live in the command bodies."""
 
 from __future__ import annotations
@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from fsfm.console import fail
 
 bench_app = typer.Typer(
     help="Measure speed: engine-only, per pipeline stage, and the service end to end under load.",
@@ -17,18 +19,13 @@ MODEL_HELP = "Benchmark model (random weights, exported once into the fsfm cache
 PACKAGE_HELP = "A model package folder (models/<name>/<version>) to measure instead of --model."
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
-
-
 def _int_list(text: str, what: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         values = []
     if not values or min(values) < 1:
-        _fail(f"{what} must be positive integers separated by commas, got {text!r}")
+        fail(f"{what} must be positive integers separated by commas, got {text!r}")
     return values
 
 
@@ -45,7 +42,7 @@ def _package(model: str, package: Optional[Path]):
     try:
         return load_package(package) if package is not None else ensure_bench_package(model)
     except (PackageError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _detector(min_face_size: int):
@@ -54,7 +51,7 @@ def _detector(min_face_size: int):
     try:
         return create_detector(DetectorConfig(min_face_size=min_face_size))
     except FileNotFoundError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _write_json(path: Optional[Path], value: object) -> None:
@@ -92,7 +89,7 @@ def engine(
     try:
         kinds = engine_specs(_names(engines), _names(precisions) if precisions else None)
     except EngineError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     chosen = _package(model, package)
     faces = sample_face_tensors(_detector(20), chosen.manifest) if len(kinds) > 1 else None
     peak = matmul_peak_gflops()
@@ -101,7 +98,7 @@ def engine(
     try:
         report = run_engines(chosen, kinds, batch_sizes(max_batch), peak, threads, min_seconds, faces)
     except EngineError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(engine_table(report.runs))
     for kind, drift in report.drift.items():
         typer.echo(f"{kind}: max |logit - onnxruntime's| on {len(faces)} real faces = {drift:.3g}")
@@ -134,7 +131,7 @@ def pipeline(
     try:
         result = bench_pipeline(one_face_jpeg(detector, image), chosen, detector, create_bench_engine(engine_kind, chosen), repeats)
     except (EngineError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"{chosen.manifest.ref}, {result.width}x{result.height} image ({result.image_bytes:,} bytes), "
                f"{result.faces} judged face(s), engine {engine_kind}, median of {repeats}:")
     typer.echo(pipeline_table(result))
@@ -176,7 +173,7 @@ def serve(
 
     kinds = [p.strip() for p in protocols.split(",") if p.strip()]
     if unknown := [p for p in kinds if p not in PROTOCOLS]:
-        _fail(f"unknown protocols {unknown}; choose from {list(PROTOCOLS)}")
+        fail(f"unknown protocols {unknown}; choose from {list(PROTOCOLS)}")
     levels = _int_list(concurrency, "--concurrency")
     data = one_face_jpeg(_detector(20), image)
 
@@ -202,7 +199,7 @@ def serve(
         with served(chosen, settings) as target:
             results = asyncio.run(sweep(target, data, plan(kinds, levels), duration, show))
     except ServerProcessError as exc:
-        _fail(f"the service did not start: {exc}")
+        fail(f"the service did not start: {exc}")
     typer.echo(serve_table(results))
     if engine_report is not None:
         from benchmarks.engine import engine_table
@@ -229,7 +226,7 @@ def report(
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     if unknown := [m for m in names if m not in BENCH_MODELS]:
-        _fail(f"unknown benchmark models {unknown}; choose from {sorted(BENCH_MODELS)}")
+        fail(f"unknown benchmark models {unknown}; choose from {sorted(BENCH_MODELS)}")
     _detector(20)  # fails early and clearly without the detector's weights
     options = ReportOptions(
         models=names, duration_s=duration, min_seconds=min_seconds, max_batch=max_batch, repository=repository

@@ -1,5 +1,7 @@
-"""The ``fsfm`` command line. Commands import their heavy dependencies (torch, the service) inside
-their bodies, so ``fsfm analyze`` and ``fsfm serve`` work in an environment without PyTorch."""
+"""The core's commands, ``fsfm setup`` and ``fsfm analyze``, as plain Typer-annotated functions; the
+``fsfm`` app that mounts them beside training's, the service's and the benchmarks' commands is composed in
+``fsfm_cli`` (this package imports none of those). Commands import their heavy dependencies inside their
+bodies, so ``fsfm analyze`` works in an environment without PyTorch."""
 
 from __future__ import annotations
 
@@ -11,19 +13,10 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(
-    name="fsfm",
-    help="FSFM face security: deepfake, liveness and diffusion-forgery detection.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+from fsfm.console import fail
+from fsfm.package.manifest import TASKS
 
-
-class TaskName(str, Enum):
-    deepfake = "deepfake"
-    liveness = "liveness"
-    diffusion = "diffusion"
+TaskName = Enum("TaskName", {task: task for task in TASKS}, type=str)  # one member per task
 
 
 class RetinaFaceFormat(str, Enum):
@@ -36,13 +29,6 @@ class DetectorKind(str, Enum):
     retinaface = "retinaface"
 
 
-def fail(message: str, code: int = 2) -> None:
-    """One line on stderr and a non-zero exit: no traceback for errors the user can fix."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-@app.command()
 def setup(
     retinaface: Optional[Path] = typer.Option(
         None, exists=True, dir_okay=False,
@@ -69,7 +55,6 @@ def setup(
         typer.echo(f"RetinaFace ONNX weights: {out}  (use --detector retinaface --detector-weights {out})")
 
 
-@app.command()
 def analyze(
     paths: list[Path] = typer.Argument(..., help="Image files (JPEG, PNG, WebP)."),
     models: Path = typer.Option(Path("models"), envvar="FSFM_MODELS", help="Model repository folder."),
@@ -127,80 +112,3 @@ def analyze(
     sys.stdout.write("\n")
     if failures:
         raise typer.Exit(1)
-
-
-@app.command()
-def export(
-    checkpoint: Path = typer.Option(..., exists=True, dir_okay=False, help="Fine-tuned checkpoint (.pth)."),
-    name: str = typer.Option(..., help="Model name in the repository."),
-    task: TaskName = typer.Option(..., help="What the model detects."),
-    version: int = typer.Option(1, min=1, help="Package version (an integer)."),
-    models: Path = typer.Option(Path("models"), envvar="FSFM_MODELS", help="Model repository folder."),
-    mean_std_file: Optional[Path] = typer.Option(
-        None, exists=True, help="pretrain_ds_mean_std.txt to normalise with (default: beside the checkpoint)."
-    ),
-    num_heads: Optional[int] = typer.Option(None, help="Attention heads, when not a standard ViT-S/B/L/H."),
-    threshold: Optional[float] = typer.Option(
-        None, min=0.0, max=1.0, help="Default attack-score threshold (default: the checkpoint's calibration, else 0.5)."
-    ),
-    tolerance: float = typer.Option(1e-3, help="Max |torch - ONNX| allowed on the check batches."),
-    demo: bool = typer.Option(False, help="Mark the package as a demo model, not fit for decisions."),
-    overwrite: bool = typer.Option(False, help="Replace an existing package of the same version."),
-    with_torch: bool = typer.Option(False, help="Also write model.pt for the development torch engine."),
-    tensorrt: bool = typer.Option(False, help="Also build model.plan with TensorRT (needs TensorRT and an NVIDIA GPU)."),
-    trt_precision: str = typer.Option("fp16", help="TensorRT precision: fp16 or fp32."),
-    trt_batch: tuple[int, int, int] = typer.Option(
-        (1, 8, 32), help="TensorRT optimisation profile: min, opt and max batch (match the batcher's max_batch_size)."
-    ),
-) -> None:
-    """Export a fine-tuned checkpoint (official FSFM layout or ours) to a model package."""
-    from fsfm.face.crop import Normalization
-    from training.export import ExportError, export_checkpoint
-
-    overrides: dict = {"demo": True} if demo else {}
-    if threshold is not None:
-        overrides["default_threshold"] = threshold
-    try:
-        package = export_checkpoint(
-            checkpoint,
-            models,
-            name=name,
-            version=version,
-            task=task.value,
-            normalization=Normalization.from_mean_std_file(mean_std_file) if mean_std_file else None,
-            num_heads=num_heads,
-            tolerance=tolerance,
-            overwrite=overwrite,
-            with_torch=with_torch,
-            **overrides,
-        )
-        if tensorrt:
-            from training.tensorrt_build import add_plan_to_package
-
-            low, opt, high = trt_batch
-            package = add_plan_to_package(package, precision=trt_precision, min_batch=low, opt_batch=opt, max_batch=high)
-    except (ExportError, ValueError, KeyError, RuntimeError) as exc:  # EngineError is a RuntimeError
-        fail(str(exc))
-    typer.echo(
-        f"exported {package.manifest.ref} to {package.path} "
-        f"(max |torch - onnx| = {package.manifest.onnx.max_abs_diff:.2e})"
-    )
-
-
-from service.commands import serve  # noqa: E402  (its heavy imports are inside the command)
-
-app.command()(serve)
-
-from service.worker_command import worker  # noqa: E402  (its heavy imports are inside the command)
-from training.commands import prepare, pretrain  # noqa: E402
-from training.finetune_commands import calibrate, evaluate, finetune, quantize  # noqa: E402
-
-for command in (worker, prepare, pretrain, finetune, evaluate, calibrate, quantize):
-    app.command()(command)
-
-from benchmarks.commands import bench_app  # noqa: E402  (its heavy imports are inside the commands)
-
-app.add_typer(bench_app, name="bench")
-
-if __name__ == "__main__":
-    app()

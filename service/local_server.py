@@ -79,7 +79,7 @@ def running_server(
     preset), ``env`` the whole environment of the process (default: this one's)."""
     chosen = {"host": "127.0.0.1", "port": 0, "grpc_port": 0, "shutdown_grace_s": 5, **(settings or {})}
     process_env = {**(env if env is not None else os.environ), **settings_env(chosen), "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "fsfm.cli", "serve", "--models", str(models), *([] if grpc else ["--no-grpc"])]
+    command = [sys.executable, "-m", "fsfm_cli", "serve", "--models", str(models), *([] if grpc else ["--no-grpc"])]
     process = subprocess.Popen(
         command, env=process_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

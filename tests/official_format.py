@@ -1,6 +1,7 @@
-"""Writers of checkpoint files in the official FSFM layouts (method spec §6.2-6.3), for loader tests.
+"""Writers of checkpoint files in the official FSFM layouts (the released weights, docs/finetuning.md), for
+loader tests.
 
-The key names and shapes are the spec's, built independently of our pretraining model so that a
+The key names and shapes are the released files', built independently of our pretraining model so that a
 drift in our model's names would be caught.
 """
 

@@ -108,7 +108,7 @@ def running_worker(
     chosen = {"queue": queue_url, "metrics_port": port, "consumer": consumer, "host": "127.0.0.1", **(settings or {})}
     env = {**os.environ, **settings_env(chosen), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "fsfm.cli", "worker", "--models", str(models)],
+        [sys.executable, "-m", "fsfm_cli", "worker", "--models", str(models)],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     worker = RunningWorker(process, consumer, f"http://127.0.0.1:{port}")

@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fsfm.analysis import prepare_faces
-from fsfm.cli import app
+from fsfm_cli import app
 from fsfm.engines.onnxruntime import OnnxRuntimeEngine
 from fsfm.face.detector import create_detector
 from fsfm.imaging import read_image_file
@@ -129,7 +129,7 @@ def test_unknown_model_is_a_clear_error(mtcnn_dir, astronaut_path, models) -> No
 
 def test_analyze_runs_without_torch(mtcnn_dir, astronaut_path, models, tmp_path) -> None:
     result = run_without_torch(
-        tmp_path, ["-m", "fsfm.cli", "analyze", str(astronaut_path), "--models", str(models)], cwd=REPO_ROOT
+        tmp_path, ["-m", "fsfm_cli", "analyze", str(astronaut_path), "--models", str(models)], cwd=REPO_ROOT
     )
     assert result.returncode == 0, result.stderr
     (entry,) = json.loads(result.stdout)

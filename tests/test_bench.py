@@ -43,7 +43,7 @@ def astronaut_jpeg(astronaut_rgb) -> bytes:
 
 def fsfm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fsfm.cli", "bench", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "fsfm_cli", "bench", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsfm.cli import app
+from fsfm_cli import app
 from fsfm.engines.onnxruntime import OnnxRuntimeEngine
 from fsfm.models.config import vit_preset
 from fsfm.models.vit import ViTClassifier

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
 from pathlib import Path
 
@@ -20,11 +21,12 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
+from fsfm.cli import TaskName
 from fsfm.face.crop import Normalization
 from fsfm.models.checkpoints import classifier_from_state, load_checkpoint
 from fsfm.models.config import vit_preset
 from fsfm.models.vit import ViTClassifier, ViTEncoder
-from fsfm.package.manifest import Manifest
+from fsfm.package.manifest import TASKS, Manifest
 from fsfm.package.repository import load_package
 from tests.official_format import official_finetuned_state, official_pretrain_state, save_official
 from tests.packages import TINY_VIT
@@ -32,8 +34,8 @@ from training.augment import TrainTransform, eval_pixels
 from training.demo import DEMO_ENCODER, build_demo_model, prepare_astronaut_faces
 from training.evaluate import PackageScorer, checkpoint_scorer, score_source
 from training.export import export_checkpoint
-from training.finetune import Finetuner, FinetuneResult, Mixup, initial_model, layer_decay_groups, lr_at, soft_target_ce
-from training.finetune_commands import calibrate, evaluate, finetune, quantize
+from training.finetune import Finetuner, FinetuneResult, initial_model
+from training.finetune_commands import Task, calibrate, evaluate, export, finetune, quantize
 from training.finetune_config import DataSpec, FinetuneConfig
 from training.finetune_data import (
     PreparedFaces,
@@ -45,7 +47,9 @@ from training.finetune_data import (
     ffpp_videos,
     open_source,
 )
+from training.finetune_engine import Mixup, soft_target_ce
 from training.metrics import roc_auc
+from training.param_groups import layer_decay_groups
 
 SIZE = 64
 SBI_VIT = vit_preset("fsfm_vit_tiny_patch16", img_size=SIZE, embed_dim=64, depth=2, num_heads=2)
@@ -234,10 +238,16 @@ def test_layer_decay_groups_and_the_schedule() -> None:
 
     config = FinetuneConfig(task="deepfake", pretrained=Path("x.pth"), output_dir=Path("out"), train=[DataSpec(path=Path("d"))])
     peak = config.peak_lr(world_size=2)
+    lr_at = config.lr_schedule(peak).lr_at
     assert peak == pytest.approx(2.5e-4 * 64 / 256)  # the paper: 2 GPUs x 32, blr 2.5e-4 -> 6.25e-5
-    assert lr_at(0.0, config, peak) == 0.0 and lr_at(2.5, config, peak) == pytest.approx(peak / 2)
-    assert lr_at(5.0, config, peak) == pytest.approx(peak) and lr_at(10.0, config, peak) == pytest.approx(config.min_lr)
-    assert lr_at(7.5, config, peak) == pytest.approx((peak + config.min_lr) / 2)
+    assert lr_at(0.0) == 0.0 and lr_at(2.5) == pytest.approx(peak / 2)
+    assert lr_at(5.0) == pytest.approx(peak) and lr_at(10.0) == pytest.approx(config.min_lr)
+    assert lr_at(7.5) == pytest.approx((peak + config.min_lr) / 2)
+
+
+def test_task_choices_come_from_the_manifest_tasks() -> None:
+    assert [t.value for t in Task] == [t.value for t in TaskName] == list(TASKS)
+    assert inspect.signature(export).parameters["task"].annotation in (Task, "Task")
 
 
 def test_mixup_cutmix_and_the_soft_target_loss() -> None:

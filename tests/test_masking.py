@@ -1,5 +1,6 @@
-"""Masking strategies on their defining properties (method spec §2.2-2.4): exact masked count, the
-covered region fully masked, the proportional rule, one region per collated batch."""
+"""Masking strategies on their defining properties (FSFM paper, arXiv 2412.12032; upstream
+``collate_fn_crfrp``): exact masked count, the covered region fully masked, the proportional rule, one
+region per collated batch."""
 
 from __future__ import annotations
 
@@ -131,7 +132,7 @@ def test_crfr_p_follows_the_proportional_rule_and_random_masking_does_not() -> N
 
 
 def test_crfr_p_measured_fractions_follow_rho() -> None:
-    """Spec §2.3's measurement: within each walked group the masked fraction is about rho."""
+    """CRFR-P's proportional step: within each walked group the masked fraction is about rho."""
     groups = patch_groups(face_map(), PATCH)
     region = GROUPS.index("nose")
     rho = (K - groups[region].sum()) / (L - groups[region].sum())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import os
 import shutil
 import subprocess
@@ -26,12 +27,16 @@ from fsfm.models.checkpoints import classifier_from_pretrained, load_checkpoint,
 from fsfm.models.config import vit_preset
 from tests.official_format import official_pretrain_state
 from tests.test_prepare import prepared_test_faces
-from training.commands import pretrain
+from training.commands import Amp, Masking, pretrain
 from training.datasets import MaskingCollate, PreparedFaces, PretrainBatchSampler
+from training.masking import MASKING_STRATEGIES
+from training.param_groups import weight_decay_groups
 from training.prepare import PrepareConfig, prepare_dataset
-from training.pretrain import Pretrainer, ema_update, lr_at, momentum_at, param_groups
+from training.pretrain import Pretrainer
 from training.pretrain_config import PretrainArchitecture, PretrainConfig
+from training.pretrain_engine import ema_update
 from training.pretrain_model import FSFMPretrainModel, FSFMTargetNetwork, parameter_counts
+from training.schedules import momentum_at
 
 TINY = PretrainArchitecture(
     encoder=vit_preset("fsfm_vit_tiny_patch16", img_size=64, patch_size=8, embed_dim=64, depth=2, num_heads=4),
@@ -102,7 +107,7 @@ def test_state_dict_keys_are_the_official_ones() -> None:
 
 def test_weight_decay_groups_and_schedules() -> None:
     model = FSFMPretrainModel(TINY)
-    no_decay, decay = param_groups(model, 0.05)
+    no_decay, decay = weight_decay_groups(model, 0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
     assert {"cls_token", "mask_token", "blocks.0.attn.qkv.weight", "projector.projection_head.3.weight"} <= decayed
@@ -111,9 +116,10 @@ def test_weight_decay_groups_and_schedules() -> None:
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
 
     config = tiny_config(Path("."), Path("."), epochs=10, warmup_epochs=2, min_lr=1e-5)
-    assert lr_at(0.0, config, 1e-3) == 0.0 and lr_at(1.0, config, 1e-3) == pytest.approx(5e-4)
-    assert lr_at(2.0, config, 1e-3) == pytest.approx(1e-3) and lr_at(6.0, config, 1e-3) == pytest.approx(5.05e-4)
-    assert lr_at(10.0, config, 1e-3) == pytest.approx(1e-5)
+    lr_at = config.lr_schedule(1e-3).lr_at
+    assert lr_at(0.0) == 0.0 and lr_at(1.0) == pytest.approx(5e-4)
+    assert lr_at(2.0) == pytest.approx(1e-3) and lr_at(6.0) == pytest.approx(5.05e-4)
+    assert lr_at(10.0) == pytest.approx(1e-5)
     assert momentum_at(0, 100, 0.996) == 0.996 and momentum_at(50, 100, 0.996) == pytest.approx(0.998)
     assert momentum_at(100, 100, 0.996) == 1.0
 
@@ -125,7 +131,7 @@ def test_ema_target_is_updated_every_iteration_and_gets_no_gradients(faces: Path
     target0 = {k: v.clone() for k, v in trainer.target.state_dict().items()}
 
     # Micro-step 0 of 2: gradients accumulate, the online weights stay, the target still moves.
-    record = trainer.train_step(next(batches), epoch=0, step=0)
+    record = trainer.engine.train_step(next(batches), epoch=0, step=0)
     m = momentum_at(0, trainer.total_iters, 0.996)
     assert record["momentum"] == m == 0.996
     assert all(torch.equal(v, online0[k]) for k, v in trainer.model.state_dict().items())
@@ -136,7 +142,7 @@ def test_ema_target_is_updated_every_iteration_and_gets_no_gradients(faces: Path
 
     # Micro-step 1: the optimiser steps, then the target moves towards the new online weights.
     target1 = {k: v.clone() for k, v in trainer.target.state_dict().items()}
-    record = trainer.train_step(next(batches), epoch=0, step=1)
+    record = trainer.engine.train_step(next(batches), epoch=0, step=1)
     m = momentum_at(1, trainer.total_iters, 0.996)
     online2 = trainer.model.state_dict()
     assert not torch.equal(online2["blocks.0.attn.qkv.weight"], online0["blocks.0.attn.qkv.weight"])
@@ -170,7 +176,7 @@ def test_every_loss_term_goes_down(tiny_run: Path) -> None:
     # lr follows warm-up + cosine from lr_at; momentum climbs from 0.996 towards 1.
     config = PretrainConfig.load(tiny_run / "config.json")
     lrs = [float(r["lr"]) for r in rows]
-    assert lrs == pytest.approx([lr_at(i / 6, config, 1e-3) for i in range(len(rows))], rel=1e-9, abs=1e-15)
+    assert lrs == pytest.approx([config.lr_schedule(1e-3).lr_at(i / 6) for i in range(len(rows))], rel=1e-9, abs=1e-15)
     assert float(rows[0]["momentum"]) == 0.996 and 0.99999 < float(rows[-1]["momentum"]) < 1.0
 
 
@@ -200,6 +206,19 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(tiny_run:
     assert all(torch.equal(final["model"][k], v) for k, v in reference["model"].items())
     target = load_checkpoint(resumed / "checkpoint-te-49.pth")["model"]
     assert all(torch.equal(target[k], v) for k, v in load_checkpoint(tiny_run / "checkpoint-te-49.pth")["model"].items())
+
+
+def test_pretrain_flags_are_the_config_fields_and_state_its_defaults() -> None:
+    """Every flag but --config/--resume names a PretrainConfig field, defaults to None (so the config file or
+    the field's default applies) and shows the field's default, read from PretrainConfig."""
+    params = inspect.signature(pretrain).parameters
+    assert set(params) - {"config", "resume"} <= set(PretrainConfig.model_fields)
+    assert all(params[name].default.default is None for name in params)
+    assert params["epochs"].default.help == f"Epochs (default {PretrainConfig.model_fields['epochs'].default})."
+    assert params["norm_pix_loss"].default.help.endswith("(default on).")
+    assert params["lr"].default.help == "Absolute peak lr (overrides --blr)."  # no default to show
+    assert {m.value for m in Masking} == set(MASKING_STRATEGIES)
+    assert {a.value for a in Amp} == {"auto", "bf16", "fp16", "off"}
 
 
 def test_checkpoints_have_the_official_layout_and_feed_finetuning(tiny_run: Path, faces: Path) -> None:
@@ -247,7 +266,7 @@ def test_torchrun_runs_the_same_pretraining_on_two_cpu_processes(faces: Path, tm
     config = tiny_config(faces, output, epochs=2, warmup_epochs=1, batch_size=4, lr=None, blr=0.256, save_every=1)
     config.save(tmp_path / "run.json")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "training.pretrain", "--config", str(tmp_path / "run.json")]
+               "-m", "training.commands", "pretrain", "--config", str(tmp_path / "run.json")]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -276,7 +295,8 @@ def test_vit_b16_builds_and_trains_one_step(faces: Path, tmp_path: Path) -> None
     counts = parameter_counts(trainer.model)
     target_counts = parameter_counts(trainer.target)
     print(f"\nViT-B/16 FSFM parameters: {counts}; target: {target_counts}")
-    # Spec §1.1 / §6.3: online ≈ 133.7 M (297 tensors), encoder ≈ 85.6 M, target 188 tensors.
+    # The paper's ViT-B/16 and the released checkpoints: online ≈ 133.7 M (297 tensors), encoder ≈ 85.6 M,
+    # target 188 tensors.
     assert counts["total"] == 133_734_400 and len(trainer.model.state_dict()) == 297
     assert counts["encoder"] == 85_647_360  # patch embed + cls + 12 blocks + final norm
     assert counts["pixel_decoder"] == 26_007_808  # 512-d, 8 blocks, -> 16*16*3
@@ -288,9 +308,9 @@ def test_vit_b16_builds_and_trains_one_step(faces: Path, tmp_path: Path) -> None
 
     batch = next(iter(trainer.loader))
     with FlopCounterMode(display=False) as flops:
-        first = trainer.train_step(batch, epoch=0, step=0)
+        first = trainer.engine.train_step(batch, epoch=0, step=0)
     start = time.perf_counter()
-    second = trainer.train_step(batch, epoch=0, step=1)
+    second = trainer.engine.train_step(batch, epoch=0, step=1)
     seconds = time.perf_counter() - start
     gflop = flops.get_total_flops() / 2 / 1e9  # forward + backward of both networks, per image
     print(f"ViT-B/16 training step, batch 2, CPU: {seconds:.1f} s; {gflop:.0f} GFLOP per image")

@@ -95,7 +95,7 @@ def test_service_refuses_to_start_int8_without_the_variant(tmp_path: Path) -> No
     make_tiny_package(tmp_path / "models", name="tiny-deepfake")
     env = {"FSFM_PRECISION": "int8", "FSFM_PORT": "0", "FSFM_GRPC_PORT": "0"}
     result = subprocess.run(
-        [sys.executable, "-m", "fsfm.cli", "serve", "--models", str(tmp_path / "models")],
+        [sys.executable, "-m", "fsfm_cli", "serve", "--models", str(tmp_path / "models")],
         cwd=REPO_ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 1

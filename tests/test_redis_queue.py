@@ -21,7 +21,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from fsfm.cli import app
+from fsfm_cli import app
 from fsfm.engines.onnxruntime import OnnxRuntimeEngine
 from fsfm.package import ModelPackage
 from service.batcher import DynamicBatcher

@@ -1,4 +1,5 @@
-"""The FSFM ViT: architecture facts from the method spec and loading of official checkpoint layouts."""
+"""The FSFM ViT: architecture facts from the FSFM paper (arXiv 2412.12032) and the released checkpoints, and
+loading of official checkpoint layouts."""
 
 from __future__ import annotations
 
@@ -26,12 +27,12 @@ def test_vit_base_matches_the_spec() -> None:
     config = vit_preset("fsfm_vit_base_patch16")
     model = ViTClassifier(config)
     state = model.state_dict()
-    # Spec §6.3: a fine-tuned ViT-B/16 has 85,800,194 parameters and no final `norm`.
+    # The released fine-tuned ViT-B/16 has 85,800,194 parameters and no final `norm`.
     assert sum(v.numel() for v in state.values()) == 85_800_194
     assert not any(k.startswith("norm.") for k in state)
     assert state["blocks.11.attn.qkv.weight"].shape == (2304, 768)
     assert state["pos_embed"].shape == (1, 197, 768)
-    # Spec §1.1: the pretraining encoder (fixed sin-cos pos-emb, plus its final norm) ≈ 85.6 M trainable.
+    # The paper's ViT-B/16 pretraining encoder (fixed sin-cos pos-emb, plus its final norm) ≈ 85.6 M trainable.
     trainable = sum(p.numel() for p in ViTEncoder(config).parameters() if p.requires_grad)
     assert trainable + 2 * 768 == pytest.approx(85.6e6, rel=0.001)
     assert config.flops_per_image() == pytest.approx(35.1e9, rel=0.01)  # 17.6 GMAC

@@ -4,12 +4,13 @@ sample's augmentation is reproducible from its seed).
 
 Recipes (``TrainTransform(kind=...)``):
 
-* ``simple``: FSFM's ``--apply_simple_augment`` = timm ``create_transform`` (spec §4.1):
-  RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3, bilinear), horizontal flip, RandAugment
-  ``rand-m9-mstd0.5-inc1``, normalise, RandomErasing (pixel mode) with probability ``reprob``.
+* ``simple``: FSFM's ``--apply_simple_augment`` = timm ``create_transform`` (upstream FSFM-CVPR25
+  ``fsfm-3c/util/datasets.py`` ``build_transform``): RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3,
+  bilinear), horizontal flip, RandAugment ``rand-m9-mstd0.5-inc1``, normalise, RandomErasing (pixel mode)
+  with probability ``reprob``.
 * ``sbi``: SBI's training augmentation (mild crop jitter, flip, RGB/HSV/brightness-contrast jitter,
   JPEG quality 40-100); no RandAugment or erasing, which could wipe out the blending boundary.
-* ``fas``: the FAS recipe (spec §4.4): HSV saturation x U(0.8, 1.2) with p 0.5, resize, flip.
+* ``fas``: the FAS recipe (docs/finetuning.md): HSV saturation x U(0.8, 1.2) with p 0.5, resize, flip.
 * ``none``: resize only.
 
 Evaluation (``eval_pixels``): plain resize to the input size (bicubic; the paper's DfD test run) or

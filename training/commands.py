@@ -1,6 +1,12 @@
-"""The training side's command-line commands, as plain Typer-annotated functions: ``fsfm`` registers
-them with ``app.command()(prepare)``; ``python -m training.pretrain`` runs ``pretrain`` on its own
-(for ``torchrun``). Heavy imports (torch, the detector) happen inside the bodies."""
+"""``fsfm prepare`` and ``fsfm pretrain`` as plain Typer-annotated functions, which ``fsfm_cli`` registers
+with ``app.command()(prepare)``. Heavy imports (torch, the detector) happen inside the bodies.
+
+Their flags map onto ``PrepareConfig`` and ``PretrainConfig`` fields (``training.flags``): unset flags leave
+the ``--config`` file's values or the configuration's defaults.
+
+Entry point for several processes (DDP): ``torchrun --nproc-per-node N -m training.commands pretrain
+--config run.json`` (the same options as ``fsfm pretrain``).
+"""
 
 from __future__ import annotations
 
@@ -11,131 +17,139 @@ from typing import Any, Optional
 
 import typer
 
+from fsfm.console import fail
+from training.flags import choices, config_option, literal_choices
+from training.masking import MASKING_STRATEGIES
+from training.prepare import PrepareConfig
+from training.pretrain_config import PretrainConfig
 
-class Detector(str, Enum):
-    mtcnn = "mtcnn"
-    retinaface = "retinaface"
-
-
-class RegionMaps(str, Enum):
-    landmarks = "landmarks"
-    parsing = "parsing"
-
-
-class Masking(str, Enum):
-    crfr_p = "crfr_p"
-    crfr_r = "crfr_r"
-    frp = "frp"
-    random = "random"
+Detector = literal_choices("Detector", PrepareConfig, "detector")
+RegionMaps = literal_choices("RegionMaps", PrepareConfig, "region_maps")
+Masking = choices("Masking", MASKING_STRATEGIES)
+ContrastiveLoss = literal_choices("ContrastiveLoss", PretrainConfig, "cl_loss")
+Amp = literal_choices("Amp", PretrainConfig, "amp")
 
 
-class ContrastiveLoss(str, Enum):
-    simsiam = "simsiam"
-    byol = "byol"
-    infonce = "infonce"
-
-
-class Amp(str, Enum):
-    auto = "auto"
-    bf16 = "bf16"
-    fp16 = "fp16"
-    off = "off"
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+def _prepare_flag(field: str, help: str, *param_decls: str, **kwargs: Any) -> Any:
+    return config_option(PrepareConfig, field, help, *param_decls, **kwargs)
 
 
 def prepare(
-    source: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of face images and/or videos (searched recursively), or an official-layout folder with images/ and parsing_maps/."),
-    output: Path = typer.Argument(..., help="Dataset folder to create, or to resume filling."),
-    size: int = typer.Option(224, min=16, help="Crop side in pixels (the model's input size)."),
-    scale: float = typer.Option(1.3, help="Crop side / longer side of the face box (FSFM: 1.3)."),
-    frames: int = typer.Option(128, min=1, help="Frames per video, evenly spaced."),
-    frame_stride: Optional[int] = typer.Option(None, min=1, help="Take every n-th frame instead of --frames (1: all frames)."),
-    max_faces: int = typer.Option(1, min=1, help="Faces kept per image or frame, highest detection score first."),
-    min_face_size: int = typer.Option(40, min=8, help="Smallest face side searched for, in pixels."),
-    score_threshold: float = typer.Option(0.9, min=0.0, max=1.0, help="Detection score a face needs."),
-    detector: Detector = typer.Option(Detector.mtcnn, help="Face detector."),
-    detector_weights: Optional[Path] = typer.Option(None, help="Detector ONNX weights (folder for MTCNN)."),
-    region_maps: RegionMaps = typer.Option(
-        RegionMaps.landmarks,
-        help="Facial-region maps for CRFR-P: drawn from the detector's landmarks, or read from --parsing-dir (a face parser's LaPa maps, <face name>.npy).",
+    source: Path = typer.Argument(
+        ...,
+        exists=True,
+        file_okay=False,
+        help="Folder of face images and/or videos (searched recursively), or an official-layout folder with "
+        "images/ and parsing_maps/.",
     ),
-    parsing_dir: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help="Folder of precomputed parsing maps."),
+    output: Path = typer.Argument(..., help="Dataset folder to create, or to resume filling."),
+    size: Optional[int] = _prepare_flag("size", "Crop side in pixels (the model's input size).", min=16),
+    scale: Optional[float] = _prepare_flag("scale", "Crop side / longer side of the face box."),
+    frames: Optional[int] = _prepare_flag("frames", "Frames per video, evenly spaced.", min=1),
+    frame_stride: Optional[int] = _prepare_flag(
+        "frame_stride", "Take every n-th frame instead of --frames (1: all frames).", min=1
+    ),
+    max_faces: Optional[int] = _prepare_flag(
+        "max_faces", "Faces kept per image or frame, highest detection score first.", min=1
+    ),
+    min_face_size: Optional[int] = _prepare_flag("min_face_size", "Smallest face side searched for, in pixels.", min=8),
+    score_threshold: Optional[float] = _prepare_flag(
+        "score_threshold", "Detection score a face needs.", min=0.0, max=1.0
+    ),
+    detector: Optional[Detector] = _prepare_flag("detector", "Face detector."),
+    detector_weights: Optional[Path] = _prepare_flag("detector_weights", "Detector ONNX weights (folder for MTCNN)."),
+    region_maps: Optional[RegionMaps] = _prepare_flag(
+        "region_maps",
+        "Facial-region maps for CRFR-P: drawn from the detector's landmarks, or read from --parsing-dir "
+        "(a face parser's LaPa maps, <face name>.npy).",
+    ),
+    parsing_dir: Optional[Path] = _prepare_flag(
+        "parsing_dir", "Folder of precomputed parsing maps.", exists=True, file_okay=False
+    ),
     workers: Optional[int] = typer.Option(None, min=1, help="Worker processes (default: one per CPU core)."),
-    shard_size: int = typer.Option(1024, min=1, help="Faces per storage shard."),
+    shard_size: Optional[int] = _prepare_flag("shard_size", "Faces per storage shard.", min=1),
 ) -> None:
     """Turn face images and videos into a pretraining/fine-tuning dataset: detected, cropped faces and a
     facial-region map per face, in memory-mappable shards, with a manifest. Rerun the same command to
     resume an interrupted run; unreadable files are skipped and listed."""
-    from training.prepare import PrepareConfig, PrepareError, prepare_dataset, summary
+    given = {k: v for k, v in locals().items() if k not in ("source", "output", "workers") and v is not None}
+    from training.prepare import PrepareError, prepare_dataset, summary
 
     try:
-        config = PrepareConfig(
-            size=size, scale=scale, frames=frames, frame_stride=frame_stride, max_faces=max_faces,
-            min_face_size=min_face_size, score_threshold=score_threshold, detector=detector.value,
-            detector_weights=detector_weights, region_maps=region_maps.value, parsing_dir=parsing_dir,
-            shard_size=shard_size,
-        )
+        config = PrepareConfig(**{k: v.value if isinstance(v, Enum) else v for k, v in given.items()})
         manifest = prepare_dataset(source, output, config, workers=workers)
     except (PrepareError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for line in summary(manifest):
         typer.echo(line)
     typer.echo(f"dataset: {output}")
 
 
+def _flag(field: str, help: str, *param_decls: str, **kwargs: Any) -> Any:
+    return config_option(PretrainConfig, field, help, *param_decls, **kwargs)
+
+
+_NOT_FIELDS = ("config", "resume")  # every other parameter of ``pretrain`` is a PretrainConfig field
+
+
 def pretrain(
-    config: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Run configuration (JSON, the fields of config.json); options below override it."),
-    data: Optional[list[Path]] = typer.Option(None, help="Prepared dataset folder (repeat to concatenate)."),
-    output_dir: Optional[Path] = typer.Option(None, help="Where checkpoints, config.json and log.csv go."),
-    model: Optional[str] = typer.Option(None, help="Encoder preset, e.g. fsfm_vit_base_patch16 (replaces the config's architecture)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (default 400)."),
-    warmup_epochs: Optional[float] = typer.Option(None, help="Warm-up epochs (default 40)."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch per process/GPU (default 256)."),
-    accum_iter: Optional[int] = typer.Option(None, help="Gradient accumulation steps (default 1)."),
-    blr: Optional[float] = typer.Option(None, help="Base lr; lr = blr x effective batch / 256 (default 1.5e-4)."),
-    lr: Optional[float] = typer.Option(None, help="Absolute peak lr (overrides --blr)."),
-    min_lr: Optional[float] = typer.Option(None, help="Final lr of the cosine (default 0)."),
-    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (default 0.05)."),
-    masking: Optional[Masking] = typer.Option(None, help="Masking strategy (default crfr_p)."),
-    mask_ratio: Optional[float] = typer.Option(None, help="Masked fraction of patches (default 0.75)."),
-    weight_fr: Optional[float] = typer.Option(None, help="Weight of the facial-region reconstruction loss (default 0.007)."),
-    weight_cl: Optional[float] = typer.Option(None, help="Weight of the online/target similarity loss (default 0.1)."),
-    cl_loss: Optional[ContrastiveLoss] = typer.Option(None, help="Form of the similarity loss (default simsiam)."),
-    norm_pix_loss: Optional[bool] = typer.Option(None, "--norm-pix-loss/--no-norm-pix-loss", help="Per-patch normalised pixel targets (default on)."),
-    ema_momentum: Optional[float] = typer.Option(None, help="Initial EMA momentum of the target (default 0.996)."),
-    clip_grad: Optional[float] = typer.Option(None, help="Clip the global gradient norm (default: no clipping, as the paper)."),
-    seed: Optional[int] = typer.Option(None, help="Random seed (default 0)."),
-    num_workers: Optional[int] = typer.Option(None, help="Data-loader processes per GPU (default 8)."),
-    amp: Optional[Amp] = typer.Option(None, help="Mixed precision on CUDA (default auto: bf16 if supported, else fp16)."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default auto)."),
-    save_every: Optional[int] = typer.Option(None, help="Epochs between checkpoints (default 20)."),
-    resume: Optional[Path] = typer.Option(None, exists=True, help="Continue from checkpoint-<N>.pth, or the latest one in a folder."),
+    config: Optional[Path] = typer.Option(
+        None,
+        exists=True,
+        dir_okay=False,
+        help="Run configuration (JSON, the fields of config.json); options below override it.",
+    ),
+    data: Optional[list[Path]] = _flag("data", "Prepared dataset folder (repeat to concatenate)."),
+    output_dir: Optional[Path] = _flag("output_dir", "Where checkpoints, config.json and log.csv go."),
+    model: Optional[str] = _flag("model", "Encoder preset (replaces the config's architecture)."),
+    epochs: Optional[int] = _flag("epochs", "Epochs."),
+    warmup_epochs: Optional[float] = _flag("warmup_epochs", "Warm-up epochs."),
+    batch_size: Optional[int] = _flag("batch_size", "Batch per process/GPU."),
+    accum_iter: Optional[int] = _flag("accum_iter", "Gradient accumulation steps."),
+    blr: Optional[float] = _flag("blr", "Base lr; lr = blr x effective batch / 256."),
+    lr: Optional[float] = _flag("lr", "Absolute peak lr (overrides --blr)."),
+    min_lr: Optional[float] = _flag("min_lr", "Final lr of the cosine."),
+    weight_decay: Optional[float] = _flag("weight_decay", "AdamW weight decay."),
+    masking: Optional[Masking] = _flag("masking", "Masking strategy."),
+    mask_ratio: Optional[float] = _flag("mask_ratio", "Masked fraction of patches."),
+    weight_fr: Optional[float] = _flag("weight_fr", "Weight of the facial-region reconstruction loss."),
+    weight_cl: Optional[float] = _flag("weight_cl", "Weight of the online/target similarity loss."),
+    cl_loss: Optional[ContrastiveLoss] = _flag("cl_loss", "Form of the similarity loss."),
+    norm_pix_loss: Optional[bool] = _flag(
+        "norm_pix_loss", "Per-patch normalised pixel targets.", "--norm-pix-loss/--no-norm-pix-loss"
+    ),
+    ema_momentum: Optional[float] = _flag("ema_momentum", "Initial EMA momentum of the target."),
+    clip_grad: Optional[float] = _flag(
+        "clip_grad", "Clip the global gradient norm (default: no clipping, as the paper)."
+    ),
+    seed: Optional[int] = _flag("seed", "Random seed."),
+    num_workers: Optional[int] = _flag("num_workers", "Data-loader processes per GPU."),
+    amp: Optional[Amp] = _flag("amp", "Mixed precision on CUDA (auto: bf16 if supported, else fp16)."),
+    device: Optional[str] = _flag("device", "auto, cpu or cuda."),
+    save_every: Optional[int] = _flag("save_every", "Epochs between checkpoints."),
+    resume: Optional[Path] = typer.Option(
+        None, exists=True, help="Continue from checkpoint-<N>.pth, or the latest one in a folder."
+    ),
 ) -> None:
     """FSFM self-supervised pretraining (MIM with CRFR-P masking + ID with an EMA target). Run on many
-    GPUs or nodes with ``torchrun --nproc_per_node=N -m training.pretrain`` and the same options."""
+    GPUs or nodes with ``torchrun --nproc-per-node N -m training.commands pretrain`` and the same options."""
+    given = {name: value for name, value in locals().items() if name not in _NOT_FIELDS and value not in (None, [])}
     from training.prepare import PrepareError
     from training.pretrain import Pretrainer
-    from training.pretrain_config import PretrainConfig
 
     fields: dict[str, Any] = json.loads(config.read_text()) if config else {}
-    given = {
-        "data": data or None, "output_dir": output_dir, "model": model, "epochs": epochs,
-        "warmup_epochs": warmup_epochs, "batch_size": batch_size, "accum_iter": accum_iter, "blr": blr, "lr": lr,
-        "min_lr": min_lr, "weight_decay": weight_decay, "masking": masking.value if masking else None,
-        "mask_ratio": mask_ratio, "weight_fr": weight_fr, "weight_cl": weight_cl,
-        "cl_loss": cl_loss.value if cl_loss else None, "norm_pix_loss": norm_pix_loss, "ema_momentum": ema_momentum,
-        "clip_grad": clip_grad, "seed": seed, "num_workers": num_workers, "amp": amp.value if amp else None,
-        "device": device, "save_every": save_every,
-    }
     if model is not None:
         fields.pop("architecture", None)
-    fields.update({k: v for k, v in given.items() if v is not None})
+    fields.update({k: v.value if isinstance(v, Enum) else v for k, v in given.items()})
     try:  # configuration and data problems: one line, no traceback
         trainer = Pretrainer(PretrainConfig.model_validate(fields), resume=resume)
     except (PrepareError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     trainer.run()
+
+
+if __name__ == "__main__":  # torchrun --nproc-per-node N -m training.commands pretrain --config run.json
+    main = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+    for command in (prepare, pretrain):
+        main.command()(command)
+    main()

@@ -1,8 +1,10 @@
 """Reading prepared face datasets for pretraining: normalised crops, their region maps, and the
-masks of the chosen strategy computed on the CPU in the collate function (spec §2.3, §3.3).
+masks of the chosen strategy computed on the CPU in the collate function, as upstream
+``fsfm-3c/util/datasets.py`` ``collate_fn_crfrp`` (github.com/wolo-wolo/FSFM-CVPR25;
+docs/pretraining.md).
 
-No augmentation (spec §3.3, pitfall 7: the official pipeline has none, and crops/flips would move
-the faces off their region maps).
+No augmentation (the official pipeline has none, and crops/flips would move the faces off their region
+maps).
 
 Masks must be reproducible for an exact ``--resume``: the batch sampler hands every sample of a
 batch the same mask seed, derived from (seed, epoch, rank, batch number), so a batch's masks do not

@@ -1,5 +1,5 @@
 """``fsfm evaluate``: score face sets with a model package (ONNX Runtime, as served) or a checkpoint
-(PyTorch), and report the field's metrics (method spec §4.2-4.4) per set, at frame and video level,
+(PyTorch), and report the field's metrics (docs/finetuning.md) per set, at frame and video level,
 as ``report.json`` plus ROC curves (``roc.png`` for all sets together, ``roc-<set>.png`` each).
 
 Per set: AUC, EER (+ its threshold), AP, TPR@FPR, and at the model's threshold APCER, BPCER, ACER,

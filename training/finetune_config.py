@@ -1,14 +1,15 @@
 """The configuration of one fine-tuning run, saved as ``config.json`` beside its checkpoints.
 
-Every field the task's recipe decides (method spec §4) may be left out: it is then filled from
+Every field the task's recipe decides (the FSFM paper's fine-tuning settings, arXiv 2412.12032;
+docs/finetuning.md) may be left out: it is then filled from
 ``RECIPES[task]`` (with the self-blended-images adjustments when ``sbi`` is on), so the saved file
 always spells out what ran.
 
-* deepfake (DfD, §4.2): batch 32 per GPU (paper: 2 GPUs), blr 2.5e-4, 10 epochs, 5 warm-up, layer decay
+* deepfake (DfD): batch 32 per GPU (paper: 2 GPUs), blr 2.5e-4, 10 epochs, 5 warm-up, layer decay
   0.65, weight decay 0.05, drop path 0.1, mixup 0.8 / cutmix 1.0, label smoothing 0.1, random
   erasing 0.25, RandomResizedCrop + flip + RandAugment, global pool, min-val-loss selection.
-* diffusion (DiFF, §4.3): the same with batch 256, blr 5e-4, 50 epochs, ImageNet mean/std.
-* liveness (FAS, §4.4): Adam lr 1e-4 (constant), weight decay 1e-6, no layer decay, no drop path, no
+* diffusion (DiFF): the same with batch 256, blr 5e-4, 50 epochs, ImageNet mean/std.
+* liveness (FAS): Adam lr 1e-4 (constant), weight decay 1e-6, no layer decay, no drop path, no
   mixup; 4,000 iterations = 40 "epochs" of 100 (the official code evaluates every 100 iterations);
   every batch holds the same number of live and spoof faces from every training domain (12 + 12
   per domain with 4 domains and batch 96); HSV-saturation jitter + flip; best-HTER selection.
@@ -29,6 +30,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from fsfm.package.manifest import DEFAULT_CLASSES, ClassSemantics, Task
+from training.schedules import CosineSchedule
 
 DataFormat = Literal["auto", "folder", "csv", "prepared", "ffpp", "celebdf", "dfdc", "dfdcp", "mcio"]
 DATA_FORMATS: tuple[str, ...] = ("auto", "folder", "csv", "prepared", "ffpp", "celebdf", "dfdc", "dfdcp", "mcio")
@@ -192,6 +194,12 @@ class FinetuneConfig(BaseModel):
             return self.lr
         assert self.blr is not None and self.batch_size is not None
         return self.blr * self.batch_size * self.accum_iter * world_size / 256
+
+    def lr_schedule(self, peak_lr: float) -> CosineSchedule:
+        """Warm-up over ``warmup_epochs``, then half-cosine to ``min_lr`` at ``epochs``, or ``peak_lr`` held
+        (``schedule='constant'``)."""
+        assert self.epochs is not None  # filled by the recipe
+        return CosineSchedule(peak_lr, self.epochs, self.warmup_epochs or 0.0, self.min_lr, self.schedule == "constant")
 
     def save(self, path: Path) -> None:
         path.write_text(self.model_dump_json(indent=2) + "\n")

@@ -1,5 +1,5 @@
 """Labelled face data for fine-tuning and evaluation: readers for the generic layouts and the standard
-benchmark layouts (method spec §4.2, §4.4), self-blended pseudo-fakes, torch datasets and samplers.
+benchmark layouts (docs/finetuning.md), self-blended pseudo-fakes, torch datasets and samplers.
 
 Every reader gives a ``FaceSource``: face crops (uint8 RGB) with, per face, an attack label (1 = fake /
 spoof, 0 = real / live), a video id (frames of one video are averaged for video-level metrics) and a
@@ -421,7 +421,7 @@ def ffpp_videos(root: Path, split: str, methods: Sequence[str] = FFPP_METHODS, c
 def celebdf_videos(root: Path, split: str = "test", youtube_real: bool = False) -> list[LabelledVideo]:
     """Celeb-DF v2: ``Celeb-real/``, ``Celeb-synthesis/``, ``YouTube-real/`` and the official
     ``List_of_testing_videos.txt`` (``<1 real | 0 fake> <folder>/<file>.mp4``). FSFM's protocol leaves
-    out YouTube-real test videos (spec §4.2); ``youtube_real`` keeps them (the 518-video list).
+    out YouTube-real test videos (docs/finetuning.md); ``youtube_real`` keeps them (the 518-video list).
     ``train`` = every video not in the test list."""
     listing = [line.split() for line in (root / "List_of_testing_videos.txt").read_text().splitlines() if line.strip()]
     test = {relative: 1 - int(real) for real, relative in listing}

@@ -1,7 +1,8 @@
 """Masking strategies for masked image modelling on faces, as plain functions of region maps.
 
 CRFR-P ("Covering a Random Facial Region followed by Proportional masking") is FSFM's strategy,
-implemented exactly as the method spec §2.2-2.3 describes; the comparison strategies of §2.4 are
+implemented as the FSFM paper (arXiv 2412.12032) and upstream ``fsfm-3c/util/datasets.py``
+``collate_fn_crfrp`` (github.com/wolo-wolo/FSFM-CVPR25) do it; the paper's comparison strategies are
 built from the same parts: random (MAE), FRP (proportional masking without covering a region) and
 CRFR-R (cover a region, then uniform random masking).
 
@@ -19,8 +20,8 @@ import numpy as np
 
 from training.regions import LaPa
 
-# The 8 patch groups of spec §2.2, in the fixed order CRFR-P walks them. "boundary" has no labels of
-# its own: patches holding face skin next to hair or background.
+# The 8 patch groups of upstream ``collate_fn_crfrp.facial_region_group``, in the fixed order CRFR-P walks
+# them. "boundary" has no labels of its own: patches holding face skin next to hair or background.
 GROUPS: tuple[str, ...] = ("eyebrows", "eyes", "nose", "mouth", "boundary", "hair", "skin", "background")
 GROUP_LABELS: dict[str, tuple[int, ...]] = {
     "eyebrows": (LaPa.RIGHT_BROW, LaPa.LEFT_BROW),
@@ -139,7 +140,7 @@ BatchMasking = Callable[[np.ndarray, int, np.random.Generator], MaskPair]
 
 def _batched(image_fn: Callable[..., MaskPair], covers_region: bool) -> BatchMasking:
     """Applies a per-face strategy to a batch (B, 8, L). A covered region is drawn once per collated
-    batch (per GPU) and used for every face in it, as the official collate does [spec §2.3, RUN]."""
+    batch (per GPU) and used for every face in it, as the official collate does (``collate_fn_crfrp``)."""
 
     def batch_fn(groups: np.ndarray, k: int, rng: np.random.Generator) -> MaskPair:
         region = (int(rng.integers(COVERABLE)),) if covers_region else ()

@@ -1,4 +1,4 @@
-"""Detection metrics the field reports (method spec §4.2-4.4), in numpy, with one convention throughout:
+"""Detection metrics the field reports (docs/finetuning.md, "Metrics"), in numpy, with one convention throughout:
 
 * ``labels``: 1 = attack (fake / spoof / generated), 0 = genuine (real / live);
 * ``scores``: the attack score, higher = more suspicious (the service's ``score``);
@@ -11,7 +11,8 @@ same; AP does depend on it, and is reported with the attack as the positive clas
 The face anti-spoofing error rates (ISO/IEC 30107-3 names): APCER = attacks accepted as genuine,
 BPCER = genuine rejected as attacks, ACER = their mean; HTER = (FAR + FRR) / 2, the same quantity
 under the older names (FAR = APCER, FRR = BPCER) when there is one attack class, which is all a
-binary label can say. Video level = the mean of a video's frame scores (spec §4.2, §4.4).
+binary label can say. Video level = the mean of a video's frame scores (the FSFM paper's DfD and FAS
+protocols, arXiv 2412.12032).
 """
 
 from __future__ import annotations

@@ -325,7 +325,7 @@ def read_shard_records(root: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def normalization_from_sums(pixels: int, total: list[float], sq: list[float]) -> Normalization:
-    """Per-channel mean and std = sqrt(E[x^2] - mean^2) over all pixels (spec §3.3's statistics)."""
+    """Per-channel mean and std = sqrt(E[x^2] - mean^2) over all pixels (upstream ``get_mean_std``'s statistics)."""
     mean = np.asarray(total) / pixels
     std = np.sqrt(np.maximum(np.asarray(sq) / pixels - mean**2, 0.0))
     return Normalization(mean=tuple(mean.tolist()), std=tuple(std.tolist()))

@@ -1,8 +1,8 @@
 """The configuration of one FSFM pretraining run, saved as ``config.json`` beside its checkpoints.
 
-Defaults are the paper's (method spec §1, §3.4): ViT-B/16, pixel decoder 512-d x 8 blocks x 16 heads,
-rep decoder 2 blocks x 16 heads, projector/predictor 4096 -> 256, CRFR-P at 75 %, norm-pix loss,
-lambda_fr 0.007, lambda_cl 0.1 (SimSiam form), AdamW (0.9, 0.95), weight decay 0.05,
+Defaults are the paper's (FSFM, arXiv 2412.12032; docs/pretraining.md): ViT-B/16, pixel decoder
+512-d x 8 blocks x 16 heads, rep decoder 2 blocks x 16 heads, projector/predictor 4096 -> 256, CRFR-P at
+75 %, norm-pix loss, lambda_fr 0.007, lambda_cl 0.1 (SimSiam form), AdamW (0.9, 0.95), weight decay 0.05,
 blr 1.5e-4 scaled by effective batch / 256, 40 warm-up epochs, EMA momentum 0.996 -> 1.
 """
 
@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from fsfm.models.config import ViTConfig, vit_preset
 from training.masking import MASKING_STRATEGIES
+from training.schedules import CosineSchedule
 
 
 class PretrainArchitecture(BaseModel):
@@ -81,6 +82,10 @@ class PretrainConfig(BaseModel):
     def arch(self) -> PretrainArchitecture:
         assert self.architecture is not None  # filled by the validator
         return self.architecture
+
+    def lr_schedule(self, peak_lr: float) -> CosineSchedule:
+        """Warm-up over ``warmup_epochs``, then half-cosine to ``min_lr`` at ``epochs``."""
+        return CosineSchedule(peak_lr, self.epochs, self.warmup_epochs, self.min_lr)
 
     def save(self, path: Path) -> None:
         path.write_text(self.model_dump_json(indent=2) + "\n")

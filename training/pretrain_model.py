@@ -1,5 +1,5 @@
-"""The FSFM pretraining network (method spec §1): MIM with a masked autoencoder, plus instance
-discrimination between an online network and its EMA target, the "3C" losses.
+"""The FSFM pretraining network (FSFM paper, arXiv 2412.12032; docs/pretraining.md): MIM with a masked
+autoencoder, plus instance discrimination between an online network and its EMA target, the "3C" losses.
 
     online  (masked view):  encoder -> norm ─┬─> pixel decoder -> patches        L_rec^m, L_rec^fr
                                              └─> rep decoder -> mean -> projector -> predictor ─┐
@@ -7,8 +7,8 @@ discrimination between an online network and its EMA target, the "3C" losses.
 
 ``FSFMTargetNetwork`` holds what both branches share; ``FSFMPretrainModel`` (the online network) adds
 the predictor and the pixel decoder. Both subclass ``ViTEncoder`` so state-dict keys are flat and
-exactly the official ones (spec §6.3): ``cls_token``, ``pos_embed``, ``patch_embed.*``, ``blocks.*``,
-``norm.*``, ``mask_token``, ``rep_decoder_{embed,pos_embed,blocks,norm,pred}``,
+exactly the official ones (the released checkpoints, docs/finetuning.md): ``cls_token``, ``pos_embed``,
+``patch_embed.*``, ``blocks.*``, ``norm.*``, ``mask_token``, ``rep_decoder_{embed,pos_embed,blocks,norm,pred}``,
 ``projector.projection_head.{0,1,3}.*``, and online only ``predictor.projection_head.{0,1,3}.*``,
 ``decoder_{embed,pos_embed,blocks,norm,pred}``. The fine-tuning side keeps the encoder keys.
 """
@@ -56,7 +56,8 @@ class FSFMTargetNetwork(ViTEncoder):
         # Rep decoder. Its position embedding is declared fixed but the official model never
         # initialises it, so it is all zeros; the target copies the online state dict, so it is zero
         # there too: the rep decoder effectively has no position embedding. Replicated on purpose
-        # (spec §1.3 quirk, RUN-verified), so official checkpoints and ours behave alike.
+        # (an official quirk, checked on the released checkpoints), so official checkpoints and ours
+        # behave alike.
         self.rep_decoder_embed = nn.Linear(d, d)
         self.rep_decoder_pos_embed = _fixed_embedding(n, d)
         self.rep_decoder_blocks = nn.ModuleList(Block(d, arch.rep_decoder_num_heads) for _ in range(arch.rep_decoder_depth))
@@ -88,7 +89,8 @@ class FSFMTargetNetwork(ViTEncoder):
         after the final norm, and ids_restore (B, L) undoing the visible-first order (None if full).
 
         Patches are ordered by ``argsort(mask)`` (visible first) and the first V kept; position
-        embeddings are added before dropping, the cls token prepended after (spec §1.2)."""
+        embeddings are added before dropping, the cls token prepended after (as mae ``models_mae.py``
+        ``forward_encoder``)."""
         x = self.embed(images)  # (B, L, D)
         ids_restore = None
         if mask is not None:

@@ -1,6 +1,7 @@
-"""Facial-region maps for CRFR-P masking: the LaPa label set of the official face parser (method spec
-§2.1), drawn geometrically from the detector's 5 landmarks (offline default), or read from
-precomputed face-parsing maps in the official layout (``parsing_maps/<name>.npy``).
+"""Facial-region maps for CRFR-P masking: the LaPa label set of the official face parser (upstream
+``datasets/pretrain/preprocess/face_parse.py`` in github.com/wolo-wolo/FSFM-CVPR25; docs/pretraining.md),
+drawn geometrically from the detector's 5 landmarks (offline default), or read from precomputed
+face-parsing maps in the official layout (``parsing_maps/<name>.npy``).
 
 A region map is a uint8 array (H, W) of LaPa labels over a face crop. Masking only needs to know
 which 16x16 patches touch which group of labels (``training.masking``), so the landmark maps do not

@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
-# Pretraining-set statistics of the official VGGFace2 FSFM model (method spec §3.3).
+# Pretraining-set statistics of the official VGGFace2 FSFM model (its pretrain_ds_mean_std.txt; also the
+# fallback of upstream FSFM-CVPR25 ``fsfm-3c/util/datasets.py`` ``build_transform``).
 VGGFACE2_MEAN = (0.5482207536697388, 0.42340534925460815, 0.3654651641845703)
 VGGFACE2_STD = (0.2789176106452942, 0.2438540756702423, 0.23493893444538116)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -76,7 +77,7 @@ class Normalization(BaseModel):
     @classmethod
     def from_mean_std_file(cls, path: str | Path) -> "Normalization":
         """FSFM's ``pretrain_ds_mean_std.txt``: JSON lines ``{"mean": [...], "std": [...]}``, appended
-        on every pretraining launch; readers take the first line (method spec §3.3)."""
+        on every pretraining launch; readers take the first line (as upstream ``build_transform``)."""
         lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
         if not lines:
             raise ValueError(f"{path} is empty")

@@ -1,4 +1,4 @@
-"""Reading FSFM checkpoints: the official formats (method spec §6) and ours, which share them.
+"""Reading FSFM checkpoints: the official formats (the released weights, docs/finetuning.md) and ours, which share them.
 
 Official pretraining / fine-tuning files are ``{'model': state_dict, 'optimizer', 'epoch', 'scaler',
 'args': argparse.Namespace}``; ``args`` may hold ``pathlib`` paths. torch>=2.6 loads with
@@ -22,7 +22,7 @@ from fsfm.models.vit import ViTClassifier
 
 _SAFE_GLOBALS = [argparse.Namespace, pathlib.PosixPath, pathlib.PurePosixPath, pathlib.WindowsPath, pathlib.PureWindowsPath]
 
-# Keys of the pretrained online network that the encoder keeps (spec §6.3).
+# Keys of the pretrained online network that the encoder keeps.
 _ENCODER_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.")
 
 
@@ -84,7 +84,7 @@ def infer_vit_config(state: dict[str, torch.Tensor], num_heads: int | None = Non
 
 
 def encoder_state(state: dict[str, torch.Tensor], keep_norm: bool = False) -> dict[str, torch.Tensor]:
-    """The encoder part of a pretraining state dict (spec §6.3): cls/pos/patch_embed/blocks, plus the
+    """The encoder part of a pretraining state dict: cls/pos/patch_embed/blocks, plus the
     final ``norm`` for cls-token classifiers. Drops mask token, decoders, projector, predictor."""
     prefixes = _ENCODER_PREFIXES + (("norm.",) if keep_norm else ())
     return {k: v for k, v in state.items() if k.startswith(prefixes)}
@@ -128,7 +128,7 @@ def classifier_from_pretrained(
 ) -> ViTClassifier:
     """A pretraining state dict (official online ``checkpoint-N.pth`` or ours) -> a classifier ready
     to fine-tune: encoder weights loaded, position embedding resized to ``config``'s grid if needed,
-    ``fc_norm``/``head`` (or ``norm``/``head``) freshly initialised (spec §4.1)."""
+    ``fc_norm``/``head`` (or ``norm``/``head``) freshly initialised (as mae ``main_finetune.py``)."""
     config = config or infer_vit_config(state)
     encoder = encoder_state(state, keep_norm=not global_pool)
     encoder["pos_embed"] = resize_pos_embed(encoder["pos_embed"], config.grid_size)

@@ -33,7 +33,7 @@ class ViTConfig(BaseModel):
         return 2 * (patch + self.depth * per_block)
 
 
-# The encoders of the method spec (§1.1) plus a tiny one for CPU demos.
+# The encoders of the FSFM paper (arXiv 2412.12032; docs/pretraining.md) plus a tiny one for CPU demos.
 VIT_PRESETS: dict[str, ViTConfig] = {
     "fsfm_vit_tiny_patch16": ViTConfig(embed_dim=192, depth=12, num_heads=3),
     "fsfm_vit_small_patch16": ViTConfig(embed_dim=384, depth=12, num_heads=12),
