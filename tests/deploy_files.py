@@ -56,7 +56,8 @@ def dashboard_expressions() -> list[str]:
 
 def _ignore_pattern(pattern: str) -> re.Pattern[str]:
     regex = re.escape(pattern.strip("/"))
-    for glob, replacement in ((r"\*\*/", "(?:.*/)?"), (r"/\*\*", "(?:/.*)?"), (r"\*\*", ".*"), (r"\*", "[^/]*"), (r"\?", "[^/]")):
+    globs = ((r"\*\*/", "(?:.*/)?"), (r"/\*\*", "(?:/.*)?"), (r"\*\*", ".*"), (r"\*", "[^/]*"), (r"\?", "[^/]"))
+    for glob, replacement in globs:
         regex = regex.replace(glob, replacement)
     return re.compile(regex)
 

@@ -19,7 +19,6 @@ import subprocess
 import tomllib
 from pathlib import Path
 
-
 import kubernetes_validate
 import yaml
 from prometheus_client import CollectorRegistry
