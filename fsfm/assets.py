@@ -1,13 +1,19 @@
-"""The local cache of converted model assets (today: the MTCNN detector's ONNX files).
+"""Model assets: the MTCNN detector's ONNX files, shipped inside the package, and a local cache.
 
-Assets are prepared once, by setup code (``fsfm setup``) or the tests' session fixture, and the
-detector only ever reads them: nothing is downloaded at detection time.
+MTCNN (Zhang et al., 2016) as ported by facenet-pytorch 2.6.0 (MIT licence; the wheel on PyPI ships
+the three nets as PyTorch state dicts). Their ONNX conversion (``fsfm.face.mtcnn_convert``, ~2 MB)
+is committed under ``fsfm/face/weights/mtcnn/`` with the licence notice (``LICENSE.facenet-pytorch``)
+and its provenance (``SOURCE.json``: wheel, hashes of the state dicts and of the ONNX files), and ships
+in the wheel as package data. So detection needs neither PyTorch nor network access, and nothing is
+downloaded at detection time.
 
-MTCNN comes from the facenet-pytorch 2.6.0 wheel on PyPI (MIT licence), which ships the three
-nets as PyTorch state dicts. We do not depend on that package (it pins old torch and numpy); we
-fetch its wheel with pip, take the ``.pt`` files out of it and convert them to ONNX with
-``fsfm.face.mtcnn_convert``. ``FSFM_FACENET_WHEEL`` can point at an already downloaded wheel
-for machines without access to PyPI.
+Converting anew (to check or to rebuild the shipped files) needs PyTorch (the ``train`` extra) and the
+facenet-pytorch wheel, fetched with pip or taken from ``FSFM_FACENET_WHEEL`` on machines without PyPI::
+
+    python -c "from fsfm.assets import ensure_mtcnn, mtcnn_dir; ensure_mtcnn(mtcnn_dir(), rebuild=True)"
+
+We do not depend on facenet-pytorch (it pins old torch and numpy): only its wheel's files are read.
+The cache (``$FSFM_HOME``, default ``~/.cache/fsfm``) holds what is fetched for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from pathlib import Path
 FACENET_VERSION = "2.6.0"
 FACENET_REQUIREMENT = f"facenet-pytorch=={FACENET_VERSION}"
 MTCNN_FILES = ("pnet.onnx", "rnet.onnx", "onet.onnx")
-# The source state dicts stay next to the ONNX files, for re-checking the conversion.
-MTCNN_TORCH_SUBDIR = "torch"
+MTCNN_LICENCE_FILE = "LICENSE.facenet-pytorch"
+_PACKAGED_MTCNN = Path(__file__).resolve().parent / "face" / "weights" / "mtcnn"
 _WHEEL_DATA_DIR = "facenet_pytorch/data"
+_WHEEL_LICENCE = f"facenet_pytorch-{FACENET_VERSION}.dist-info/LICENSE.md"
 _PT_NAMES = ("pnet.pt", "rnet.pt", "onet.pt")
 
 
@@ -36,33 +43,41 @@ def cache_dir() -> Path:
 
 
 def mtcnn_dir() -> Path:
-    """Where the converted MTCNN ONNX files live in the cache."""
-    return cache_dir() / "detectors" / f"mtcnn-facenet-{FACENET_VERSION}"
+    """The MTCNN ONNX files shipped in the package (``fsfm/face/weights/mtcnn``)."""
+    return _PACKAGED_MTCNN
 
 
-def ensure_mtcnn(dest: Path | None = None) -> Path:
-    """Returns a folder holding ``pnet.onnx``, ``rnet.onnx`` and ``onet.onnx``, converting once.
+def ensure_mtcnn(dest: Path | None = None, rebuild: bool = False) -> Path:
+    """Returns a folder holding ``pnet.onnx``, ``rnet.onnx`` and ``onet.onnx``.
 
-    dest: the folder to fill; default ``mtcnn_dir()``. Needs PyTorch (and pip access to PyPI or
-    ``FSFM_FACENET_WHEEL``) only when the ONNX files are not there yet.
+    dest: the folder; default ``mtcnn_dir()``, the shipped weights. When its files are missing (or
+    ``rebuild``), they are converted from the facenet-pytorch wheel, which needs PyTorch and pip access
+    to PyPI or ``FSFM_FACENET_WHEEL``.
     """
     folder = Path(dest) if dest is not None else mtcnn_dir()
-    if all((folder / name).is_file() for name in MTCNN_FILES):
+    if not rebuild and all((folder / name).is_file() for name in MTCNN_FILES):
         return folder
     try:
         from fsfm.face.mtcnn_convert import convert_mtcnn
     except ImportError as exc:
         raise RuntimeError(
-            f"the MTCNN detector weights are missing from {folder} and converting them needs "
-            f"PyTorch ({exc}); run `fsfm setup` on a machine with the training extras installed, "
-            "or copy a converted folder there"
+            f"the MTCNN detector weights are missing from {folder} and converting them needs PyTorch ({exc}): "
+            f"install the training extra (pip install 'fsfm[train]'), or use the weights the fsfm package "
+            f"ships in {mtcnn_dir()}"
         ) from exc
     with tempfile.TemporaryDirectory(prefix="fsfm-mtcnn-") as tmp:
         wheel = _facenet_wheel(Path(tmp))
-        pt_dir = _extract_weights(wheel, folder / MTCNN_TORCH_SUBDIR)
+        pt_dir = extract_mtcnn_state_dicts(wheel, Path(tmp) / "torch")
         convert_mtcnn(pt_dir, folder)
+        (folder / MTCNN_LICENCE_FILE).write_bytes(_read_member(wheel, _WHEEL_LICENCE))
         _write_source(folder, wheel, pt_dir)
     return folder
+
+
+def fetch_mtcnn_state_dicts(dest: Path) -> Path:
+    """The three MTCNN state dicts (``pnet.pt``, ``rnet.pt``, ``onet.pt``) of the facenet-pytorch wheel,
+    written into ``dest``; for checking the shipped ONNX files against their source."""
+    return extract_mtcnn_state_dicts(_facenet_wheel(Path(dest)), Path(dest))
 
 
 def _facenet_wheel(work: Path) -> Path:
@@ -90,26 +105,42 @@ def download_wheel(requirement: str, dest: Path, hint: str = "") -> Path:
     return wheels[-1]
 
 
-def _extract_weights(wheel: Path, out_dir: Path) -> Path:
-    """Copies the three MTCNN state dicts out of the wheel into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _read_member(wheel: Path, member: str) -> bytes:
     with zipfile.ZipFile(wheel) as archive:
-        for name in _PT_NAMES:
-            member = f"{_WHEEL_DATA_DIR}/{name}"
-            try:
-                (out_dir / name).write_bytes(archive.read(member))
-            except KeyError as exc:
-                raise RuntimeError(f"{wheel.name} has no {member}; is it facenet-pytorch {FACENET_VERSION}?") from exc
+        try:
+            return archive.read(member)
+        except KeyError as exc:
+            raise RuntimeError(f"{wheel.name} has no {member}; is it facenet-pytorch {FACENET_VERSION}?") from exc
+
+
+def extract_mtcnn_state_dicts(wheel: Path, out_dir: Path) -> Path:
+    """Copies the three MTCNN state dicts out of the facenet-pytorch ``wheel`` into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in _PT_NAMES:
+        (out_dir / name).write_bytes(_read_member(wheel, f"{_WHEEL_DATA_DIR}/{name}"))
     return out_dir
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _write_source(folder: Path, wheel: Path, pt_dir: Path) -> None:
     """Records where the weights came from (provenance for licence and reproducibility)."""
+    import torch
+
+    from fsfm.face.mtcnn_convert import OPSET
+
     source = {
+        "origin": "MTCNN (Zhang et al., 2016, arXiv 1604.02878), as ported to PyTorch by facenet-pytorch",
         "package": FACENET_REQUIREMENT,
         "wheel": wheel.name,
+        "wheel_sha256": _sha256(wheel),
         "license": "MIT",
-        "sha256": {name: hashlib.sha256((pt_dir / name).read_bytes()).hexdigest() for name in _PT_NAMES},
+        "license_file": MTCNN_LICENCE_FILE,
+        "converted_by": f"fsfm.assets.ensure_mtcnn (fsfm.face.mtcnn_convert, torch {torch.__version__}, opset {OPSET})",
+        "sha256": {name: _sha256(pt_dir / name) for name in _PT_NAMES},
+        "onnx_sha256": {name: _sha256(folder / name) for name in MTCNN_FILES},
     }
     tmp = folder / ".SOURCE.json.tmp"
     tmp.write_text(json.dumps(source, indent=2) + "\n")

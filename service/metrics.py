@@ -31,7 +31,7 @@ class Metrics:
         self.batch_size = Histogram(
             "fsfm_batch_size", "Faces per engine call.", ["model"], buckets=_BATCH_BUCKETS, registry=r
         )
-        self.pending = Gauge("fsfm_pending_request_count", "Faces queued, waiting for a batch.", ["model"], registry=r)
+        self.pending = Gauge("fsfm_pending_requests", "Faces queued, waiting for a batch.", ["model"], registry=r)
         self.stage_duration = Histogram(
             "fsfm_stage_duration_seconds",
             "Time per request stage: decode, detect, queue (wait for a batch), infer (engine), total.",

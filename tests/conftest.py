@@ -1,4 +1,4 @@
-"""Shared fixtures: the converted MTCNN weights and the scikit-image astronaut test picture."""
+"""Shared fixtures: the MTCNN weights the package ships and the scikit-image astronaut test picture."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from skimage import data
 
 @pytest.fixture(scope="session")
 def mtcnn_dir() -> Path:
-    """The MTCNN ONNX folder in the fsfm cache; the first run downloads and converts it once."""
+    """The MTCNN ONNX folder the fsfm package ships (fsfm/face/weights/mtcnn)."""
     from fsfm.assets import ensure_mtcnn
 
     return ensure_mtcnn()

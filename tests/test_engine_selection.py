@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from benchmarks.engine import run_engines
 from fsfm.analysis import prepare_faces
-from fsfm.cli import app
+from fsfm_cli import app
 from fsfm.engines.base import Engine, EngineError
 from fsfm.engines.onnxruntime import OnnxRuntimeEngine
 from fsfm.engines.registry import ENGINES, engine_spec, register

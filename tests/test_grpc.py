@@ -8,9 +8,7 @@ ONNX file run here through ``fsfm.analysis.Analyzer`` (the CLI's path, without t
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -32,7 +30,6 @@ from fsfm.face.types import DetectedFace
 from fsfm.imaging import decode_image
 from fsfm.package import ModelRepository
 from fsfm.package.manifest import OperatingPoint, Thresholds
-from service import protogen
 from service.core import AnalysisCore, FrameReport, StreamAggregate
 from service.grpc_messages import aggregate_message
 from service.grpc_server import REASON_KEY, RETRY_AFTER_KEY, start_grpc_server
@@ -430,7 +427,7 @@ def test_frames_without_usable_pixels_fail_alone(stub, astronaut_rgb, astronaut_
 
 
 def pending(server: RunningServer) -> float:
-    return gauge(server, "fsfm_pending_request_count")
+    return gauge(server, "fsfm_pending_requests")
 
 
 def test_cancelling_a_stream_frees_its_queued_work_and_a_full_queue_refuses_more(
@@ -613,27 +610,6 @@ async def _eventually(read, expected, timeout_s: float = 5.0) -> None:
 
 
 # ---- the build and the docs ------------------------------------------------------------------------
-
-
-def test_the_stubs_are_generated_when_missing_or_stale_and_the_error_says_how(tmp_path, monkeypatch, capsys) -> None:
-    proto = tmp_path / "proto" / "fsfm" / "v1" / "analysis.proto"
-    proto.parent.mkdir(parents=True)
-    proto.write_bytes((REPO_ROOT / "proto" / "fsfm" / "v1" / "analysis.proto").read_bytes())
-    monkeypatch.setattr(protogen, "PROTO_ROOT", tmp_path / "proto")
-    monkeypatch.setattr(protogen, "OUT_DIR", tmp_path / "gen")
-    assert protogen.is_stale()
-    assert protogen.main() == 0  # what `python -m service.protogen` runs
-    generated = tmp_path / "gen" / "fsfm" / "v1"
-    assert "from service.proto_gen.fsfm.v1 import analysis_pb2" in (generated / "analysis_pb2_grpc.py").read_text()
-    assert (tmp_path / "gen" / "fsfm" / "__init__.py").is_file() and not protogen.is_stale()
-
-    later = time.time() + 10
-    os.utime(proto, (later, later))
-    assert protogen.is_stale()
-    monkeypatch.setitem(sys.modules, "grpc_tools", None)  # not installed
-    with pytest.raises(protogen.StubsUnavailable, match="python -m service.protogen"):
-        protogen.ensure_generated()
-    assert protogen.main() == 1 and "python -m service.protogen" in capsys.readouterr().err
 
 
 def test_the_docs_cover_every_rpc_and_message() -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from fsfm.assets import MTCNN_TORCH_SUBDIR
+from fsfm.assets import MTCNN_FILES, MTCNN_LICENCE_FILE, fetch_mtcnn_state_dicts
 from fsfm.face.boxes import nms, pairwise_overlaps, square_boxes
 from fsfm.face.mtcnn import MtcnnDetector
 from tests.no_torch import run_without_torch
@@ -99,17 +99,19 @@ def test_missing_weights_are_reported(tmp_path: Path) -> None:
         MtcnnDetector(tmp_path)
 
 
-def test_cached_onnx_matches_torch(mtcnn_dir: Path) -> None:
+def test_shipped_onnx_matches_torch(mtcnn_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("torch")
     from fsfm.face.mtcnn_convert import NET_NAMES, check_parity, load_net
 
-    pt_dir = mtcnn_dir / MTCNN_TORCH_SUBDIR
+    pt_dir = fetch_mtcnn_state_dicts(tmp_path)
     source = json.loads((mtcnn_dir / "SOURCE.json").read_text())
-    assert source["license"] == "MIT"
+    assert source["license"] == "MIT" and "MIT License" in (mtcnn_dir / MTCNN_LICENCE_FILE).read_text()
     for name in NET_NAMES:
         pt_path = pt_dir / f"{name}.pt"
         assert hashlib.sha256(pt_path.read_bytes()).hexdigest() == source["sha256"][f"{name}.pt"]
         assert check_parity(name, load_net(name, pt_path), mtcnn_dir / f"{name}.onnx", seed=1) < 1e-4
+    for name in MTCNN_FILES:
+        assert hashlib.sha256((mtcnn_dir / name).read_bytes()).hexdigest() == source["onnx_sha256"][name]
 
 
 def test_export_rewrites_match_the_original_layers() -> None:
@@ -152,7 +154,7 @@ def test_detection_does_not_import_torch(mtcnn_dir: Path, astronaut_path: Path, 
     assert result.stdout.strip() == "1"
 
 
-def test_conversion_without_torch_asks_for_setup(tmp_path: Path) -> None:
+def test_conversion_without_torch_asks_for_the_training_extra(tmp_path: Path) -> None:
     result = _run_without_torch(
         tmp_path,
         f"""
@@ -166,7 +168,7 @@ def test_conversion_without_torch_asks_for_setup(tmp_path: Path) -> None:
         """
     )
     assert result.returncode == 0, result.stderr
-    assert "fsfm setup" in result.stdout
+    assert "fsfm[train]" in result.stdout
 
 
 def test_nms_keeps_the_best_of_each_cluster() -> None:

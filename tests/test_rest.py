@@ -400,7 +400,7 @@ def test_metrics_expose_the_documented_names_after_traffic(client, astronaut_jpe
         total = metric(samples, "fsfm_stage_duration_seconds_sum", stage=stage, model="tiny-liveness:1")
         assert count >= 1 and 0 <= total < 60 * count, stage
     assert metric(samples, "fsfm_faces_per_input_count") >= 2 and metric(samples, "fsfm_faces_per_input_sum") >= 1
-    assert metric(samples, "fsfm_pending_request_count", model="tiny-liveness:1") == 0
+    assert metric(samples, "fsfm_pending_requests", model="tiny-liveness:1") == 0
     for ref in ("tiny-deepfake:1", "tiny-deepfake:2", "tiny-liveness:1"):
         assert metric(samples, "fsfm_model_ready", model=ref) == 1
 

@@ -42,7 +42,7 @@ def astronaut_jpeg(astronaut_rgb) -> bytes:
 
 def wait_for_queued(rest_url: str, faces: int, timeout_s: float = 10) -> None:
     deadline = time.monotonic() + timeout_s
-    while metric(scrape(rest_url), "fsfm_pending_request_count", model=MODEL) != faces:
+    while metric(scrape(rest_url), "fsfm_pending_requests", model=MODEL) != faces:
         assert time.monotonic() < deadline, f"never saw {faces} queued faces"
         time.sleep(0.02)
 
@@ -80,7 +80,7 @@ def test_a_request_past_its_deadline_leaves_the_queue(models, mtcnn_dir, astrona
             error(upload(client, "/v1/deepfake", astronaut_jpeg), 504, "deadline_exceeded")
             assert time.monotonic() - started < QUEUE_DELAY_S  # answered at its deadline, not at the batch's
             samples = scrape(server.rest_url)
-            assert metric(samples, "fsfm_pending_request_count", model=MODEL) == 0  # dropped before any batch ran
+            assert metric(samples, "fsfm_pending_requests", model=MODEL) == 0  # dropped before any batch ran
             assert metric(samples, "fsfm_batch_execution_count_total", model=MODEL) == 0
             assert metric(samples, "fsfm_request_failure_total", reason="deadline_exceeded") == 1
 

@@ -11,7 +11,9 @@ One identity and minutes of training make a model that knows the artefacts of se
 one face and little else: it is marked a demo in its manifest (and so in every response) and is not
 fit for decisions. ``docs/finetuning.md`` says how to get real weights.
 
-``python -m training.demo --models models`` builds it when the repository holds no model.
+``python -m training.demo --models models`` builds it when the repository holds no model. The package
+committed under ``demo/models/`` was built this way (``demo/PROVENANCE.md``), so that ``make run`` serves
+it without PyTorch. The photo comes from scikit-image, part of the ``train`` extra.
 """
 
 from __future__ import annotations
