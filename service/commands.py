@@ -13,6 +13,8 @@ from typing import Optional
 
 import typer
 
+from fsfm.console import fail
+
 
 _NOT_SETTINGS = ("grpc", "log_level")  # every other parameter of ``serve`` is a Settings field
 
@@ -56,9 +58,14 @@ def serve(
     from service.server import serve as run_server
     from service.settings import Settings
 
+    from service.startup import StartupError
+
     settings = settings_or_exit(Settings, flags)
     configure_logging(log_level)
-    code = asyncio.run(run_server(settings, grpc=grpc))
+    try:
+        code = asyncio.run(run_server(settings, grpc=grpc))
+    except StartupError as exc:
+        fail(str(exc))
     if code:
         raise typer.Exit(code)
 

@@ -34,7 +34,7 @@ from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from service.auth import API_KEY_HEADER, ApiKeys
 from service.core import AnalysisCore, AnalysisOptions, AnalysisRequest, Report, RequestContext
@@ -52,6 +52,7 @@ from service.grpc_messages import (
 from service.grpc_stubs import SERVICE_NAME, pb, pb_grpc
 from service.media import IMAGE_REASONS
 from service.settings import Settings
+from service.startup import check_tls
 
 log = logging.getLogger("fsfm.service.grpc")
 
@@ -60,7 +61,8 @@ STREAM_PIPELINE_DEPTH = 4  # frames of one stream analysed or waiting to be writ
 READINESS_POLL_S = 0.25  # how often the health status follows the core's readiness
 REASON_KEY = "fsfm-error-reason"
 RETRY_AFTER_KEY = "retry-after-s"
-OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # no API key needed
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1})  # no API key needed
 IMAGES_ONLY = ("image",)  # ``Image.encoded`` takes images; videos go to AnalyzeVideo
 VIDEOS_ONLY = ("video",)
 # A frame's own failures: the stream answers them in the frame's result and goes on.
@@ -305,12 +307,23 @@ _background: set[asyncio.Task] = set()  # strong references to the readiness fol
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    if settings.grpc_tls_cert is None and settings.grpc_tls_key is None:
-        return None
-    if settings.grpc_tls_cert is None or settings.grpc_tls_key is None:
-        raise ValueError("gRPC TLS needs both FSFM_GRPC_TLS_CERT and FSFM_GRPC_TLS_KEY")
-    pair = (settings.grpc_tls_key.read_bytes(), settings.grpc_tls_cert.read_bytes())
-    return grpc.ssl_server_credentials([pair])
+    pair = check_tls(settings)
+    return grpc.ssl_server_credentials([pair]) if pair else None
+
+
+def _enable_reflection(server: grpc.aio.Server) -> None:
+    """Server reflection under both names clients ask for: ``grpc.reflection.v1alpha`` (grpcio-reflection's
+    servicer) and ``grpc.reflection.v1``, whose messages are the same fields with the same numbers
+    (v1 renamed the package only), so the same servicer answers it through a generic handler."""
+    services = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1)
+    reflection.enable_server_reflection(services, server)
+    servicer = reflection.aio.ReflectionServicer(services)
+    method = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": method}),))
 
 
 async def start_grpc_server(core: AnalysisCore, settings: Settings) -> tuple[grpc.aio.Server, int]:
@@ -329,7 +342,7 @@ async def start_grpc_server(core: AnalysisCore, settings: Settings) -> tuple[grp
     pb_grpc.add_FaceSecurityServicer_to_server(FaceSecurityServicer(core, settings), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    _enable_reflection(server)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     address = f"{host}:{settings.grpc_port}"
     credentials = _credentials(settings)

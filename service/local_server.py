@@ -74,9 +74,11 @@ def running_server(
     grpc: bool = True,
     env: Mapping[str, str] | None = None,
     startup_timeout_s: float = 60.0,
+    wait_ready: bool = True,
 ) -> Iterator[RunningServer]:
     """Serve ``models``; ``settings`` are Settings fields (host, ports and a short drain grace are
-    preset), ``env`` the whole environment of the process (default: this one's)."""
+    preset), ``env`` the whole environment of the process (default: this one's). Yields once
+    ``/readyz`` answers 200, or with ``wait_ready=False`` once the process is live (``/livez``)."""
     chosen = {"host": "127.0.0.1", "port": 0, "grpc_port": 0, "shutdown_grace_s": 5, **(settings or {})}
     process_env = {**(env if env is not None else os.environ), **settings_env(chosen), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "fsfm_cli", "serve", "--models", str(models), *([] if grpc else ["--no-grpc"])]
@@ -86,7 +88,7 @@ def running_server(
     server = RunningServer(process, "", None, float(chosen["shutdown_grace_s"]) + STOP_MARGIN_S)
     serving = _follow(server)
     try:
-        _wait_until_ready(server, serving, startup_timeout_s)
+        _wait_until_ready(server, serving, startup_timeout_s, "/readyz" if wait_ready else "/livez")
         yield server
     finally:
         if process.poll() is None:
@@ -109,8 +111,8 @@ def _follow(server: RunningServer) -> dict[str, str]:
     return found
 
 
-def _wait_until_ready(server: RunningServer, serving: dict[str, str], timeout_s: float) -> None:
-    """Until ``/readyz`` answers 200; then the server's addresses are set."""
+def _wait_until_ready(server: RunningServer, serving: dict[str, str], timeout_s: float, probe: str) -> None:
+    """Until ``probe`` answers 200; then the server's addresses are set."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -118,7 +120,7 @@ def _wait_until_ready(server: RunningServer, serving: dict[str, str], timeout_s:
             raise ServerProcessError(f"the server exited with {server.process.returncode}:\n{server.log()}")
         if serving:
             try:
-                if httpx.get(serving["rest"] + "/readyz", timeout=2).status_code == 200:
+                if httpx.get(serving["rest"] + probe, timeout=2).status_code == 200:
                     server.rest_url = serving["rest"]
                     server.grpc_target = None if serving["grpc"] == "off" else serving["grpc"]
                     return

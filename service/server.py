@@ -1,7 +1,9 @@
 """``fsfm serve``: the REST app (uvicorn) and the gRPC server in one asyncio loop over one
 ``AnalysisCore``.
 
-Startup: both listeners are bound first (so port 0 works and probes get answers at once), the line
+Startup: the checks of ``service/startup.py`` run first (model repository, detector weights, TLS files;
+a failure raises ``StartupError`` before anything is bound or logged as serving, and start-up warnings
+name demo models and a public address without API keys); then both listeners are bound (so port 0 works and probes get answers at once), the line
 ``fsfm serving rest=http://HOST:PORT grpc=HOST:PORT`` is logged, then the models load and warm up;
 ``/readyz`` and gRPC health turn ready when that is done.
 
@@ -24,6 +26,7 @@ import uvicorn
 from service.core import AnalysisCore
 from service.rest.app import create_app
 from service.settings import Settings
+from service.startup import Startup, check_startup
 
 log = logging.getLogger("fsfm.service")
 
@@ -81,6 +84,7 @@ async def serve(settings: Settings, grpc: bool = True) -> int:
     loop = asyncio.get_running_loop()
     signals = _Signals()
     signals.install(loop)
+    startup = check_startup(settings, grpc=grpc)  # before anything is bound or announced
     core = AnalysisCore(settings)
     rest_socket = listen(settings.host, settings.port)
     rest = HttpServer(
@@ -98,16 +102,19 @@ async def serve(settings: Settings, grpc: bool = True) -> int:
         grpc_server, grpc_port = await start_grpc_server(core, settings)
         grpc_address = f"{_url_host(settings.host)}:{grpc_port}"
     rest_port = rest_socket.getsockname()[1]
-    log.info("fsfm serving rest=http://%s:%d grpc=%s", _url_host(settings.host), rest_port, grpc_address)
+    log.info(
+        "fsfm serving rest=http://%s:%d grpc=%s models=%s",
+        _url_host(settings.host), rest_port, grpc_address, startup.repository.root.resolve(),
+    )
 
-    code = await _run_until_signal(core, rest_task, signals)
+    code = await _run_until_signal(core, startup, rest_task, signals)
     await _shutdown(core, settings, rest, rest_task, grpc_server, signals)
     return code
 
 
-async def _run_until_signal(core: AnalysisCore, rest_task: asyncio.Task, signals: _Signals) -> int:
+async def _run_until_signal(core: AnalysisCore, startup: Startup, rest_task: asyncio.Task, signals: _Signals) -> int:
     """Load the models, then wait for a signal. A failed load or a dead REST server ends it early."""
-    loading = asyncio.create_task(core.start(), name="load-models")
+    loading = asyncio.create_task(core.start(startup.repository, startup.detector), name="load-models")
     signalled = asyncio.create_task(signals.first.wait())
     try:
         await asyncio.wait({loading, signalled, rest_task}, return_when=asyncio.FIRST_COMPLETED)

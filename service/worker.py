@@ -40,6 +40,7 @@ from fsfm.package import ModelPackage, ModelRepository
 from service.batcher import Rows, split_rows
 from service.engines import load_engine
 from service.metrics import Metrics
+from service.readiness import not_ready_reason
 from service.redis_queue import (
     COMMAND_TIMEOUT_S,
     DEAD_LETTER_MAXLEN,
@@ -411,12 +412,24 @@ class Worker:
         await self.redis.aclose()
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
+        """The API's readiness shape (``service/readiness.py``) for this worker's models and queue."""
         stopping = self.stopping is not None and self.stopping.is_set()
-        loaded = len(self.models) == len(self.consumers) > 0
-        details: dict[str, object] = {"models": sorted(self.models), "stopping": stopping}
-        if self.health.error:
-            details["queue_error"] = self.health.error
-        return loaded and not stopping and self.health.error is None, details
+        loaded = bool(self.consumers) and len(self.models) == len(self.consumers)
+        backend_errors = {"queue": self.health.error} if self.health.error else {}
+        details: dict[str, object] = {
+            "reason": not_ready_reason(
+                loaded=loaded, serving=bool(self.models), draining=stopping, backend_down=bool(backend_errors)
+            ),
+            "models_loaded": loaded,
+            "draining": stopping,
+            "models": sorted(self.models),
+            "queue": "redis",
+            "precision": self.settings.precision,
+            "engines": {c.model: c.engine.selection.describe() for c in self.consumers if c.engine.selection},
+        }
+        if backend_errors:
+            details["backend_errors"] = backend_errors
+        return details["reason"] is None, details
 
     def _serve_probes(self) -> tuple[HttpServer, asyncio.Task, int]:
         """Serve /metrics, /healthz and /readyz on ``metrics_port``; returns the server, its task, the port."""

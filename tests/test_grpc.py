@@ -617,3 +617,20 @@ def test_the_docs_cover_every_rpc_and_message() -> None:
     service = pb.DESCRIPTOR.services_by_name[SERVICE_NAME.rsplit(".", 1)[1]]
     for name in [*pb.DESCRIPTOR.message_types_by_name, *service.methods_by_name]:
         assert f"`{name}`" in docs, name
+
+
+def test_reflection_answers_under_v1_as_well_as_v1alpha(server) -> None:
+    """grpcurl and current clients ask ``grpc.reflection.v1`` first; its messages are v1alpha's fields
+    under another package name, so v1alpha's message classes read and write them on the wire."""
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        for service in ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"):
+            call = channel.stream_stream(
+                f"/{service}/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            (answer,) = list(call(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+            names = {s.name for s in answer.list_services_response.service}
+            assert {SERVICE_NAME, "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"} <= names, service

@@ -218,7 +218,8 @@ def test_redis_outage_gives_fast_503s_and_the_service_recovers(api, worker_b, re
     finally:
         redis_server.start()
     assert readiness["status"] == 503 and "unreachable" in str(readiness["backend_errors"]), readiness
-    assert worker_ready.status_code == 503 and "unreachable" in worker_ready.json()["queue_error"]
+    assert worker_ready.status_code == 503 and worker_ready.json()["reason"] == "backend_down"
+    assert "unreachable" in worker_ready.json()["backend_errors"]["queue"]
     refused = [r for r, _ in outcomes if r.status_code == 503]
     assert refused and all(r.json()["error"]["reason"] == "queue_unreachable" for r in refused)
     for response, seconds in outcomes:

@@ -66,7 +66,7 @@ class ModelRepository:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise PackageError(f"model repository {self.root} does not exist")
+            raise PackageError(f"model repository {self.root.resolve()} does not exist")
         self.packages: list[ModelPackage] = []
         self.errors: dict[str, str] = {}
         for version_dir in sorted(self.root.glob(f"*/*/{MANIFEST_FILE}")):

@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from fsfm.face.detector import FaceDetector, create_detector
+from fsfm.package import ModelRepository
 from fsfm.package.manifest import Manifest
 from fsfm.scoring import resolve_threshold
 from service.core.admission import Admission
@@ -25,6 +26,7 @@ from service.core.pipeline import Pipeline
 from service.core.report import AGGREGATE_WINDOW_FRAMES, AggregateSnapshot, Report, overall_verdict
 from service.core.request import AnalysisOptions, AnalysisRequest, RequestContext
 from service.core.streams import Streams
+from service.readiness import not_ready_reason
 from service.errors import AnalysisError, BadInput, DeadlineExceeded, InvalidRequest
 from service.media import MAX_SAMPLING_FPS, Sampling, decode_media
 from service.metrics import Metrics
@@ -49,12 +51,16 @@ class AnalysisCore:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Load every version of every package in the repository, warm each engine up, start the backends."""
+    async def start(self, repository: ModelRepository | None = None, detector: FaceDetector | None = None) -> None:
+        """Load every version of every package in the repository, warm each engine up, start the backends.
+        ``repository`` and ``detector``, when given, are what the start-up checks already read
+        (``service/startup.py``); else they are made here."""
         loop = asyncio.get_running_loop()
-        self.detector = await loop.run_in_executor(self._cpu, create_detector, self.settings.detector_config())
+        if detector is None:
+            detector = await loop.run_in_executor(self._cpu, create_detector, self.settings.detector_config())
+        self.detector = detector
         self._pipeline = Pipeline(self.detector, self._cpu, self.metrics)
-        await loop.run_in_executor(self._cpu, self.models.load)
+        await loop.run_in_executor(self._cpu, self.models.load, repository)
         self.models.start()
         self.admission.ready = True
         chosen = ", ".join(f"{ref} on {e['engine']} {e['precision']}" for ref, e in self.models.engines().items())
@@ -78,9 +84,15 @@ class AnalysisCore:
         return self.admission.in_flight
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
-        """(ready, details) for /readyz and the gRPC health service."""
+        """(ready, details) for /readyz and the gRPC health service; ``reason`` says why not ready."""
         backend_errors = self.models.backend_errors()
         details: dict[str, object] = {
+            "reason": not_ready_reason(
+                loaded=self.admission.ready,
+                serving=bool(self.models.models),
+                draining=self.admission.draining,
+                backend_down=bool(backend_errors),
+            ),
             "models_loaded": self.admission.ready,
             "draining": self.admission.draining,
             "models": sorted(self.models.models),
@@ -93,7 +105,7 @@ class AnalysisCore:
         repository = self.models.repository
         if repository is not None and repository.errors:
             details["skipped_packages"] = repository.errors
-        return self.admission.ready and not self.admission.draining and not backend_errors, details
+        return details["reason"] is None, details
 
     def tasks(self) -> list[str]:
         return self.models.tasks()

@@ -92,9 +92,10 @@ class ServedModels:
         self.repository: ModelRepository | None = None
         self.models: dict[str, ServedModel] = {}
 
-    def load(self) -> None:
-        """Load every version of every package, each with its backend (slow: run it off the loop)."""
-        self.repository = ModelRepository(self.settings.models)
+    def load(self, repository: ModelRepository | None = None) -> None:
+        """Load every version of every package, each with its backend (slow: run it off the loop);
+        ``repository``: the settings' repository already read, else it is read here."""
+        self.repository = repository or ModelRepository(self.settings.models)
         for folder, error in self.repository.errors.items():
             log.error("skipping model package %s: %s", folder, error)
         for package in self.repository.packages:

@@ -1,7 +1,8 @@
 """The REST apps, each assembled in one factory: routers, exception handlers, middleware.
 
 ``create_app(core, settings)``: the API (docs/api.md). API keys, when configured, guard the ``/v1``
-routers; the probes and the OpenAPI document stay open for probes and scrapers. ``create_probe_app``:
+routers; the probes, the OpenAPI document and its pages (``/docs``, ``/redoc``, served from packaged
+assets: ``service/rest/docs.py``) stay open for probes, scrapers and people. ``create_probe_app``:
 the operations routes alone, over any ``Probes`` (``fsfm worker`` serves it on its metrics port).
 The caller starts and stops the core (``service/server.py``).
 """
@@ -13,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service.auth import ApiKeys
 from service.core import AnalysisCore
+from service.rest.docs import add_offline_docs
 from service.rest.deps import ApiKeyDep, Probes
 from service.rest.errors import add_error_handlers
 from service.rest.routes import analysis, models, operations
@@ -24,7 +26,8 @@ SUMMARY = "Face security on the FSFM ViT: deepfake, liveness and diffusion-forge
 
 def create_app(core: AnalysisCore, settings: Settings) -> FastAPI:
     """The REST API over ``core``."""
-    app = FastAPI(title=TITLE, summary=SUMMARY, version="1")
+    app = FastAPI(title=TITLE, summary=SUMMARY, version="1", docs_url=None, redoc_url=None)
+    add_offline_docs(app)
     app.state.core, app.state.settings, app.state.probes = core, settings, core
     app.state.api_keys = ApiKeys(settings.api_keys)
     guarded = [ApiKeyDep] if app.state.api_keys else []

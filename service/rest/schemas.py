@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fsfm.package.manifest import TASKS, Manifest
 from service.core import Report
 from service.media import MAX_SAMPLING_FPS
+from service.readiness import NotReadyReason
 
 
 class AnalysisParams(BaseModel):
@@ -146,18 +147,25 @@ class ModelsResponse(BaseModel):
 
 
 class Readiness(BaseModel):
+    """The readiness of an API node or a worker (one shape for both, docs/api.md)."""
+
     model_config = ConfigDict(extra="allow")
 
     ready: bool
+    reason: NotReadyReason | None = Field(
+        description="why not ready (null when ready): still loading, draining, no model served, a backend down"
+    )
     models_loaded: bool
     draining: bool
     models: list[str]
-    queue: str
+    queue: str = Field(description='"local" or "redis"')
     precision: str = Field(description="the precision asked for: auto (the default), or the one FSFM_PRECISION forces")
     engines: dict[str, dict[str, str]] = Field(
         default_factory=dict,
-        description="per model: the engine, precision and graph file chosen in this process (empty with a Redis queue)",
+        description="per model: the engine, precision and graph file chosen in this process (API nodes with a Redis "
+        "queue hold none: their workers report theirs)",
     )
+    backend_errors: dict[str, str] | None = Field(default=None, description="per model (or queue): why it is down")
 
 
 def report_json(report: Report) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""``/healthz`` (liveness), ``/readyz`` (readiness), ``/metrics`` (Prometheus): the probes of the API
-and of ``fsfm worker`` alike, over whatever ``app.state.probes`` is (the core, or a worker).
+"""``/livez`` and ``/healthz`` (liveness), ``/readyz`` (readiness), ``/metrics`` (Prometheus): the
+probes of the API and of ``fsfm worker`` alike, over whatever ``app.state.probes`` is (the core, or a
+worker).
 
-Readiness has one shape: ``{"ready": bool, **details}``, 200 when ready, else 503.
+Readiness has one shape (``service/readiness.py``): ``{"ready": bool, "reason": ..., **details}``,
+200 when ready, else 503 with the reason (e.g. ``no_models`` for an empty model repository).
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ from service.rest.schemas import Readiness
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    """The process is up (liveness probe)."""
+@router.get("/livez")
+@router.get("/healthz")  # the name earlier releases documented
+async def livez() -> dict[str, str]:
+    """The process is up and its event loop answers (liveness probe)."""
     return {"status": "ok"}
 
 
 @router.get("/readyz", response_model=Readiness,
-            responses={503: {"model": Readiness, "description": "loading, draining, or a backend is down"}})
+            responses={503: {"model": Readiness, "description": "loading, draining, no model served, or a backend is down"}})
 async def readyz(probes: ProbesDep) -> JSONResponse:
     """Models loaded and warmed up, queue reachable, not draining (readiness probe)."""
     ready, details = probes.readiness()
