@@ -1,18 +1,17 @@
-"""The analysis core that both doors share: detect -> crop -> classify -> per-face results + verdict.
+"""The analysis steps around the model, free of the service: crop and normalise the detected faces
+(``prepare_faces``), attach scores and labels to them (``judge``), and decide (``verdict``).
 
-``fsfm analyze`` calls ``Analyzer.analyze`` directly; the service runs the same ``prepare`` and
-``judge`` steps with its batcher in between (the classify step), so the two cannot drift apart.
+The service's pipeline (``service/core/pipeline.py``, behind ``fsfm serve`` and ``fsfm analyze``) runs
+them with detection before and its inference backend in between; ``fsfm bench pipeline`` times them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from fsfm.engines.base import Engine
 from fsfm.face.crop import crop_face, normalize
-from fsfm.face.detector import FaceDetector
 from fsfm.face.types import DetectedFace
 from fsfm.package.manifest import Manifest
 from fsfm.scoring import attack_scores, label_for
@@ -65,12 +64,6 @@ class Verdict:
         return out
 
 
-@dataclass
-class ImageAnalysis:
-    faces: list[FaceResult] = field(default_factory=list)
-    verdict: Verdict | None = None
-
-
 def prepare_faces(image: np.ndarray, faces: list[DetectedFace], manifest: Manifest) -> list[PreparedFace]:
     """Crop and normalise each face with the model's own crop convention; too-small faces are kept
     in the answer but not judged."""
@@ -107,27 +100,3 @@ def verdict(results: list[FaceResult], manifest: Manifest, threshold: float) -> 
     worst = max(scored)
     return Verdict(label_for(worst, threshold, manifest), worst)
 
-
-class Analyzer:
-    """Synchronous detect -> classify for one model (the CLI's path)."""
-
-    def __init__(self, detector: FaceDetector, manifest: Manifest | None = None, engine: Engine | None = None) -> None:
-        if (manifest is None) != (engine is None):
-            raise ValueError("give both a manifest and an engine, or neither (detection only)")
-        self.detector = detector
-        self.manifest = manifest
-        self.engine = engine
-
-    def analyze(self, image: np.ndarray, threshold: float | None = None) -> ImageAnalysis:
-        faces = self.detector.detect(image)
-        if self.manifest is None or self.engine is None:
-            return ImageAnalysis([FaceResult(f) for f in faces])
-        threshold = self.manifest.thresholds.default if threshold is None else threshold
-        prepared = prepare_faces(image, faces, self.manifest)
-        tensors = [p.tensor for p in prepared if p.tensor is not None]
-        if tensors:
-            logits = self.engine.run(np.stack(tensors))[self.manifest.onnx.output_name]
-        else:
-            logits = np.zeros((0, self.manifest.architecture.num_classes), np.float32)
-        results = judge(prepared, logits, self.manifest, threshold)
-        return ImageAnalysis(results, verdict(results, self.manifest, threshold))

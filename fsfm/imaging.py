@@ -77,15 +77,19 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> np.ndarray:
     return np.asarray(rgb)
 
 
-def read_image_file(path: str | Path, limits: ImageLimits | None = None) -> np.ndarray:
-    """Decode an image file, mapping file-system errors to ``ImageError`` too."""
+def read_file(path: str | Path) -> bytes:
+    """A file's bytes; file-system errors become ``ImageError`` (``not_found``, ``unreadable``)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError as exc:
         raise ImageError("not_found", f"no such file: {path}") from exc
     except IsADirectoryError as exc:
         raise ImageError("not_found", f"is a directory: {path}") from exc
     except OSError as exc:
         raise ImageError("unreadable", f"cannot read {path}: {exc.strerror}") from exc
-    return decode_image(data, limits)
+
+
+def read_image_file(path: str | Path, limits: ImageLimits | None = None) -> np.ndarray:
+    """Decode an image file, mapping file-system errors to ``ImageError`` too."""
+    return decode_image(read_file(path), limits)

@@ -1,7 +1,8 @@
 """The ``fsfm`` command line, composed at the top so that no package below it imports another's commands:
-the core's (``fsfm.cli``: setup, analyze), training's (``training.commands``, ``training.finetune_commands``:
+the core's (``fsfm.cli``: setup), training's (``training.commands``, ``training.finetune_commands``:
 prepare, pretrain, finetune, evaluate, export, calibrate, quantize), the service's (``service.commands``:
-serve; ``service.worker_command``: worker) and the benchmarks' (``benchmarks.commands``: the ``bench`` group).
+serve; ``service.worker_command``: worker; ``service.analyze_command``: analyze) and the benchmarks'
+(``benchmarks.commands``: the ``bench`` group).
 
 Every command imports its heavy dependencies (torch, the service) inside its body, so ``fsfm analyze`` and
 ``fsfm serve`` work in an environment without PyTorch. Console script: ``fsfm = "fsfm_cli:app"``;
@@ -13,7 +14,8 @@ from __future__ import annotations
 import typer
 
 from benchmarks.commands import bench_app
-from fsfm.cli import analyze, setup
+from fsfm.cli import setup
+from service.analyze_command import analyze
 from service.commands import serve
 from service.worker_command import worker
 from training.commands import prepare, pretrain

@@ -2,7 +2,7 @@
 channels; plus the stream aggregate's unit test and the TLS / health lifecycle in-process.
 
 Every answer is checked against an independent computation: the same detector, crop convention and
-ONNX file run here through ``fsfm.analysis.Analyzer`` (the CLI's path, without the batcher).
+ONNX file run here through ``tests.references.analyze_locally`` (no batcher, no core).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from PIL import Image
 from skimage import data as skdata
 
-from fsfm.analysis import FaceResult, ImageAnalysis
+from fsfm.analysis import FaceResult
 from fsfm.face.types import DetectedFace
 from fsfm.imaging import decode_image
 from fsfm.package import ModelRepository
@@ -37,7 +37,7 @@ from service.grpc_stubs import SERVICE_NAME, pb, pb_grpc
 from service.settings import Settings
 from tests.faces import ASTRONAUT_FACE_BOX, ASTRONAUT_LANDMARKS, assert_face_at, assert_group_faces
 from tests.no_torch import torchless_env
-from tests.references import Reference, encode, make_reference
+from tests.references import ImageAnalysis, Reference, encode, make_reference
 from tests.packages import make_tiny_package
 from tests.servers import REPO_ROOT, RunningServer, metric, running_server, scrape
 from tests.test_rest import make_video

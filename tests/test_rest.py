@@ -1,7 +1,7 @@
 """The REST door on a real ``fsfm serve`` process on loopback, serving tiny exported ViTs.
 
 Every answer is checked against an independent computation: the same detector, crop convention
-and ONNX file run here through ``fsfm.analysis.Analyzer`` (the CLI's path, without the batcher).
+and ONNX file run here through ``tests.references.analyze_locally`` (no batcher, no core).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from fsfm.analysis import ImageAnalysis
 from fsfm.imaging import ImageLimits, decode_image
 from fsfm.package.manifest import OperatingPoint, Thresholds
 from service.commands import serve
@@ -28,7 +27,7 @@ from service.metrics import Metrics
 from service.rest.schemas import AnalysisResponse, ErrorResponse, ModelsResponse
 from service.settings import Settings
 from tests.faces import ASTRONAUT_FACE_BOX, ASTRONAUT_LANDMARKS, assert_face_at, assert_group_faces
-from tests.references import Reference, encode, make_reference
+from tests.references import ImageAnalysis, Reference, encode, make_reference
 from tests.packages import make_tiny_package
 from tests.servers import REPO_ROOT, RunningServer, metric, running_server, scrape
 from tests.test_imaging import png_bomb

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fsfm.analysis import Analyzer
 from fsfm.engines.onnxruntime import OnnxRuntimeEngine
 from fsfm.face.detector import DetectorConfig, create_detector
 from fsfm.imaging import decode_image
@@ -27,6 +26,7 @@ from service.redis_queue import GROUP, RedisInferenceClient, connect, dead_lette
 from service.settings import Settings
 from tests.packages import make_tiny_package
 from tests.queue_processes import RedisServer, RunningWorker, running_redis, running_worker
+from tests.references import analyze_locally
 from tests.servers import RunningServer, metric, running_server, scrape
 
 MIN_FACE_SIZE = 40  # small test images, a quick detector: the API node's CPU is not what is tested
@@ -76,12 +76,12 @@ def images(astronaut_rgb, package) -> list[tuple[bytes, float]]:
     pipeline gives it; the scores are all different, so a mixed-up answer would show."""
     face = np.asarray(Image.fromarray(astronaut_rgb[0:256, 100:356]).resize((160, 160)))
     detector = create_detector(DetectorConfig(min_face_size=MIN_FACE_SIZE))
-    analyzer = Analyzer(detector, package.manifest, OnnxRuntimeEngine(package.onnx_path))
+    engine = OnnxRuntimeEngine(package.onnx_path)
     result = []
     for k in range(16):
         buffer = io.BytesIO()
         Image.fromarray(np.clip(face * (0.55 + 0.03 * k), 0, 255).astype(np.uint8)).save(buffer, format="PNG")
-        (expected,) = analyzer.analyze(decode_image(buffer.getvalue())).faces
+        (expected,) = analyze_locally(decode_image(buffer.getvalue()), detector, package.manifest, engine).faces
         result.append((buffer.getvalue(), expected.score))
     assert len({round(score, 4) for _, score in result}) == len(result)
     return result

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fsfm.package.manifest import TASKS, Manifest
-from service.core import Report
+from service.core import FrameReport, Report
 from service.media import MAX_SAMPLING_FPS
 from service.readiness import NotReadyReason
 
@@ -177,13 +177,19 @@ def report_json(report: Report) -> dict[str, Any]:
         "threshold": report.threshold,
         "threshold_source": report.threshold_source,
     }
-    if report.is_video:
-        body["frames"] = [
-            {"index": frame.index, "time_s": frame.time_s, "faces": [face.to_json() for face in frame.faces]}
-            for frame in report.frames
-        ]
-    else:
-        body["faces"] = [face.to_json() for face in report.frames[0].faces]
+    body.update(faces_json(report.frames, report.is_video))
     body["verdict"] = report.verdict.to_json()
     body["timing_ms"] = report.timing_ms
     return body
+
+
+def faces_json(frames: list[FrameReport], is_video: bool) -> dict[str, Any]:
+    """An image's ``faces`` or a video's ``frames`` (``FrameOut``), as the response carries them."""
+    if is_video:
+        return {
+            "frames": [
+                {"index": frame.index, "time_s": frame.time_s, "faces": [face.to_json() for face in frame.faces]}
+                for frame in frames
+            ]
+        }
+    return {"faces": [face.to_json() for face in frames[0].faces]}
