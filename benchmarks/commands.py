@@ -16,7 +16,7 @@ bench_app = typer.Typer(
 )
 
 MODEL_HELP = "Benchmark model (random weights, exported once into the fsfm cache): vit-b16, vit-s16, vit-tiny16, test-tiny."
-PACKAGE_HELP = "A model package folder (models/<name>/<version>) to measure instead of --model."
+PACKAGE_HELP = "A model package folder (models/NAME/VERSION) to measure instead of --model."
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -78,8 +78,10 @@ def engine(
     min_seconds: float = typer.Option(2.0, min=0.0, help="Time each batch size for at least this long (and 3 calls)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
-    """Engine-only faces/s and latency per batch size, and GFLOP/s against the model's FLOPs and
-    the machine's matmul peak (measured first)."""
+    """Measure the engines alone: faces/s and latency per batch size.
+
+    Also GFLOP/s against the model's FLOPs and the machine's matmul peak (measured first).
+    """
     from fsfm.engines.base import EngineError
 
     from benchmarks.engine import batch_sizes, engine_specs, engine_table, matmul_peak_gflops, run_engines
@@ -119,7 +121,7 @@ def pipeline(
     min_face_size: int = typer.Option(20, min=8, help="The detector's smallest face, as the service's FSFM_MIN_FACE_SIZE."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
-    """The cost of each stage of one request: decode, detect, crop, infer, encode."""
+    """Measure the cost of each stage of one request: decode, detect, crop, infer, encode."""
     from fsfm.engines.base import EngineError
 
     from benchmarks.engine import create_bench_engine
@@ -160,9 +162,11 @@ def serve(
     baseline: bool = typer.Option(True, help="When starting the service: measure its engine alone first, for the targets."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
-    """Drive the service at each concurrency level: throughput, p50/p95/p99 latency, mean batch
-    size (from its metrics) and errors. Without --url, starts `fsfm serve` on free loopback ports
-    with only the chosen model, and compares with the engine alone."""
+    """Measure the service under load at each concurrency level.
+
+    Throughput, p50/p95/p99 latency, mean batch size (from its metrics) and errors. Without --url, starts
+    `fsfm serve` on free loopback ports with only the chosen model, and compares with the engine alone.
+    """
     import asyncio
 
     from benchmarks.engine import batch_sizes, matmul_peak_gflops, run_engines
@@ -219,8 +223,11 @@ def report(
     max_batch: int = typer.Option(8, min=1, help="Engine batch sizes 1, 2, 4, ... up to this."),
     repository: Optional[Path] = typer.Option(None, help="Where the benchmark models are kept (default: the fsfm cache)."),
 ) -> None:
-    """Run every benchmark for each model and rewrite the performance report: the machine, the
-    engines alone, one request stage by stage, the service under load, and the targets."""
+    """Run every benchmark for each model and rewrite the performance report.
+
+    The report covers the machine, the engines alone, one request stage by stage, the service under load,
+    and the targets.
+    """
     from benchmarks.models import BENCH_MODELS
     from benchmarks.report import ReportOptions, run_report
 
