@@ -6,6 +6,8 @@ Contract: a flag's own default is None, so an unset flag leaves the field to the
 file or the configuration's default; the help text ends with that default, read from the field, never written
 twice. Choices are string Enums built from where the values are defined (a ``Literal`` field, a registry), so
 the help lists them, an invalid value is refused with the list, and a new choice is one edit at its source.
+``EngineChoice``, ``PrecisionChoice`` and ``TaskChoice`` are those every command shares; a command passes a
+choice on as its string with ``plain``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from typing import Any, Literal, get_args, get_origin
 import typer
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
+
+from fsfm.engines.registry import engine_names
+from fsfm.engines.select import AUTO
+from fsfm.package.manifest import PRECISIONS, TASKS
 
 
 def field_default(config: type[BaseModel], field: str) -> Any | None:
@@ -57,6 +63,11 @@ def literal_choices(name: str, config: type[BaseModel], field: str) -> type[Enum
     if not literals:
         raise TypeError(f"{config.__name__}.{field} is not a Literal field")
     return choices(name, get_args(literals[0]))
+
+
+EngineChoice = choices("EngineChoice", (AUTO, *engine_names()))  # the engines registered when the CLI loads
+PrecisionChoice = choices("PrecisionChoice", (AUTO, *PRECISIONS))
+TaskChoice = choices("TaskChoice", TASKS)
 
 
 def plain(value: Any) -> Any:

@@ -1,5 +1,6 @@
-"""``fsfm serve``, registered in ``fsfm_cli``. The service's imports live in the body, so the CLI
-stays quick for other commands and ``fsfm serve`` never pulls in training code or PyTorch.
+"""``fsfm serve``, registered in ``fsfm_cli``. The service's runtime (server, core) is imported in the body, so
+the CLI stays quick for other commands and ``fsfm serve`` never pulls in training code or PyTorch; only
+``Settings`` is imported at load, for the defaults the help states.
 
 Every option maps onto a ``service.settings.Settings`` field and may also come from its ``FSFM_*``
 environment variable; flags win. Fields without a flag (``FSFM_API_KEYS``, ``FSFM_MAX_PIXELS``, ...)
@@ -16,16 +17,11 @@ import typer
 from pydantic import BaseModel
 
 from fsfm.console import fail
-from fsfm.engines.registry import engine_names
-from fsfm.engines.select import AUTO
-from fsfm.flags import choices, config_option, literal_choices, plain
-from fsfm.package.manifest import PRECISIONS
+from fsfm.flags import EngineChoice, PrecisionChoice, config_option, literal_choices, plain
 from service.settings import Settings
 
 _NOT_SETTINGS = ("grpc", "log_level")  # every other parameter of ``serve`` is a Settings field
 
-EngineChoice = choices("EngineChoice", (AUTO, *engine_names()))
-PrecisionChoice = choices("PrecisionChoice", (AUTO, *PRECISIONS))
 DetectorChoice = literal_choices("DetectorChoice", Settings, "detector")
 
 

@@ -9,15 +9,8 @@ from typing import Any, Optional
 
 import typer
 
-from fsfm.flags import plain
-from service.commands import (
-    EngineChoice,
-    PrecisionChoice,
-    configure_logging,
-    log_level_option,
-    option,
-    settings_or_exit,
-)
+from fsfm.flags import EngineChoice, PrecisionChoice, plain
+from service.commands import configure_logging, log_level_option, option, settings_or_exit
 from service.worker_settings import WorkerSettings
 
 
