@@ -10,7 +10,8 @@ import typer
 
 from benchmarks.models import BENCH_MODELS
 from fsfm.console import fail
-from fsfm.flags import EngineChoice, PrecisionChoice, TaskChoice, plain
+from fsfm.engines.select import AUTO
+from fsfm.flags import ENGINE_CHOICE, PrecisionChoice, TaskChoice, plain
 
 bench_app = typer.Typer(
     help="Measure speed: engine-only, per pipeline stage, and the service end to end under load.",
@@ -156,7 +157,7 @@ def serve(
     image: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Request image (default: a one-face JPEG from the sample group photo)."),
     max_batch_size: int = typer.Option(8, min=1, help="The started service's FSFM_MAX_BATCH_SIZE."),
     max_queue_delay_ms: float = typer.Option(5.0, min=0.0, help="The started service's FSFM_MAX_QUEUE_DELAY_MS."),
-    engine_kind: EngineChoice = typer.Option(EngineChoice.auto, "--engine", help="The started service's FSFM_ENGINE."),
+    engine_kind: str = typer.Option(AUTO, "--engine", help="The started service's FSFM_ENGINE.", **ENGINE_CHOICE),
     engine_threads: Optional[int] = typer.Option(None, min=1, help="The started service's ONNX Runtime threads."),
     precision: PrecisionChoice = typer.Option(
         PrecisionChoice.auto, help="The started service's FSFM_PRECISION (int8 needs a package with an int8 variant)."
@@ -177,7 +178,7 @@ def serve(
     from benchmarks.targets import checks_table, service_checks
     from service.local_server import ServerProcessError
 
-    task, engine_kind, precision = plain(task), plain(engine_kind), plain(precision)
+    task, precision = plain(task), plain(precision)
     kinds = [p.strip() for p in protocols.split(",") if p.strip()]
     if unknown := [p for p in kinds if p not in PROTOCOLS]:
         fail(f"unknown protocols {unknown}; choose from {list(PROTOCOLS)}")

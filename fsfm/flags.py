@@ -4,15 +4,16 @@
 
 Contract: a flag's own default is None, so an unset flag leaves the field to the environment, the ``--config``
 file or the configuration's default; the help text ends with that default, read from the field, never written
-twice. Choices are string Enums built from where the values are defined (a ``Literal`` field, a registry), so
-the help lists them, an invalid value is refused with the list, and a new choice is one edit at its source.
-``EngineChoice``, ``PrecisionChoice`` and ``TaskChoice`` are those every command shares; a command passes a
-choice on as its string with ``plain``.
+twice. Choices are string Enums built from where the values are defined (a ``Literal`` field, a tuple), so
+the help lists them, an invalid value is refused with the list, and a new choice is one edit at its source; a
+command passes a choice on as its string with ``plain``. ``PrecisionChoice`` and ``TaskChoice`` are those every
+command shares. Engines are a registry that may grow after the CLI loads (``fsfm.engines.registry.register``),
+so ``ENGINE_CHOICE`` checks a value against the registry as it is when the value is parsed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from enum import Enum
 from typing import Any, Literal, get_args, get_origin
 
@@ -65,7 +66,20 @@ def literal_choices(name: str, config: type[BaseModel], field: str) -> type[Enum
     return choices(name, get_args(literals[0]))
 
 
-EngineChoice = choices("EngineChoice", (AUTO, *engine_names()))  # the engines registered when the CLI loads
+def live_choice(values: Callable[[], Sequence[str]]) -> dict[str, Any]:
+    """``typer.Option`` keywords for a string among ``values()``, read when a value is parsed; the help lists
+    the values there are when the CLI loads, as Typer lists an Enum's."""
+
+    def parse(text: str) -> str:
+        allowed = values()
+        if text not in allowed:
+            raise typer.BadParameter(f"{text!r} is not one of {', '.join(allowed)}")
+        return text
+
+    return {"parser": parse, "metavar": f"<{'|'.join(values())}>"}
+
+
+ENGINE_CHOICE = live_choice(lambda: (AUTO, *engine_names()))
 PrecisionChoice = choices("PrecisionChoice", (AUTO, *PRECISIONS))
 TaskChoice = choices("TaskChoice", TASKS)
 

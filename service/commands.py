@@ -17,7 +17,7 @@ import typer
 from pydantic import BaseModel
 
 from fsfm.console import fail
-from fsfm.flags import EngineChoice, PrecisionChoice, config_option, literal_choices, plain
+from fsfm.flags import ENGINE_CHOICE, PrecisionChoice, config_option, literal_choices, plain
 from service.settings import Settings
 
 _NOT_SETTINGS = ("grpc", "log_level")  # every other parameter of ``serve`` is a Settings field
@@ -44,7 +44,7 @@ def serve(
     host: Optional[str] = option("host", "REST and gRPC bind address."),
     port: Optional[int] = option("port", "REST port; 0 picks a free port."),
     grpc_port: Optional[int] = option("grpc_port", "gRPC port; 0 picks a free port."),
-    engine: Optional[EngineChoice] = option("engine", "Inference engine; auto chooses one per package."),
+    engine: Optional[str] = option("engine", "Inference engine; auto chooses one per package.", **ENGINE_CHOICE),
     engine_threads: Optional[int] = option("engine_threads", "ONNX Runtime intra-op threads (default: every core)."),
     precision: Optional[PrecisionChoice] = option(
         "precision", "Precision to run; each package carries the variant or the engine derives it."

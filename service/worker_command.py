@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from fsfm.flags import EngineChoice, PrecisionChoice, plain
+from fsfm.flags import ENGINE_CHOICE, PrecisionChoice, plain
 from service.commands import configure_logging, log_level_option, option, settings_or_exit
 from service.worker_settings import WorkerSettings
 
@@ -25,7 +25,7 @@ def worker(
     models: Optional[Path] = _flag("models", "Model repository folder; every package in it is run."),
     host: Optional[str] = _flag("host", "Bind address of /metrics, /healthz and /readyz."),
     metrics_port: Optional[int] = _flag("metrics_port", "Port of /metrics, /healthz and /readyz; 0 picks one."),
-    engine: Optional[EngineChoice] = _flag("engine", "Inference engine; auto chooses one per package."),
+    engine: Optional[str] = _flag("engine", "Inference engine; auto chooses one per package.", **ENGINE_CHOICE),
     engine_threads: Optional[int] = _flag("engine_threads", "ONNX Runtime intra-op threads (default: every core)."),
     precision: Optional[PrecisionChoice] = _flag(
         "precision", "Precision to run; each package carries the variant (e.g. int8 from `fsfm quantize`)."

@@ -117,3 +117,17 @@ def test_an_invalid_choice_is_a_clean_usage_error(args: list[str]) -> None:
     assert "Traceback" not in result.output and args[-1] in result.output
     if args[1] == "--engine":
         assert all(name in result.output for name in engine_names())
+
+
+def test_an_engine_registered_after_the_cli_loaded_is_accepted() -> None:
+    """The engine flag checks the registry when it parses, so a plugin's engine is a valid choice; Settings then
+    refuses its combination with fp64 as before (exit 2, one line), which shows the flag let it through."""
+    from fsfm.engines.registry import ENGINES, EngineSpec, register
+
+    register(EngineSpec("late-engine", "tests.recording_engine", "cpu", ("onnx",), ("fp32",)))
+    try:
+        result = CliRunner().invoke(app, ["serve", "--engine", "late-engine", "--precision", "int8"], env=TERMINAL)
+    finally:
+        ENGINES.pop("late-engine")
+    assert result.exit_code == 2, result.output
+    assert "error: invalid settings" in result.output and "late-engine" in result.output
