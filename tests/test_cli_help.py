@@ -98,7 +98,7 @@ def test_worker_help_states_its_own_defaults_but_not_the_refused_queue_default()
     assert "(required)" in queue and "default" not in queue
 
 
-@pytest.mark.parametrize("command", ["serve", "worker"])
+@pytest.mark.parametrize("command", ["serve", "worker", "analyze"])
 def test_engine_and_precision_list_their_choices(command: str) -> None:
     text = flat(help_text(command))
     assert f"<{'|'.join((AUTO, *engine_names()))}>" in text
