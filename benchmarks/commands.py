@@ -8,15 +8,18 @@ from typing import Optional
 
 import typer
 
+from benchmarks.models import BENCH_MODELS
 from fsfm.console import fail
+from fsfm.engines.select import AUTO
+from fsfm.flags import ENGINE_CHOICE, PrecisionChoice, TaskChoice, plain
 
 bench_app = typer.Typer(
     help="Measure speed: engine-only, per pipeline stage, and the service end to end under load.",
     no_args_is_help=True,
 )
 
-MODEL_HELP = "Benchmark model (random weights, exported once into the fsfm cache): vit-b16, vit-s16, vit-tiny16, test-tiny."
-PACKAGE_HELP = "A model package folder (models/<name>/<version>) to measure instead of --model."
+MODEL_HELP = f"Benchmark model (random weights, exported once into the fsfm cache): {', '.join(BENCH_MODELS)}."
+PACKAGE_HELP = "A model package folder (models/NAME/VERSION) to measure instead of --model."
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -78,8 +81,10 @@ def engine(
     min_seconds: float = typer.Option(2.0, min=0.0, help="Time each batch size for at least this long (and 3 calls)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
-    """Engine-only faces/s and latency per batch size, and GFLOP/s against the model's FLOPs and
-    the machine's matmul peak (measured first)."""
+    """Measure the engines alone: faces/s and latency per batch size.
+
+    Also GFLOP/s against the model's FLOPs and the machine's matmul peak (measured first).
+    """
     from fsfm.engines.base import EngineError
 
     from benchmarks.engine import batch_sizes, engine_specs, engine_table, matmul_peak_gflops, run_engines
@@ -119,7 +124,7 @@ def pipeline(
     min_face_size: int = typer.Option(20, min=8, help="The detector's smallest face, as the service's FSFM_MIN_FACE_SIZE."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
-    """The cost of each stage of one request: decode, detect, crop, infer, encode."""
+    """Measure the cost of each stage of one request: decode, detect, crop, infer, encode."""
     from fsfm.engines.base import EngineError
 
     from benchmarks.engine import create_bench_engine
@@ -143,8 +148,8 @@ def serve(
     url: Optional[str] = typer.Option(None, help="A running service's REST base URL; default: start one on loopback."),
     grpc_target: Optional[str] = typer.Option(None, help="That service's gRPC address (host:port), for grpc and stream."),
     api_key: Optional[str] = typer.Option(None, envvar="FSFM_BENCH_API_KEY", help="x-api-key for a service with keys."),
-    task: str = typer.Option("deepfake", help="The task to ask a running service for."),
-    model: str = typer.Option("vit-b16", help=MODEL_HELP + " (when starting the service)"),
+    task: TaskChoice = typer.Option(TaskChoice.deepfake, help="The task to ask a running service for."),
+    model: str = typer.Option("vit-b16", help=MODEL_HELP.removesuffix(".") + " (for the service this starts)."),
     package: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help=PACKAGE_HELP),
     protocols: str = typer.Option("rest,grpc,stream", "--protocols", help="Comma-separated: rest, grpc (AnalyzeImage), stream (Analyze)."),
     concurrency: str = typer.Option("1,4,16,32", help="Comma-separated concurrency levels."),
@@ -152,17 +157,19 @@ def serve(
     image: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Request image (default: a one-face JPEG from the sample group photo)."),
     max_batch_size: int = typer.Option(8, min=1, help="The started service's FSFM_MAX_BATCH_SIZE."),
     max_queue_delay_ms: float = typer.Option(5.0, min=0.0, help="The started service's FSFM_MAX_QUEUE_DELAY_MS."),
-    engine_kind: str = typer.Option("auto", "--engine", help="The started service's FSFM_ENGINE."),
+    engine_kind: str = typer.Option(AUTO, "--engine", help="The started service's FSFM_ENGINE.", **ENGINE_CHOICE),
     engine_threads: Optional[int] = typer.Option(None, min=1, help="The started service's ONNX Runtime threads."),
-    precision: str = typer.Option(
-        "auto", help="The started service's FSFM_PRECISION: auto | fp32 | int8 (needs a package with an int8 variant)."
+    precision: PrecisionChoice = typer.Option(
+        PrecisionChoice.auto, help="The started service's FSFM_PRECISION (int8 needs a package with an int8 variant)."
     ),
     baseline: bool = typer.Option(True, help="When starting the service: measure its engine alone first, for the targets."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
-    """Drive the service at each concurrency level: throughput, p50/p95/p99 latency, mean batch
-    size (from its metrics) and errors. Without --url, starts `fsfm serve` on free loopback ports
-    with only the chosen model, and compares with the engine alone."""
+    """Measure the service under load at each concurrency level.
+
+    Throughput, p50/p95/p99 latency, mean batch size (from its metrics) and errors. Without --url, starts
+    `fsfm serve` on free loopback ports with only the chosen model, and compares with the engine alone.
+    """
     import asyncio
 
     from benchmarks.engine import batch_sizes, matmul_peak_gflops, run_engines
@@ -171,6 +178,7 @@ def serve(
     from benchmarks.targets import checks_table, service_checks
     from service.local_server import ServerProcessError
 
+    task, precision = plain(task), plain(precision)
     kinds = [p.strip() for p in protocols.split(",") if p.strip()]
     if unknown := [p for p in kinds if p not in PROTOCOLS]:
         fail(f"unknown protocols {unknown}; choose from {list(PROTOCOLS)}")
@@ -219,9 +227,11 @@ def report(
     max_batch: int = typer.Option(8, min=1, help="Engine batch sizes 1, 2, 4, ... up to this."),
     repository: Optional[Path] = typer.Option(None, help="Where the benchmark models are kept (default: the fsfm cache)."),
 ) -> None:
-    """Run every benchmark for each model and rewrite the performance report: the machine, the
-    engines alone, one request stage by stage, the service under load, and the targets."""
-    from benchmarks.models import BENCH_MODELS
+    """Run every benchmark for each model and rewrite the performance report.
+
+    The report covers the machine, the engines alone, one request stage by stage, the service under load,
+    and the targets.
+    """
     from benchmarks.report import ReportOptions, run_report
 
     names = [m.strip() for m in models.split(",") if m.strip()]

@@ -32,8 +32,11 @@ def setup(
         "mean/std) or biubug6 (Resnet50_Final.pth: BGR minus (104, 117, 123)).",
     ),
 ) -> None:
-    """Prepare the detector weights once: fetch MTCNN's weights from PyPI (facenet-pytorch 2.6.0, MIT)
-    and convert them to ONNX in the fsfm cache. Needs the training extra (torch)."""
+    """Prepare the face detector's weights once, as ONNX in the fsfm cache.
+
+    Fetches MTCNN's weights from PyPI (facenet-pytorch 2.6.0, MIT) and converts them; optionally converts
+    RetinaFace weights too. Needs the training extra (torch).
+    """
     from fsfm.assets import ensure_mtcnn
 
     typer.echo(f"MTCNN ONNX weights: {ensure_mtcnn()}")

@@ -21,11 +21,15 @@ from service.worker_command import worker
 from training.commands import prepare, pretrain
 from training.finetune_commands import calibrate, evaluate, export, finetune, quantize
 
+# Help texts are Markdown: `code` renders as code, and a docstring's line breaks only wrap its paragraph
+# (the first paragraph is the command's summary in `fsfm --help`).
+HELP_MARKUP = "markdown"
 COMMANDS = (setup, analyze, export, serve, worker, prepare, pretrain, finetune, evaluate, calibrate, quantize)
 
 app = typer.Typer(
     name="fsfm",
     help="FSFM face security: deepfake, liveness and diffusion-forgery detection.",
+    rich_markup_mode=HELP_MARKUP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -34,7 +34,8 @@ import typer
 
 from fsfm.cli import TaskName
 from fsfm.console import fail
-from service.commands import option, settings_or_exit
+from fsfm.flags import ENGINE_CHOICE, PrecisionChoice, plain
+from service.commands import DetectorChoice, option, settings_or_exit
 
 if TYPE_CHECKING:
     from service.core import AnalysisCore, AnalysisOptions
@@ -74,18 +75,20 @@ def analyze(
         None, min=1, help="Videos: frames analysed, at most (default: FSFM_MAX_VIDEO_FRAMES)."
     ),
     detect_only: bool = typer.Option(False, "--detect-only", help="Only detect faces; no model needed."),
-    detector: str | None = option("detector", "mtcnn | retinaface."),
+    detector: DetectorChoice | None = option("detector", "Face detector."),
     detector_weights: Path | None = option("detector_weights", "Detector ONNX weights (folder for MTCNN)."),
-    min_face_size: int | None = option("min_face_size", "Smallest face side searched for, px."),
-    engine: str | None = option("engine", "auto | onnxruntime | tensorrt | torch | openvino."),
-    precision: str | None = option("precision", "auto | fp32 | int8 | fp16 | bf16."),
+    min_face_size: int | None = option("min_face_size", "Smallest face side searched for, in pixels."),
+    engine: str | None = option("engine", "Inference engine; auto chooses one per package.", **ENGINE_CHOICE),
+    precision: PrecisionChoice | None = option("precision", "Precision to run; the package carries the variant."),
     output_format: OutputFormat = typer.Option(
         OutputFormat.jsonl, "--format", help="jsonl: one line per file as it finishes; json: one array at the end."
     ),
 ) -> None:
-    """Detect faces in images and videos and score them with a model, as the service does; one JSON
-    object per file on stdout. Files that cannot be analysed get an error object and a line on
-    stderr, and the exit code is 1."""
+    """Detect and score the faces in image and video files, as the service does.
+
+    One JSON object per file on stdout. Files that cannot be analysed get an error object and a line on
+    stderr, and the exit code is 1.
+    """
     # Settings fields; ``--max-frames`` raises the service's ceiling too. The queue is always this process's.
     flags = {"models": models, "detector": detector, "detector_weights": detector_weights,
              "min_face_size": min_face_size, "engine": engine, "precision": precision, "max_video_frames": max_frames}
@@ -97,7 +100,8 @@ def analyze(
     except ImportError as exc:
         fail(f"fsfm analyze needs the serve extra (pip install 'fsfm[serve]'): {exc}")
 
-    settings = settings_or_exit(Settings, {"queue": "local", **{k: v for k, v in flags.items() if v is not None}})
+    given = {name: plain(value) for name, value in flags.items() if value is not None}
+    settings = settings_or_exit(Settings, {"queue": "local", **given})
     options = AnalysisOptions(
         task=task.value if task else TaskName.deepfake.value, model=model, threshold=threshold,
         target_fpr=target_fpr, fps=fps, max_frames=max_frames,

@@ -1,31 +1,42 @@
-"""``fsfm serve``, registered in ``fsfm.cli``. The service's imports live in the body, so the CLI
-stays quick for other commands and ``fsfm serve`` never pulls in training code or PyTorch.
+"""``fsfm serve``, registered in ``fsfm_cli``. The service's runtime (server, core) is imported in the body, so
+the CLI stays quick for other commands and ``fsfm serve`` never pulls in training code or PyTorch; only
+``Settings`` is imported at load, for the defaults the help states.
 
 Every option maps onto a ``service.settings.Settings`` field and may also come from its ``FSFM_*``
 environment variable; flags win. Fields without a flag (``FSFM_API_KEYS``, ``FSFM_MAX_PIXELS``, ...)
-come from the environment only (docs/api.md lists them all).
+come from the environment only (docs/api.md lists them all). The help shows each field's default and,
+where the values are finite, the choices, both read from where they are defined (``fsfm.flags``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+from pydantic import BaseModel
 
 from fsfm.console import fail
-
+from fsfm.flags import ENGINE_CHOICE, PrecisionChoice, config_option, literal_choices, plain
+from service.settings import Settings
 
 _NOT_SETTINGS = ("grpc", "log_level")  # every other parameter of ``serve`` is a Settings field
 
+DetectorChoice = literal_choices("DetectorChoice", Settings, "detector")
 
-def option(field: str, help: str, **kwargs: object):
-    """A flag for Settings field ``field``: ``--field-name``, env var ``FSFM_FIELD_NAME``. Unset
-    flags stay None so that Settings applies its own defaults (listed in docs/api.md, not repeated
-    here where they could drift)."""
-    return typer.Option(
-        None, f"--{field.replace('_', '-')}", envvar=f"FSFM_{field.upper()}", show_envvar=True, help=help, **kwargs
+
+def option(field: str, help: str, settings: type[BaseModel] = Settings, **kwargs: Any) -> Any:
+    """A flag for ``settings``' field ``field``: ``--field-name``, env var ``FSFM_FIELD_NAME``. Unset
+    flags stay None so that the settings apply their own defaults, which the help states (read from the
+    field, not repeated here where they could drift)."""
+    return config_option(
+        settings, field, help, f"--{field.replace('_', '-')}", envvar=f"FSFM_{field.upper()}", show_envvar=True,
+        **kwargs,
     )
+
+
+def log_level_option() -> Any:
+    return typer.Option("info", envvar="FSFM_LOG_LEVEL", show_envvar=True, help="Log level: debug, info or warning.")
 
 
 def serve(
@@ -33,31 +44,37 @@ def serve(
     host: Optional[str] = option("host", "REST and gRPC bind address."),
     port: Optional[int] = option("port", "REST port; 0 picks a free port."),
     grpc_port: Optional[int] = option("grpc_port", "gRPC port; 0 picks a free port."),
-    engine: Optional[str] = option("engine", "auto | onnxruntime | tensorrt | torch | openvino."),
-    engine_threads: Optional[int] = option("engine_threads", "ONNX Runtime intra-op threads."),
-    precision: Optional[str] = option("precision", "auto | fp32 | int8 | fp16 | bf16 (each package carries or derives it)."),
-    queue: Optional[str] = option("queue", "local (in-process) or a redis:// URL."),
+    engine: Optional[str] = option("engine", "Inference engine; auto chooses one per package.", **ENGINE_CHOICE),
+    engine_threads: Optional[int] = option("engine_threads", "ONNX Runtime intra-op threads (default: every core)."),
+    precision: Optional[PrecisionChoice] = option(
+        "precision", "Precision to run; each package carries the variant or the engine derives it."
+    ),
+    queue: Optional[str] = option("queue", "Face queue: local (in-process) or a redis:// URL."),
     max_batch_size: Optional[int] = option("max_batch_size", "Faces per engine call, at most."),
-    max_queue_delay_ms: Optional[float] = option("max_queue_delay_ms", "Longest wait for a batch to fill."),
+    max_queue_delay_ms: Optional[float] = option("max_queue_delay_ms", "Longest wait for a batch to fill, in ms."),
     max_queue_size: Optional[int] = option("max_queue_size", "Queued faces per model before 429."),
-    detector: Optional[str] = option("detector", "mtcnn | retinaface."),
-    detector_weights: Optional[Path] = option("detector_weights", "Detector ONNX weights."),
-    min_face_size: Optional[int] = option("min_face_size", "Smallest face side searched for, px."),
-    max_upload_bytes: Optional[int] = option("max_upload_bytes", "Request body limit (413)."),
-    request_timeout_s: Optional[float] = option("request_timeout_s", "Per-request deadline."),
-    cors_origins: Optional[str] = option("cors_origins", "Comma-separated CORS origins."),
-    shutdown_grace_s: Optional[float] = option("shutdown_grace_s", "Drain time on SIGTERM."),
+    detector: Optional[DetectorChoice] = option("detector", "Face detector."),
+    detector_weights: Optional[Path] = option("detector_weights", "Detector ONNX weights (default: the fsfm cache)."),
+    min_face_size: Optional[int] = option("min_face_size", "Smallest face side searched for, in pixels."),
+    max_upload_bytes: Optional[int] = option("max_upload_bytes", "Request body limit in bytes (413 above it)."),
+    request_timeout_s: Optional[float] = option("request_timeout_s", "Per-request deadline in seconds."),
+    cors_origins: Optional[str] = option("cors_origins", "Comma-separated CORS origins (default: none, CORS off)."),
+    shutdown_grace_s: Optional[float] = option("shutdown_grace_s", "Drain time on SIGTERM, in seconds."),
     grpc: bool = typer.Option(True, "--grpc/--no-grpc", help="Also serve gRPC."),
-    log_level: str = typer.Option("info", envvar="FSFM_LOG_LEVEL", show_envvar=True, help="debug | info | warning"),
+    log_level: str = log_level_option(),
 ) -> None:
-    """Serve every model of the repository over REST and gRPC (embedded mode: in-process queue,
-    ONNX Runtime on CPU by default). SIGTERM drains in-flight work, then exits. API keys come from
-    FSFM_API_KEYS (comma-separated), never from the command line."""
-    flags = {name: value for name, value in locals().items() if name not in _NOT_SETTINGS and value is not None}
-    import asyncio
-    from service.server import serve as run_server
-    from service.settings import Settings
+    """Serve every model of the repository over REST and gRPC.
 
+    Embedded mode by default: an in-process queue, and for each package the engine that `--engine auto`
+    chooses (ONNX Runtime on CPU unless a TensorRT plan can run). SIGTERM drains in-flight work, then exits.
+    API keys come from FSFM_API_KEYS (comma-separated), never from the command line.
+    """
+    flags = {
+        name: plain(value) for name, value in locals().items() if name not in _NOT_SETTINGS and value is not None
+    }
+    import asyncio
+
+    from service.server import serve as run_server
     from service.startup import StartupError
 
     settings = settings_or_exit(Settings, flags)

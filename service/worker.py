@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import uvicorn
-from pydantic import Field, model_validator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
@@ -61,38 +60,16 @@ from service.redis_queue import (
     describe,
     is_connection_error,
     monitor_streams,
-    node_name,
     queue_metrics,
     work_stream,
 )
 from service.rest.app import create_probe_app
 from service.server import HttpServer, listen
-from service.settings import Settings
+from service.worker_settings import WorkerSettings
 
 log = logging.getLogger("fsfm.worker")
 
 MAX_POLL_S = 1.0  # longest blocking read: bounds how late a stop or a claim scan starts
-
-
-class WorkerSettings(Settings):
-    """``Settings`` (models, engine, batching, ``queue``) plus what only workers need."""
-
-    claim_timeout_s: float = Field(
-        default=10.0, gt=0,
-        description="a face held this long by a worker without an answer is claimed by another worker; "
-        "must exceed the longest batch time",
-    )
-    max_deliveries: int = Field(default=3, ge=1, description="deliveries of a failing face before it is dead-lettered")
-    metrics_port: int = Field(default=9400, ge=0, le=65535, description="worker /metrics, /healthz, /readyz port")
-    consumer: str = Field(default_factory=node_name, description="this worker's name in the consumer group")
-
-    @model_validator(mode="after")
-    def _redis_queue(self) -> WorkerSettings:  # after: the inherited default ("local") is checked too
-        if not self.queue.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(
-                f"a worker needs a Redis URL in FSFM_QUEUE or --queue (redis://host:6379/0), not {self.queue!r}"
-            )
-        return self
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """``fsfm prepare`` and ``fsfm pretrain`` as plain Typer-annotated functions, which ``fsfm_cli`` registers
 with ``app.command()(prepare)``. Heavy imports (torch, the detector) happen inside the bodies.
 
-Their flags map onto ``PrepareConfig`` and ``PretrainConfig`` fields (``training.flags``): unset flags leave
+Their flags map onto ``PrepareConfig`` and ``PretrainConfig`` fields (``fsfm.flags``): unset flags leave
 the ``--config`` file's values or the configuration's defaults.
 
 Entry point for several processes (DDP): ``torchrun --nproc-per-node N -m training.commands pretrain
@@ -18,7 +18,7 @@ from typing import Any, Optional
 import typer
 
 from fsfm.console import fail
-from training.flags import choices, config_option, literal_choices
+from fsfm.flags import choices, config_option, literal_choices
 from training.masking import MASKING_STRATEGIES
 from training.prepare import PrepareConfig
 from training.pretrain_config import PretrainConfig
@@ -61,7 +61,7 @@ def prepare(
     region_maps: Optional[RegionMaps] = _prepare_flag(
         "region_maps",
         "Facial-region maps for CRFR-P: drawn from the detector's landmarks, or read from --parsing-dir "
-        "(a face parser's LaPa maps, <face name>.npy).",
+        "(a face parser's LaPa maps, one FACE-NAME.npy per face).",
     ),
     parsing_dir: Optional[Path] = _prepare_flag(
         "parsing_dir", "Folder of precomputed parsing maps.", exists=True, file_okay=False
@@ -69,9 +69,11 @@ def prepare(
     workers: Optional[int] = typer.Option(None, min=1, help="Worker processes (default: one per CPU core)."),
     shard_size: Optional[int] = _prepare_flag("shard_size", "Faces per storage shard.", min=1),
 ) -> None:
-    """Turn face images and videos into a pretraining/fine-tuning dataset: detected, cropped faces and a
-    facial-region map per face, in memory-mappable shards, with a manifest. Rerun the same command to
-    resume an interrupted run; unreadable files are skipped and listed."""
+    """Turn face images and videos into a pretraining or fine-tuning dataset.
+
+    Writes detected, cropped faces and a facial-region map per face, in memory-mappable shards, with a
+    manifest. Rerun the same command to resume an interrupted run; unreadable files are skipped and listed.
+    """
     given = {k: v for k, v in locals().items() if k not in ("source", "output", "workers") and v is not None}
     from training.prepare import PrepareError, prepare_dataset, summary
 
@@ -128,11 +130,15 @@ def pretrain(
     device: Optional[str] = _flag("device", "auto, cpu or cuda."),
     save_every: Optional[int] = _flag("save_every", "Epochs between checkpoints."),
     resume: Optional[Path] = typer.Option(
-        None, exists=True, help="Continue from checkpoint-<N>.pth, or the latest one in a folder."
+        None, exists=True, help="Continue from a checkpoint-N.pth, or the latest one in a folder."
     ),
 ) -> None:
-    """FSFM self-supervised pretraining (MIM with CRFR-P masking + ID with an EMA target). Run on many
-    GPUs or nodes with ``torchrun --nproc-per-node N -m training.commands pretrain`` and the same options."""
+    """Pretrain an FSFM encoder, self-supervised, on prepared face datasets.
+
+    Masked image modelling with CRFR-P masking plus instance discrimination against an EMA target
+    (arXiv 2412.12032). Run on many GPUs or nodes with `torchrun --nproc-per-node N -m training.commands
+    pretrain` and the same options.
+    """
     given = {name: value for name, value in locals().items() if name not in _NOT_FIELDS and value not in (None, [])}
     from training.prepare import PrepareError
     from training.pretrain import Pretrainer

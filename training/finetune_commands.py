@@ -1,7 +1,7 @@
 """``fsfm finetune``, ``fsfm evaluate``, and the commands that write model packages (``fsfm export``,
 ``fsfm calibrate``, ``fsfm quantize``), as plain Typer-annotated functions (``fsfm_cli`` registers them with
 ``app.command()(finetune)``); heavy imports happen inside the bodies. ``finetune``'s flags map onto
-``FinetuneConfig`` fields (``training.flags``): unset flags leave the ``--config`` file's values, the task's
+``FinetuneConfig`` fields (``fsfm.flags``): unset flags leave the ``--config`` file's values, the task's
 recipe or the configuration's defaults.
 
 Entry point for several processes (DDP): ``torchrun --nproc-per-node N -m training.finetune_commands
@@ -22,9 +22,9 @@ from typing import Any, Optional
 import typer
 
 from fsfm.console import fail
+from fsfm.flags import choices, config_option, literal_choices
 from fsfm.package.manifest import TASKS
 from training.finetune_config import DataSpec, FinetuneConfig
-from training.flags import choices, config_option, literal_choices
 
 Task = choices("Task", TASKS)
 DefaultThreshold = literal_choices("DefaultThreshold", FinetuneConfig, "default_threshold")
@@ -90,8 +90,11 @@ def finetune(
     demo: Optional[bool] = _flag("demo", "Mark the model as a demo, not fit for decisions.", "--demo/--no-demo"),
     resume: bool = typer.Option(False, help="Continue the run in --output-dir from its checkpoint-last.pth."),
 ) -> None:
-    """Fine-tune a pretrained FSFM encoder into a deepfake / liveness / diffusion detector with the
-    paper's recipe. Single process, or DDP with ``torchrun -m training.finetune_commands finetune ...``."""
+    """Fine-tune a pretrained FSFM encoder into a deepfake, liveness or diffusion detector.
+
+    Follows the paper's recipe for the task. Single process, or DDP with
+    `torchrun -m training.finetune_commands finetune` and the same options.
+    """
     from pydantic import ValidationError
 
     from training.finetune import finetune as run_finetune
@@ -174,8 +177,10 @@ def evaluate(
     device: str = typer.Option("cpu", help="Device for checkpoints (packages run on ONNX Runtime)."),
     faces_cache: Optional[Path] = typer.Option(None, help="Where faces extracted from benchmark videos are kept."),
 ) -> None:
-    """Frame- and video-level AUC, EER, AP, accuracy (and HTER/APCER/BPCER/ACER, TPR@FPR) of a model
-    on one or more test sets, as report.json plus ROC-curve PNGs."""
+    """Evaluate a model on one or more test sets: report.json and ROC-curve PNGs.
+
+    Frame- and video-level AUC, EER, AP and accuracy, with HTER, APCER, BPCER, ACER and TPR at the given FPRs.
+    """
     from fsfm.assets import cache_dir
     from fsfm.package.repository import PackageError
     from training.evaluate import PackageScorer, evaluate_sets, open_scorer
@@ -270,8 +275,11 @@ def calibrate(
     workers: int = typer.Option(2, min=0),
     faces_cache: Optional[Path] = typer.Option(None, help="Where faces extracted from benchmark videos are kept."),
 ) -> None:
-    """Choose thresholds on validation data (EER point, fixed-FPR operating points) and write them, with
-    the validation metrics, into the package's manifest."""
+    """Choose a package's thresholds on validation data and write them into its manifest.
+
+    The default threshold (the EER point, or 0.5) and operating points at fixed FPRs, with the validation
+    metrics.
+    """
     from fsfm.assets import cache_dir
     from fsfm.package.repository import ModelRepository, PackageError
     from training.calibrate import calibrate_package
@@ -299,8 +307,11 @@ def quantize(
     workers: int = typer.Option(2, min=0),
     faces_cache: Optional[Path] = typer.Option(None, help="Where faces extracted from benchmark videos are kept."),
 ) -> None:
-    """Add an int8 ONNX variant (ONNX Runtime dynamic quantisation) to a package, with its accuracy
-    against fp32 on held-out faces recorded in the manifest; `fsfm serve --precision int8` serves it."""
+    """Add an int8 ONNX variant to a package, checked against fp32 on held-out faces.
+
+    ONNX Runtime dynamic quantisation; the accuracy against fp32 is recorded in the manifest, and
+    `fsfm serve --precision int8` serves the variant.
+    """
     from fsfm.assets import cache_dir
     from fsfm.package.repository import ModelRepository, PackageError, load_package
     from training.finetune_data import DataError, open_source
