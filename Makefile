@@ -18,7 +18,7 @@ TORCH_WHEEL ?= $(lastword $(sort $(wildcard $(addsuffix /torch-*+cpu-$(PY_TAG)-*
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TRAIN_TORCH := "torch>=2.4,<=2.14.1"  # the train extra's torch (tests/test_deploy.py keeps them equal)
 
-.PHONY: run test bench install clean
+.PHONY: run test lint bench install clean
 
 $(VENV)/.serve: pyproject.toml
 	python3 -m venv $(VENV)
@@ -49,7 +49,12 @@ run: $(VENV)/.serve
 		&& echo "$(MODELS) held no model: copied the demo model (not fit for decisions; demo/PROVENANCE.md)"; }
 	$(FSFM) serve --models $(MODELS) --host $(HOST) --port $(PORT) --grpc-port $(GRPC_PORT)
 
-test: $(VENV)/.test
+# Lint and format check (settings in pyproject.toml), then the suite.
+lint: $(VENV)/.test
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q
 
 # Rewrites docs/performance.md (ViT-B/16 and ViT-S/16; about 10 minutes on 2 cores).

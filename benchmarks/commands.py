@@ -4,7 +4,6 @@ live in the command bodies."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -36,11 +35,10 @@ def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _package(model: str, package: Optional[Path]):
+def _package(model: str, package: Path | None):
+    from benchmarks.models import ensure_bench_package
     from fsfm.package import PackageError
     from fsfm.package.repository import load_package
-
-    from benchmarks.models import ensure_bench_package
 
     try:
         return load_package(package) if package is not None else ensure_bench_package(model)
@@ -57,7 +55,7 @@ def _detector(min_face_size: int):
         fail(str(exc))
 
 
-def _write_json(path: Optional[Path], value: object) -> None:
+def _write_json(path: Path | None, value: object) -> None:
     if path is not None:
         from benchmarks.stats import write_json
 
@@ -68,28 +66,28 @@ def _write_json(path: Optional[Path], value: object) -> None:
 @bench_app.command("engine")
 def engine(
     model: str = typer.Option("vit-b16", help=MODEL_HELP),
-    package: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help=PACKAGE_HELP),
+    package: Path | None = typer.Option(None, exists=True, file_okay=False, help=PACKAGE_HELP),
     engines: str = typer.Option(
-        "onnxruntime,torch", "--engines",
+        "onnxruntime,torch",
+        "--engines",
         help="Comma-separated engine[:precision]: onnxruntime, onnxruntime:int8, torch, tensorrt, auto.",
     ),
-    precisions: Optional[str] = typer.Option(
+    precisions: str | None = typer.Option(
         None, "--precisions", help="Comma-separated precisions (fp32, int8, fp16) to measure each engine at."
     ),
     max_batch: int = typer.Option(8, min=1, help="Batch sizes 1, 2, 4, ... up to this."),
-    threads: Optional[int] = typer.Option(None, min=1, help="ONNX Runtime intra-op threads (default: all cores)."),
+    threads: int | None = typer.Option(None, min=1, help="ONNX Runtime intra-op threads (default: all cores)."),
     min_seconds: float = typer.Option(2.0, min=0.0, help="Time each batch size for at least this long (and 3 calls)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
     """Measure the engines alone: faces/s and latency per batch size.
 
     Also GFLOP/s against the model's FLOPs and the machine's matmul peak (measured first).
     """
-    from fsfm.engines.base import EngineError
-
     from benchmarks.engine import batch_sizes, engine_specs, engine_table, matmul_peak_gflops, run_engines
     from benchmarks.inputs import sample_face_tensors
     from benchmarks.targets import checks_table, engine_checks
+    from fsfm.engines.base import EngineError
 
     try:
         kinds = engine_specs(_names(engines), _names(precisions) if precisions else None)
@@ -98,8 +96,10 @@ def engine(
     chosen = _package(model, package)
     faces = sample_face_tensors(_detector(20), chosen.manifest) if len(kinds) > 1 else None
     peak = matmul_peak_gflops()
-    typer.echo(f"{chosen.manifest.ref}: {chosen.manifest.architecture.vit.flops_per_image() / 1e9:.3g} GFLOP per face; "
-               f"fp32 matmul peak of this machine: {peak:.0f} GFLOP/s")
+    typer.echo(
+        f"{chosen.manifest.ref}: {chosen.manifest.architecture.vit.flops_per_image() / 1e9:.3g} GFLOP per face; "
+        f"fp32 matmul peak of this machine: {peak:.0f} GFLOP/s"
+    )
     try:
         report = run_engines(chosen, kinds, batch_sizes(max_batch), peak, threads, min_seconds, faces)
     except EngineError as exc:
@@ -115,55 +115,68 @@ def engine(
 @bench_app.command("pipeline")
 def pipeline(
     model: str = typer.Option("vit-b16", help=MODEL_HELP),
-    package: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help=PACKAGE_HELP),
-    image: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Request image (default: a one-face JPEG from the sample group photo)."),
+    package: Path | None = typer.Option(None, exists=True, file_okay=False, help=PACKAGE_HELP),
+    image: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, help="Request image (default: a one-face JPEG from the sample group photo)."
+    ),
     engine_kind: str = typer.Option(
         "onnxruntime", "--engine", help="engine[:precision]: onnxruntime, onnxruntime:int8, torch, tensorrt, auto."
     ),
     repeats: int = typer.Option(10, min=1),
-    min_face_size: int = typer.Option(20, min=8, help="The detector's smallest face, as the service's FSFM_MIN_FACE_SIZE."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
+    min_face_size: int = typer.Option(
+        20, min=8, help="The detector's smallest face, as the service's FSFM_MIN_FACE_SIZE."
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
     """Measure the cost of each stage of one request: decode, detect, crop, infer, encode."""
-    from fsfm.engines.base import EngineError
-
     from benchmarks.engine import create_bench_engine
     from benchmarks.inputs import one_face_jpeg
     from benchmarks.pipeline import bench_pipeline, pipeline_table
+    from fsfm.engines.base import EngineError
 
     chosen = _package(model, package)
     detector = _detector(min_face_size)
     try:
-        result = bench_pipeline(one_face_jpeg(detector, image), chosen, detector, create_bench_engine(engine_kind, chosen), repeats)
+        result = bench_pipeline(
+            one_face_jpeg(detector, image), chosen, detector, create_bench_engine(engine_kind, chosen), repeats
+        )
     except (EngineError, ValueError) as exc:
         fail(str(exc))
-    typer.echo(f"{chosen.manifest.ref}, {result.width}x{result.height} image ({result.image_bytes:,} bytes), "
-               f"{result.faces} judged face(s), engine {engine_kind}, median of {repeats}:")
+    typer.echo(
+        f"{chosen.manifest.ref}, {result.width}x{result.height} image ({result.image_bytes:,} bytes), "
+        f"{result.faces} judged face(s), engine {engine_kind}, median of {repeats}:"
+    )
     typer.echo(pipeline_table(result))
     _write_json(json_out, result)
 
 
 @bench_app.command("serve")
 def serve(
-    url: Optional[str] = typer.Option(None, help="A running service's REST base URL; default: start one on loopback."),
-    grpc_target: Optional[str] = typer.Option(None, help="That service's gRPC address (host:port), for grpc and stream."),
-    api_key: Optional[str] = typer.Option(None, envvar="FSFM_BENCH_API_KEY", help="x-api-key for a service with keys."),
+    url: str | None = typer.Option(None, help="A running service's REST base URL; default: start one on loopback."),
+    grpc_target: str | None = typer.Option(None, help="That service's gRPC address (host:port), for grpc and stream."),
+    api_key: str | None = typer.Option(None, envvar="FSFM_BENCH_API_KEY", help="x-api-key for a service with keys."),
     task: TaskChoice = typer.Option(TaskChoice.deepfake, help="The task to ask a running service for."),
     model: str = typer.Option("vit-b16", help=MODEL_HELP.removesuffix(".") + " (for the service this starts)."),
-    package: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help=PACKAGE_HELP),
-    protocols: str = typer.Option("rest,grpc,stream", "--protocols", help="Comma-separated: rest, grpc (AnalyzeImage), stream (Analyze)."),
+    package: Path | None = typer.Option(None, exists=True, file_okay=False, help=PACKAGE_HELP),
+    protocols: str = typer.Option(
+        "rest,grpc,stream", "--protocols", help="Comma-separated: rest, grpc (AnalyzeImage), stream (Analyze)."
+    ),
     concurrency: str = typer.Option("1,4,16,32", help="Comma-separated concurrency levels."),
     duration: float = typer.Option(20.0, min=1.0, help="Seconds of measurement per level, after its warm-up."),
-    image: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Request image (default: a one-face JPEG from the sample group photo)."),
+    image: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, help="Request image (default: a one-face JPEG from the sample group photo)."
+    ),
     max_batch_size: int = typer.Option(8, min=1, help="The started service's FSFM_MAX_BATCH_SIZE."),
     max_queue_delay_ms: float = typer.Option(5.0, min=0.0, help="The started service's FSFM_MAX_QUEUE_DELAY_MS."),
     engine_kind: str = typer.Option(AUTO, "--engine", help="The started service's FSFM_ENGINE.", **ENGINE_CHOICE),
-    engine_threads: Optional[int] = typer.Option(None, min=1, help="The started service's ONNX Runtime threads."),
+    engine_threads: int | None = typer.Option(None, min=1, help="The started service's ONNX Runtime threads."),
     precision: PrecisionChoice = typer.Option(
         PrecisionChoice.auto, help="The started service's FSFM_PRECISION (int8 needs a package with an int8 variant)."
     ),
-    baseline: bool = typer.Option(True, help="When starting the service: measure its engine alone first, for the targets."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
+    baseline: bool = typer.Option(
+        True, help="When starting the service: measure its engine alone first, for the targets."
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
     """Measure the service under load at each concurrency level.
 
@@ -174,7 +187,7 @@ def serve(
 
     from benchmarks.engine import batch_sizes, matmul_peak_gflops, run_engines
     from benchmarks.inputs import one_face_jpeg
-    from benchmarks.serve import PROTOCOLS, Target, level_line, plan, served, serve_table, sweep
+    from benchmarks.serve import PROTOCOLS, Target, level_line, plan, serve_table, served, sweep
     from benchmarks.targets import checks_table, service_checks
     from service.local_server import ServerProcessError
 
@@ -198,9 +211,16 @@ def serve(
     baseline_engine = f"{engine_kind}:{precision}"
     engine_report = None
     if baseline:
-        engine_report = run_engines(chosen, [baseline_engine], batch_sizes(max_batch_size), matmul_peak_gflops(), engine_threads)
-    settings = {"max_batch_size": max_batch_size, "max_queue_delay_ms": max_queue_delay_ms, "engine": engine_kind,
-                "precision": precision, "max_queue_size": max(256, 4 * max(levels))}
+        engine_report = run_engines(
+            chosen, [baseline_engine], batch_sizes(max_batch_size), matmul_peak_gflops(), engine_threads
+        )
+    settings = {
+        "max_batch_size": max_batch_size,
+        "max_queue_delay_ms": max_queue_delay_ms,
+        "engine": engine_kind,
+        "precision": precision,
+        "max_queue_size": max(256, 4 * max(levels)),
+    }
     if engine_threads is not None:
         settings["engine_threads"] = engine_threads
     try:
@@ -219,13 +239,15 @@ def serve(
 
 @bench_app.command("report")
 def report(
-    models: str = typer.Option("vit-b16,vit-s16", help="Comma-separated benchmark models (see `fsfm bench engine --help`)."),
+    models: str = typer.Option(
+        "vit-b16,vit-s16", help="Comma-separated benchmark models (see `fsfm bench engine --help`)."
+    ),
     output: Path = typer.Option(Path("docs/performance.md"), help="The Markdown report to (re)write."),
     json_out: Path = typer.Option(Path("docs/performance.json"), "--json", help="The numbers, as JSON."),
     duration: float = typer.Option(30.0, min=0.5, help="Seconds of measurement per load level."),
     min_seconds: float = typer.Option(3.0, min=0.0, help="Seconds of timing per engine batch size."),
     max_batch: int = typer.Option(8, min=1, help="Engine batch sizes 1, 2, 4, ... up to this."),
-    repository: Optional[Path] = typer.Option(None, help="Where the benchmark models are kept (default: the fsfm cache)."),
+    repository: Path | None = typer.Option(None, help="Where the benchmark models are kept (default: the fsfm cache)."),
 ) -> None:
     """Run every benchmark for each model and rewrite the performance report.
 

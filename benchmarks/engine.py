@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -53,7 +54,7 @@ def matmul_peak_gflops(sizes: Sequence[int] = (2048, 4096), repeats: int = 3) ->
     for n in sizes:
         a = rng.standard_normal((n, n), dtype=np.float32)
         a @ a  # threads up, pages touched
-        best = max(best, 2 * n**3 / min(_seconds(lambda: a @ a) for _ in range(repeats)) / 1e9)
+        best = max(best, 2 * n**3 / min(_seconds(partial(np.matmul, a, a)) for _ in range(repeats)) / 1e9)
     return best
 
 
@@ -120,7 +121,7 @@ def engine_specs(engines: Sequence[str], precisions: Sequence[str] | None = None
     if unknown := [p for p in asked if p != AUTO and p not in PRECISIONS]:
         raise EngineError(f"unknown precisions {unknown}; choose from {[AUTO, *PRECISIONS]}")
     specs: list[str] = []
-    for spec, (engine, precision) in zip(engines, pairs):
+    for spec, (engine, precision) in zip(engines, pairs, strict=False):
         if precisions is None or precision != AUTO:
             specs.append(spec)
         else:
@@ -168,7 +169,12 @@ def engine_table(runs: Sequence[EngineRun]) -> str:
         ["engine", "batch", "faces/s", "batch p50 ms", "batch p99 ms", "GFLOP/s", "of matmul peak"],
         [
             [
-                r.engine, r.batch_size, r.faces_per_s, r.batch.p50_ms, r.batch.p99_ms, r.gflops,
+                r.engine,
+                r.batch_size,
+                r.faces_per_s,
+                r.batch.p50_ms,
+                r.batch.p99_ms,
+                r.gflops,
                 "-" if r.peak_share is None else f"{100 * r.peak_share:.0f}%",
             ]
             for r in runs
@@ -220,8 +226,9 @@ def run_engines(
             continue
         chosen = engine.selection  # set by create_engine
         peak = peak_gflops if chosen.precision == "fp32" and _on_cpu(engine) else None
-        report.runs += sweep(engine, spec, manifest.crop.size, flops, sizes, min_seconds, peak_gflops=peak,
-                             precision=chosen.precision)
+        report.runs += sweep(
+            engine, spec, manifest.crop.size, flops, sizes, min_seconds, peak_gflops=peak, precision=chosen.precision
+        )
         if reference is None and (chosen.engine, chosen.precision) == ("onnxruntime", "fp32"):
             reference = engine
         elif faces is not None and reference is not None:

@@ -53,7 +53,10 @@ def ensure_bench_package(name: str, repository: Path | None = None) -> ModelPack
     torch.manual_seed(0)
     model = ViTClassifier(bench_config(name)).eval()
     info = PackageInfo(
-        name=package_name, version=1, task="deepfake", demo=True,
+        name=package_name,
+        version=1,
+        task="deepfake",
+        demo=True,
         description=f"random weights for benchmarks ({name}); not fit for decisions",
     )
     package = write_package(model, info, repository, preset=BENCH_MODELS[name][0], overwrite=True)

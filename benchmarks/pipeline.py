@@ -54,29 +54,39 @@ def bench_pipeline(
     threshold = manifest.thresholds.default
     timings: dict[str, list[float]] = {stage: [] for stage in STAGES}
 
-    def timed(stage: str, call: Callable[[], object]) -> object:
+    def timed(stage: str, call: Callable[..., object], *args: object) -> object:
         started = time.perf_counter()
-        result = call()
+        result = call(*args)
         timings[stage].append(time.perf_counter() - started)
         return result
 
     for _ in range(repeats + 1):
-        image = timed("decode", lambda: decode_image(data))
-        faces = timed("detect", lambda: detector.detect(image))
-        prepared = timed("crop", lambda: prepare_faces(image, faces, manifest))
+        image = timed("decode", decode_image, data)
+        faces = timed("detect", detector.detect, image)
+        prepared = timed("crop", prepare_faces, image, faces, manifest)
         tensors = [p.tensor for p in prepared if p.tensor is not None]
         if not tensors:
             raise ValueError("no judged face in the benchmark image: give one with a face of the model's minimum size")
-        logits = timed("infer", lambda: engine.run(np.stack(tensors))[manifest.onnx.output_name])
+        logits = timed("infer", lambda batch: engine.run(np.stack(batch)), tensors)[manifest.onnx.output_name]
         results = judge(prepared, logits, manifest, threshold)
-        report = Report("bench", manifest, threshold, "default", [FrameReport(0, 0.0, results)],
-                        verdict(results, manifest, threshold), is_video=False)
-        timed("encode_rest", lambda: json.dumps(report_json(report)).encode())
-        timed("encode_grpc", lambda: analysis_message(report).SerializeToString())
+        report = Report(
+            "bench",
+            manifest,
+            threshold,
+            "default",
+            [FrameReport(0, 0.0, results)],
+            verdict(results, manifest, threshold),
+            is_video=False,
+        )
+        timed("encode_rest", lambda answer: json.dumps(report_json(answer)).encode(), report)
+        timed("encode_grpc", lambda answer: analysis_message(answer).SerializeToString(), report)
     medians = {stage: float(np.median(times[1:])) * 1000 for stage, times in timings.items()}
     total = sum(medians.values())
     return PipelineResult(
-        len(data), image.shape[1], image.shape[0], len(tensors),
+        len(data),
+        image.shape[1],
+        image.shape[0],
+        len(tensors),
         [StageCost(stage, ms, ms / total) for stage, ms in medians.items()],
     )
 

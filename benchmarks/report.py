@@ -18,12 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.engine import (
-    EngineReport, batch_sizes, create_bench_engine, engine_table, matmul_peak_gflops, run_engines,
+    EngineReport,
+    batch_sizes,
+    create_bench_engine,
+    engine_table,
+    matmul_peak_gflops,
+    run_engines,
 )
 from benchmarks.inputs import one_face_jpeg, sample_face_tensors
 from benchmarks.models import BENCH_MODELS, ensure_bench_package
 from benchmarks.pipeline import PipelineResult, bench_pipeline, pipeline_table
-from benchmarks.serve import LevelResult, level_line, served, serve_table, sweep
+from benchmarks.serve import LevelResult, level_line, serve_table, served, sweep
 from benchmarks.stats import table, write_json
 from benchmarks.targets import Check, checks_table, engine_checks, service_checks
 from fsfm.face.detector import create_detector
@@ -131,14 +136,21 @@ def measure_model(name: str, options: ReportOptions, peak: float, say: Callable[
     engines, left_out = with_gpu_engines(package)
     say(f"{name}: engines {', '.join(engines)}")
     engine_report = run_engines(
-        package, engines, batch_sizes(options.max_batch), peak, min_seconds=options.min_seconds,
-        faces=sample_face_tensors(detector, package.manifest), skip_unavailable=True,
+        package,
+        engines,
+        batch_sizes(options.max_batch),
+        peak,
+        min_seconds=options.min_seconds,
+        faces=sample_face_tensors(detector, package.manifest),
+        skip_unavailable=True,
     )
     if left_out:
         engine_report.unavailable["tensorrt"] = left_out
     say(engine_table(engine_report.runs))
     data = one_face_jpeg(detector)
-    pipeline = bench_pipeline(data, package, detector, create_bench_engine("onnxruntime", package), options.pipeline_repeats)
+    pipeline = bench_pipeline(
+        data, package, detector, create_bench_engine("onnxruntime", package), options.pipeline_repeats
+    )
     say(pipeline_table(pipeline))
     served_engine = "tensorrt" if "tensorrt" in engines else "onnxruntime"
     settings = {**SERVICE_SETTINGS, "engine": served_engine}
@@ -175,14 +187,23 @@ def render(info: dict[str, object], reports: Sequence[ModelReport], json_name: s
         "",
         "## Machine",
         "",
-        table(["", ""], [
-            ["CPU", f"{info['cpu']}, {info['cores']} cores available"],
-            ["memory", f"{info['memory_gib']} GiB"],
-            ["GPU", info["gpu"] or "none"],
-            ["fp32 matmul peak (numpy's BLAS, best 2048² or 4096² product, all cores)", f"{info['fp32_matmul_peak_gflops']} GFLOP/s"],
-            ["software", f"Python {info['python']}, ONNX Runtime {info['onnxruntime']} "
-                         f"({', '.join(info['onnxruntime_providers'])}), torch {info['torch']}, numpy {info['numpy']}"],
-        ]),
+        table(
+            ["", ""],
+            [
+                ["CPU", f"{info['cpu']}, {info['cores']} cores available"],
+                ["memory", f"{info['memory_gib']} GiB"],
+                ["GPU", info["gpu"] or "none"],
+                [
+                    "fp32 matmul peak (numpy's BLAS, best 2048² or 4096² product, all cores)",
+                    f"{info['fp32_matmul_peak_gflops']} GFLOP/s",
+                ],
+                [
+                    "software",
+                    f"Python {info['python']}, ONNX Runtime {info['onnxruntime']} "
+                    f"({', '.join(info['onnxruntime_providers'])}), torch {info['torch']}, numpy {info['numpy']}",
+                ],
+            ],
+        ),
         "",
         "## Targets",
         "",
@@ -207,7 +228,9 @@ def _model_section(report: ModelReport) -> list[str]:
         "",
     ]
     for kind, drift in engine.drift.items():
-        lines.append(f"- {kind}: largest |logit difference| from ONNX Runtime fp32 on the sample photo's real faces: {drift:.3g}")
+        lines.append(
+            f"- {kind}: largest |logit difference| from ONNX Runtime fp32 on the sample photo's real faces: {drift:.3g}"
+        )
     for kind, why in engine.unavailable.items():
         lines.append(f"- {kind}: not measured ({why})")
     pipeline = report.pipeline
@@ -228,10 +251,17 @@ def _model_section(report: ModelReport) -> list[str]:
         "",
         serve_table(report.load),
         "",
-        table(["protocol", "concurrency", *(f"{s} ms" for s in ("decode", "detect", "queue", "infer", "total"))], [
-            [r.protocol, r.concurrency, *(r.stage_ms.get(s, "-") for s in ("decode", "detect", "queue", "infer", "total"))]
-            for r in report.load
-        ]),
+        table(
+            ["protocol", "concurrency", *(f"{s} ms" for s in ("decode", "detect", "queue", "infer", "total"))],
+            [
+                [
+                    r.protocol,
+                    r.concurrency,
+                    *(r.stage_ms.get(s, "-") for s in ("decode", "detect", "queue", "infer", "total")),
+                ]
+                for r in report.load
+            ],
+        ),
         "",
     ]
     return lines

@@ -81,9 +81,11 @@ def measure(models: Path, package: ModelPackage, queue_url: str, workers: int, a
             for k in range(workers)
         ]
         throughput, cores = asyncio.run(faces_per_second(package, queue_url, args.faces, args.concurrency, pids))
-    print(f"{workers} worker(s): {throughput:7.1f} faces/s, workers busy on {cores:.2f} cores "
-          f"({throughput / cores:.0f} faces per worker CPU second), load average {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} cores")
+    print(
+        f"{workers} worker(s): {throughput:7.1f} faces/s, workers busy on {cores:.2f} cores "
+        f"({throughput / cores:.0f} faces per worker CPU second), load average {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} cores"
+    )
     return throughput
 
 
@@ -96,8 +98,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         package = write_package(
-            tiny_classifier(0, CPU_BOUND_VIT), PackageInfo(name="vit-tiny-64", version=1, task="deepfake"),
-            root / "models", preset="fsfm_vit_tiny_patch16",
+            tiny_classifier(0, CPU_BOUND_VIT),
+            PackageInfo(name="vit-tiny-64", version=1, task="deepfake"),
+            root / "models",
+            preset="fsfm_vit_tiny_patch16",
         )
         (root / "redis").mkdir()
         best = {1: 0.0, 2: 0.0}
@@ -106,8 +110,10 @@ def main() -> None:
                 for workers in best:
                     run = measure(root / "models", package, redis_server.url, workers, args)
                     best[workers] = max(best[workers], run)
-    print(f"best: 1 worker {best[1]:.1f} faces/s, 2 workers {best[2]:.1f} faces/s; "
-          f"2 workers / 1 worker: {best[2] / best[1]:.2f}x")
+    print(
+        f"best: 1 worker {best[1]:.1f} faces/s, 2 workers {best[2]:.1f} faces/s; "
+        f"2 workers / 1 worker: {best[2] / best[1]:.2f}x"
+    )
 
 
 if __name__ == "__main__":

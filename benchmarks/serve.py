@@ -86,7 +86,9 @@ class RestClient:
         self.data = data
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         headers = {"x-api-key": target.api_key} if target.api_key else {}
-        self.http = httpx.AsyncClient(base_url=target.rest_url, limits=limits, timeout=CLIENT_TIMEOUT_S, headers=headers)
+        self.http = httpx.AsyncClient(
+            base_url=target.rest_url, limits=limits, timeout=CLIENT_TIMEOUT_S, headers=headers
+        )
         self.params = {"model": target.model} if target.model else {}
 
     async def call(self) -> int:
@@ -204,9 +206,7 @@ class _Answer:
     error: str | None
 
 
-async def run_level(
-    protocol: str, target: Target, data: bytes, concurrency: int, duration_s: float
-) -> LevelResult:
+async def run_level(protocol: str, target: Target, data: bytes, concurrency: int, duration_s: float) -> LevelResult:
     """One closed-loop level (module docstring)."""
     client = load_client(protocol, target, data, concurrency)
     answers: list[_Answer] = []
@@ -313,7 +313,10 @@ def plan(protocols: Sequence[str], levels: Sequence[int]) -> list[tuple[str, int
 
 
 async def sweep(
-    target: Target, data: bytes, runs: Sequence[tuple[str, int]], duration_s: float,
+    target: Target,
+    data: bytes,
+    runs: Sequence[tuple[str, int]],
+    duration_s: float,
     report: Callable[[LevelResult], None] = lambda _: None,
 ) -> list[LevelResult]:
     """Each (protocol, concurrency) level in order; ``report`` sees each result as it comes."""
@@ -329,18 +332,38 @@ def level_line(r: LevelResult) -> str:
     """One finished level, as a progress line."""
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(r.errors.items())) or "none"
     batch = "-" if r.mean_batch_size is None else f"{r.mean_batch_size:.2f}"
-    return (f"{r.protocol} c={r.concurrency}: {r.requests_per_s:.3g} req/s, {r.faces_per_s:.3g} faces/s, "
-            f"p50/p95/p99 {r.latency.p50_ms:.0f}/{r.latency.p95_ms:.0f}/{r.latency.p99_ms:.0f} ms, "
-            f"mean batch {batch}, errors {errors}")
+    return (
+        f"{r.protocol} c={r.concurrency}: {r.requests_per_s:.3g} req/s, {r.faces_per_s:.3g} faces/s, "
+        f"p50/p95/p99 {r.latency.p50_ms:.0f}/{r.latency.p95_ms:.0f}/{r.latency.p99_ms:.0f} ms, "
+        f"mean batch {batch}, errors {errors}"
+    )
 
 
 def serve_table(results: Sequence[LevelResult]) -> str:
     return table(
-        ["protocol", "concurrency", "requests", "req/s", "faces/s", "p50 ms", "p95 ms", "p99 ms", "mean batch", "errors"],
+        [
+            "protocol",
+            "concurrency",
+            "requests",
+            "req/s",
+            "faces/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "mean batch",
+            "errors",
+        ],
         [
             [
-                r.protocol, r.concurrency, r.requests, r.requests_per_s, r.faces_per_s, r.latency.p50_ms,
-                r.latency.p95_ms, r.latency.p99_ms, "-" if r.mean_batch_size is None else f"{r.mean_batch_size:.2f}",
+                r.protocol,
+                r.concurrency,
+                r.requests,
+                r.requests_per_s,
+                r.faces_per_s,
+                r.latency.p50_ms,
+                r.latency.p95_ms,
+                r.latency.p99_ms,
+                "-" if r.mean_batch_size is None else f"{r.mean_batch_size:.2f}",
                 ", ".join(f"{k}: {v}" for k, v in sorted(r.errors.items())) or "0",
             ]
             for r in results

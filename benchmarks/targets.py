@@ -39,31 +39,38 @@ def service_checks(
         base = nearest_batch(engine_runs, engine, top.mean_batch_size or 1)
         if base is not None:
             share = top.faces_per_s / base.faces_per_s
-            checks.append(Check(
-                f"service at saturation >= {SATURATION_SHARE:.0%} of engine-only faces/s",
-                f"{top.protocol} c={top.concurrency}: {top.faces_per_s:.2f} faces/s (mean batch "
-                f"{top.mean_batch_size or 0:.1f}) vs engine {base.faces_per_s:.2f} at batch {base.batch_size}: {share:.1%}",
-                share >= SATURATION_SHARE,
-            ))
+            checks.append(
+                Check(
+                    f"service at saturation >= {SATURATION_SHARE:.0%} of engine-only faces/s",
+                    f"{top.protocol} c={top.concurrency}: {top.faces_per_s:.2f} faces/s (mean batch "
+                    f"{top.mean_batch_size or 0:.1f}) vs engine {base.faces_per_s:.2f} at batch {base.batch_size}: "
+                    f"{share:.1%}",
+                    share >= SATURATION_SHARE,
+                )
+            )
     at_32 = sorted((r for r in levels if r.concurrency == BATCHING_CONCURRENCY), key=lambda r: r.protocol != "rest")
     fixed = best(engine_runs, engine)
     if at_32 and fixed is not None:
         level = at_32[0]
-        checks.append(Check(
-            f"dynamic batching at c={BATCHING_CONCURRENCY} >= best fixed batch",
-            f"{level.protocol}: {level.faces_per_s:.2f} faces/s vs {fixed.faces_per_s:.2f} (engine, batch "
-            f"{fixed.batch_size}): {level.faces_per_s / fixed.faces_per_s:.1%}",
-            level.faces_per_s >= fixed.faces_per_s,
-        ))
+        checks.append(
+            Check(
+                f"dynamic batching at c={BATCHING_CONCURRENCY} >= best fixed batch",
+                f"{level.protocol}: {level.faces_per_s:.2f} faces/s vs {fixed.faces_per_s:.2f} (engine, batch "
+                f"{fixed.batch_size}): {level.faces_per_s / fixed.faces_per_s:.1%}",
+                level.faces_per_s >= fixed.faces_per_s,
+            )
+        )
         batch = nearest_batch(engine_runs, engine, level.mean_batch_size or 1)
         if batch is not None:
             bound = max_queue_delay_ms + 2 * batch.batch.p50_ms
-            checks.append(Check(
-                f"p99 at c={BATCHING_CONCURRENCY} <= max_queue_delay_ms + 2 x batch engine time",
-                f"{level.latency.p99_ms:,.0f} ms vs {max_queue_delay_ms:g} + 2 x {batch.batch.p50_ms:,.0f} "
-                f"(batch {batch.batch_size}) = {bound:,.0f} ms",
-                level.latency.p99_ms <= bound,
-            ))
+            checks.append(
+                Check(
+                    f"p99 at c={BATCHING_CONCURRENCY} <= max_queue_delay_ms + 2 x batch engine time",
+                    f"{level.latency.p99_ms:,.0f} ms vs {max_queue_delay_ms:g} + 2 x {batch.batch.p50_ms:,.0f} "
+                    f"(batch {batch.batch_size}) = {bound:,.0f} ms",
+                    level.latency.p99_ms <= bound,
+                )
+            )
     return checks
 
 
@@ -73,20 +80,27 @@ def engine_checks(engine_runs: Sequence[EngineRun]) -> list[Check]:
     ort, torch = best(engine_runs, "onnxruntime"), best(engine_runs, "torch")
     if ort is not None and torch is not None:
         factor = torch.faces_per_s / ort.faces_per_s
-        checks.append(Check(
-            f"ONNX Runtime within {TORCH_FACTOR}x of torch (or faster)",
-            f"{ort.faces_per_s:.2f} faces/s (batch {ort.batch_size}) vs torch {torch.faces_per_s:.2f} "
-            f"(batch {torch.batch_size}): torch/ORT = {factor:.2f}",
-            factor <= TORCH_FACTOR,
-        ))
+        checks.append(
+            Check(
+                f"ONNX Runtime within {TORCH_FACTOR}x of torch (or faster)",
+                f"{ort.faces_per_s:.2f} faces/s (batch {ort.batch_size}) vs torch {torch.faces_per_s:.2f} "
+                f"(batch {torch.batch_size}): torch/ORT = {factor:.2f}",
+                factor <= TORCH_FACTOR,
+            )
+        )
     if ort is not None and ort.peak_share is not None:
-        checks.append(Check(
-            "ONNX Runtime's share of the matmul peak (reported)",
-            f"{ort.gflops:.0f} GFLOP/s = {ort.peak_share:.0%} of the measured fp32 matmul peak",
-            None,
-        ))
+        checks.append(
+            Check(
+                "ONNX Runtime's share of the matmul peak (reported)",
+                f"{ort.gflops:.0f} GFLOP/s = {ort.peak_share:.0%} of the measured fp32 matmul peak",
+                None,
+            )
+        )
     return checks
 
 
 def checks_table(checks: Sequence[Check]) -> str:
-    return table(["target", "measured", "met"], [[c.target, c.measured, {True: "yes", False: "no", None: "-"}[c.met]] for c in checks])
+    return table(
+        ["target", "measured", "met"],
+        [[c.target, c.measured, {True: "yes", False: "no", None: "-"}[c.met]] for c in checks],
+    )

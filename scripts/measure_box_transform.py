@@ -35,7 +35,9 @@ def photos() -> list[np.ndarray]:
     out = []
     for image in base:
         for scale in SCALES:
-            resized = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+            resized = cv2.resize(
+                image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+            )
             out += [resized, np.ascontiguousarray(resized[:, ::-1])]
     return out
 
@@ -63,11 +65,16 @@ def main() -> None:
     values = np.array(rows)
     median = np.median(values, axis=0)
     spread = np.percentile(values, 75, axis=0) - np.percentile(values, 25, axis=0)
-    print(json.dumps({
-        "faces": len(rows),
-        "box_transform": dict(zip(("dx", "dy", "sw", "sh"), np.round(median, 4).tolist())),
-        "interquartile_range": dict(zip(("dx", "dy", "sw", "sh"), np.round(spread, 4).tolist())),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "faces": len(rows),
+                "box_transform": dict(zip(("dx", "dy", "sw", "sh"), np.round(median, 4).tolist(), strict=False)),
+                "interquartile_range": dict(zip(("dx", "dy", "sw", "sh"), np.round(spread, 4).tolist(), strict=False)),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -44,10 +44,17 @@ if TYPE_CHECKING:
 TRANSPORT = "cli"  # the ``transport`` label of the service's metrics
 FILE_DEADLINE_S = 24 * 3600.0  # a file on the command line waits for its answer: a day stands in for "no deadline"
 SNIFF_BYTES = 16  # enough for every signature: WebP's "WEBP" ends at byte 12, MP4's "ftyp" at byte 8
-OPTION_REASONS = frozenset({  # errors about the options, not the file: every file would fail alike
-    "invalid_parameter", "bad_fps", "model_not_found", "wrong_task", "unknown_task", "unknown_operating_point",
-    "bad_threshold",
-})
+OPTION_REASONS = frozenset(
+    {  # errors about the options, not the file: every file would fail alike
+        "invalid_parameter",
+        "bad_fps",
+        "model_not_found",
+        "wrong_task",
+        "unknown_task",
+        "unknown_operating_point",
+        "bad_threshold",
+    }
+)
 
 Entry = dict[str, Any]
 
@@ -90,8 +97,15 @@ def analyze(
     stderr, and the exit code is 1.
     """
     # Settings fields; ``--max-frames`` raises the service's ceiling too. The queue is always this process's.
-    flags = {"models": models, "detector": detector, "detector_weights": detector_weights,
-             "min_face_size": min_face_size, "engine": engine, "precision": precision, "max_video_frames": max_frames}
+    flags = {
+        "models": models,
+        "detector": detector,
+        "detector_weights": detector_weights,
+        "min_face_size": min_face_size,
+        "engine": engine,
+        "precision": precision,
+        "max_video_frames": max_frames,
+    }
     try:
         import asyncio
 
@@ -103,8 +117,12 @@ def analyze(
     given = {name: plain(value) for name, value in flags.items() if value is not None}
     settings = settings_or_exit(Settings, {"queue": "local", **given})
     options = AnalysisOptions(
-        task=task.value if task else TaskName.deepfake.value, model=model, threshold=threshold,
-        target_fpr=target_fpr, fps=fps, max_frames=max_frames,
+        task=task.value if task else TaskName.deepfake.value,
+        model=model,
+        threshold=threshold,
+        target_fpr=target_fpr,
+        fps=fps,
+        max_frames=max_frames,
     )
     inputs = list(media_inputs(paths))
     with Output(output_format, len(inputs)) as out:
@@ -242,8 +260,10 @@ async def detect_faces(settings: Settings, options: AnalysisOptions, inputs: lis
 
     async def one(data: bytes) -> Entry:
         media = decode_media(data, MEDIA_KINDS, settings.image_limits(), sampling)
-        frames = [FrameReport(f.index, f.time_s, [FaceResult(face) for face in face_detector.detect(f.rgb)])
-                  for f in media.frames]
+        frames = [
+            FrameReport(f.index, f.time_s, [FaceResult(face) for face in face_detector.detect(f.rgb)])
+            for f in media.frames
+        ]
         return {"media": media.kind, **faces_json(frames, media.kind == "video")}
 
     await each_file(inputs, out, one)

@@ -27,7 +27,6 @@ from fsfm.engines.base import Engine
 from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, Unavailable
 from service.metrics import Metrics
 
-
 Rows = dict[str, np.ndarray]  # one face's row of each named output
 
 
@@ -91,7 +90,9 @@ class DynamicBatcher:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._dispatch_loop(), name=f"batcher-{self.model_label}")
+            self._task = asyncio.get_running_loop().create_task(
+                self._dispatch_loop(), name=f"batcher-{self.model_label}"
+            )
 
     async def stop(self) -> None:
         """Stop dispatching; faces still queued fail as unavailable; close the engine."""
@@ -142,7 +143,7 @@ class DynamicBatcher:
             for face in faces:  # a failure or cancellation of one face frees the others' slots too
                 if not face.future.done():
                     face.future.cancel()
-        rows, queue_s, infer_s = zip(*outputs)
+        rows, queue_s, infer_s = zip(*outputs, strict=False)
         return InferenceResult(stack_rows(list(rows)), max(queue_s), max(infer_s))
 
     def _forget_if_cancelled(self, face: _Face):
@@ -201,6 +202,6 @@ class DynamicBatcher:
         self.metrics.batch_execution_count.labels(label).inc()
         self.metrics.batch_size.labels(label).observe(len(batch))
         self.metrics.inference_count.labels(label).inc(len(batch))
-        for face, row in zip(batch, rows):
+        for face, row in zip(batch, rows, strict=False):
             if not face.future.done():
                 face.future.set_result((row, started - face.enqueued, infer_s))

@@ -11,7 +11,7 @@ where the values are finite, the choices, both read from where they are defined 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from pydantic import BaseModel
@@ -30,7 +30,12 @@ def option(field: str, help: str, settings: type[BaseModel] = Settings, **kwargs
     flags stay None so that the settings apply their own defaults, which the help states (read from the
     field, not repeated here where they could drift)."""
     return config_option(
-        settings, field, help, f"--{field.replace('_', '-')}", envvar=f"FSFM_{field.upper()}", show_envvar=True,
+        settings,
+        field,
+        help,
+        f"--{field.replace('_', '-')}",
+        envvar=f"FSFM_{field.upper()}",
+        show_envvar=True,
         **kwargs,
     )
 
@@ -40,26 +45,26 @@ def log_level_option() -> Any:
 
 
 def serve(
-    models: Optional[Path] = option("models", "Model repository folder; every package in it is served."),
-    host: Optional[str] = option("host", "REST and gRPC bind address."),
-    port: Optional[int] = option("port", "REST port; 0 picks a free port."),
-    grpc_port: Optional[int] = option("grpc_port", "gRPC port; 0 picks a free port."),
-    engine: Optional[str] = option("engine", "Inference engine; auto chooses one per package.", **ENGINE_CHOICE),
-    engine_threads: Optional[int] = option("engine_threads", "ONNX Runtime intra-op threads (default: every core)."),
-    precision: Optional[PrecisionChoice] = option(
+    models: Path | None = option("models", "Model repository folder; every package in it is served."),
+    host: str | None = option("host", "REST and gRPC bind address."),
+    port: int | None = option("port", "REST port; 0 picks a free port."),
+    grpc_port: int | None = option("grpc_port", "gRPC port; 0 picks a free port."),
+    engine: str | None = option("engine", "Inference engine; auto chooses one per package.", **ENGINE_CHOICE),
+    engine_threads: int | None = option("engine_threads", "ONNX Runtime intra-op threads (default: every core)."),
+    precision: PrecisionChoice | None = option(
         "precision", "Precision to run; each package carries the variant or the engine derives it."
     ),
-    queue: Optional[str] = option("queue", "Face queue: local (in-process) or a redis:// URL."),
-    max_batch_size: Optional[int] = option("max_batch_size", "Faces per engine call, at most."),
-    max_queue_delay_ms: Optional[float] = option("max_queue_delay_ms", "Longest wait for a batch to fill, in ms."),
-    max_queue_size: Optional[int] = option("max_queue_size", "Queued faces per model before 429."),
-    detector: Optional[DetectorChoice] = option("detector", "Face detector."),
-    detector_weights: Optional[Path] = option("detector_weights", "Detector ONNX weights (default: the fsfm cache)."),
-    min_face_size: Optional[int] = option("min_face_size", "Smallest face side searched for, in pixels."),
-    max_upload_bytes: Optional[int] = option("max_upload_bytes", "Request body limit in bytes (413 above it)."),
-    request_timeout_s: Optional[float] = option("request_timeout_s", "Per-request deadline in seconds."),
-    cors_origins: Optional[str] = option("cors_origins", "Comma-separated CORS origins (default: none, CORS off)."),
-    shutdown_grace_s: Optional[float] = option("shutdown_grace_s", "Drain time on SIGTERM, in seconds."),
+    queue: str | None = option("queue", "Face queue: local (in-process) or a redis:// URL."),
+    max_batch_size: int | None = option("max_batch_size", "Faces per engine call, at most."),
+    max_queue_delay_ms: float | None = option("max_queue_delay_ms", "Longest wait for a batch to fill, in ms."),
+    max_queue_size: int | None = option("max_queue_size", "Queued faces per model before 429."),
+    detector: DetectorChoice | None = option("detector", "Face detector."),
+    detector_weights: Path | None = option("detector_weights", "Detector ONNX weights (default: the fsfm cache)."),
+    min_face_size: int | None = option("min_face_size", "Smallest face side searched for, in pixels."),
+    max_upload_bytes: int | None = option("max_upload_bytes", "Request body limit in bytes (413 above it)."),
+    request_timeout_s: float | None = option("request_timeout_s", "Per-request deadline in seconds."),
+    cors_origins: str | None = option("cors_origins", "Comma-separated CORS origins (default: none, CORS off)."),
+    shutdown_grace_s: float | None = option("shutdown_grace_s", "Drain time on SIGTERM, in seconds."),
     grpc: bool = typer.Option(True, "--grpc/--no-grpc", help="Also serve gRPC."),
     log_level: str = log_level_option(),
 ) -> None:
@@ -69,9 +74,7 @@ def serve(
     chooses (ONNX Runtime on CPU unless a TensorRT plan can run). SIGTERM drains in-flight work, then exits.
     API keys come from FSFM_API_KEYS (comma-separated), never from the command line.
     """
-    flags = {
-        name: plain(value) for name, value in locals().items() if name not in _NOT_SETTINGS and value is not None
-    }
+    flags = {name: plain(value) for name, value in locals().items() if name not in _NOT_SETTINGS and value is not None}
     import asyncio
 
     from service.server import serve as run_server

@@ -128,12 +128,14 @@ def error_message(error: AnalysisError) -> pb.Error:
 
 
 def models_message(listing: list[ModelListing]) -> pb.ListModelsResponse:
-    return pb.ListModelsResponse(models=[
-        pb.ModelEntry(
-            model=model_info(entry.manifest),
-            default_for_task=entry.default_for_task,
-            default_threshold=entry.manifest.thresholds.default,
-            manifest_json=entry.manifest.model_dump_json(),
-        )
-        for entry in listing
-    ])
+    return pb.ListModelsResponse(
+        models=[
+            pb.ModelEntry(
+                model=model_info(entry.manifest),
+                default_for_task=entry.default_for_task,
+                default_threshold=entry.manifest.thresholds.default,
+                manifest_json=entry.manifest.model_dump_json(),
+            )
+            for entry in listing
+        ]
+    )

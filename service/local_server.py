@@ -53,7 +53,9 @@ class RunningServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise ServerProcessError(f"the server did not exit within {self.stop_bound_s} s of SIGTERM:\n{self.log()}")
+            raise ServerProcessError(
+                f"the server did not exit within {self.stop_bound_s} s of SIGTERM:\n{self.log()}"
+            ) from None
         if code != 0:
             raise ServerProcessError(f"the server exited with {code}:\n{self.log()}")
         return time.monotonic() - started
@@ -61,6 +63,7 @@ class RunningServer:
 
 def settings_env(settings: Mapping[str, object]) -> dict[str, str]:
     """``{"max_queue_size": 4, "api_keys": ["a", "b"]}`` -> ``FSFM_*`` variables."""
+
     def text(value: object) -> str:
         return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
@@ -82,9 +85,7 @@ def running_server(
     chosen = {"host": "127.0.0.1", "port": 0, "grpc_port": 0, "shutdown_grace_s": 5, **(settings or {})}
     process_env = {**(env if env is not None else os.environ), **settings_env(chosen), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "fsfm_cli", "serve", "--models", str(models), *([] if grpc else ["--no-grpc"])]
-    process = subprocess.Popen(
-        command, env=process_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    process = subprocess.Popen(command, env=process_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     server = RunningServer(process, "", None, float(chosen["shutdown_grace_s"]) + STOP_MARGIN_S)
     serving = _follow(server)
     try:

@@ -78,9 +78,7 @@ def sniff_video_type(data: bytes) -> str | None:
     return None
 
 
-def decode_media(
-    data: bytes, accept: Collection[MediaKind], limits: ImageLimits, sampling: Sampling
-) -> Media:
+def decode_media(data: bytes, accept: Collection[MediaKind], limits: ImageLimits, sampling: Sampling) -> Media:
     """Encoded bytes -> an image's one frame or a video's sampled frames, for the kinds in ``accept``."""
     if not data:
         raise BadInput("empty", "the media is empty (0 bytes)")

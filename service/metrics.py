@@ -22,7 +22,10 @@ class Metrics:
             "fsfm_request_success", "Requests answered successfully.", ["model", "task", "transport"], registry=r
         )
         self.request_failure = Counter(
-            "fsfm_request_failure", "Requests that failed, by reason.", ["model", "task", "transport", "reason"], registry=r
+            "fsfm_request_failure",
+            "Requests that failed, by reason.",
+            ["model", "task", "transport", "reason"],
+            registry=r,
         )
         self.inference_count = Counter("fsfm_inference_count", "Faces run through a model.", ["model"], registry=r)
         self.batch_execution_count = Counter(

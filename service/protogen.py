@@ -152,8 +152,11 @@ def stale_protos(out_dir: Path | None = None) -> list[str]:
         _clear_json_names(expected.message_type)  # protoc fills them in a descriptor set, not in _pb2.py
         committed = descriptor_pb2.FileDescriptorProto.FromString(_committed_descriptor(pb2))
         grpc_text = pb2_grpc.read_text()
-        methods = [f"'/{expected.package}.{service.name}/{method.name}'"
-                   for service in expected.service for method in service.method]
+        methods = [
+            f"'/{expected.package}.{service.name}/{method.name}'"
+            for service in expected.service
+            for method in service.method
+        ]
         if committed != expected or not all(method in grpc_text for method in methods):
             stale.append(expected.name)
     return stale

@@ -317,8 +317,10 @@ class QueueMetrics:
             "fsfm_queue_dead_letters", "Faces moved to the dead-letter stream.", ["model"], registry=r
         )
         self.expired = Counter(
-            "fsfm_queue_expired", "Faces dropped by a worker, not computed, because their deadline had passed.",
-            ["model"], registry=r,
+            "fsfm_queue_expired",
+            "Faces dropped by a worker, not computed, because their deadline had passed.",
+            ["model"],
+            registry=r,
         )
 
 
@@ -348,7 +350,7 @@ async def read_stream_stats(redis: Redis, models: Iterable[str]) -> dict[str, St
         pipe.xpending(work_stream(model), GROUP)
     results = await pipe.execute(raise_on_error=False)  # a lost connection still raises
     stats = {}
-    for model, length, summary in zip(models, results[0::2], results[1::2]):
+    for model, length, summary in zip(models, results[0::2], results[1::2], strict=False):
         length = length if isinstance(length, int) else 0
         pending = summary["pending"] if isinstance(summary, dict) else 0  # no group yet: nothing pending
         stats[model] = StreamStats(depth=max(0, length - pending), pending=pending)

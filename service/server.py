@@ -3,7 +3,8 @@
 
 Startup: the checks of ``service/startup.py`` run first (model repository, detector weights, TLS files;
 a failure raises ``StartupError`` before anything is bound or logged as serving, and start-up warnings
-name demo models and a public address without API keys); then both listeners are bound (so port 0 works and probes get answers at once), the line
+name demo models and a public address without API keys); then both listeners are bound (so port 0
+works and probes get answers at once), the line
 ``fsfm serving rest=http://HOST:PORT grpc=HOST:PORT`` is logged, then the models load and warm up;
 ``/readyz`` and gRPC health turn ready when that is done.
 
@@ -89,7 +90,10 @@ async def serve(settings: Settings, grpc: bool = True) -> int:
     rest_socket = listen(settings.host, settings.port)
     rest = HttpServer(
         uvicorn.Config(
-            create_app(core, settings), lifespan="off", log_config=None, server_header=False,
+            create_app(core, settings),
+            lifespan="off",
+            log_config=None,
+            server_header=False,
             timeout_graceful_shutdown=STOP_BOUND_S,
         )
     )
@@ -104,7 +108,10 @@ async def serve(settings: Settings, grpc: bool = True) -> int:
     rest_port = rest_socket.getsockname()[1]
     log.info(
         "fsfm serving rest=http://%s:%d grpc=%s models=%s",
-        _url_host(settings.host), rest_port, grpc_address, startup.repository.root.resolve(),
+        _url_host(settings.host),
+        rest_port,
+        grpc_address,
+        startup.repository.root.resolve(),
     )
 
     code = await _run_until_signal(core, startup, rest_task, signals)

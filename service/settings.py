@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     engine: str = Field(
         default="auto", description='"auto" (fsfm.engines.select) or a registered engine (fsfm.engines.registry)'
     )
-    engine_threads: int | None = Field(default=None, ge=1, description="ONNX Runtime intra-op threads (default: all cores)")
+    engine_threads: int | None = Field(
+        default=None, ge=1, description="ONNX Runtime intra-op threads (default: all cores)"
+    )
     precision: str = Field(default="auto", description='"auto" or the precision to run: fp32, int8, fp16, bf16')
     queue: str = Field(default="local", description='"local" (in-process) or a redis:// URL (Redis Streams)')
 
@@ -73,7 +75,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _engine_runs_precision(self) -> "Settings":
+    def _engine_runs_precision(self) -> Settings:
         if (error := combination_error(self.engine, self.precision)) is not None:
             raise ValueError(error)
         return self

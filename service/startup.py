@@ -57,7 +57,9 @@ def check_tls(settings: Settings) -> tuple[bytes, bytes] | None:
     try:
         return key.read_bytes(), cert.read_bytes()
     except OSError as exc:
-        raise StartupError(f"cannot read the gRPC TLS file {exc.filename and str(exc.filename)}: {exc.strerror}") from None
+        raise StartupError(
+            f"cannot read the gRPC TLS file {exc.filename and str(exc.filename)}: {exc.strerror}"
+        ) from None
 
 
 def check_startup(settings: Settings, grpc: bool = True) -> Startup:
@@ -81,7 +83,8 @@ def check_startup(settings: Settings, grpc: bool = True) -> Startup:
     for package in repository.packages:
         if package.manifest.demo:
             warnings.append(
-                f"{package.manifest.ref} ({package.path.resolve()}) is a DEMO model: its verdicts are not fit for decisions"
+                f"{package.manifest.ref} ({package.path.resolve()}) is a DEMO model: "
+                "its verdicts are not fit for decisions"
             )
     if not settings.api_keys and not is_loopback(settings.host):
         warnings.append(

@@ -118,10 +118,20 @@ class _Outcome:
     def dead_letter(self, delivery: Delivery, error: str) -> None:
         """Move the face to the dead-letter stream with its error, and tell its request."""
         c = self._consumer
-        log.error("model %s: dead-lettering entry %s after %d deliveries: %s",
-                  c.model, delivery.entry_id.decode(), delivery.count, error)
-        record = {**delivery.fields, b"error": error, b"deliveries": str(delivery.count),
-                  b"entry": delivery.entry_id, b"consumer": c.name}
+        log.error(
+            "model %s: dead-lettering entry %s after %d deliveries: %s",
+            c.model,
+            delivery.entry_id.decode(),
+            delivery.count,
+            error,
+        )
+        record = {
+            **delivery.fields,
+            b"error": error,
+            b"deliveries": str(delivery.count),
+            b"entry": delivery.entry_id,
+            b"consumer": c.name,
+        }
         self._pipe.xadd(c.dead_stream, record, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
         c.queue_metrics.dead_letters.labels(c.model).inc()
         try:
@@ -249,7 +259,7 @@ class ModelConsumer:
         counts = [rows[0]["times_delivered"] if rows else 1 for rows in await pipe.execute()]
         self.queue_metrics.claimed.labels(self.model).inc(len(entries))
         log.info("model %s: claimed %d idle face(s)", self.model, len(entries))
-        return [Delivery(entry_id, fields, count) for (entry_id, fields), count in zip(entries, counts)]
+        return [Delivery(entry_id, fields, count) for (entry_id, fields), count in zip(entries, counts, strict=False)]
 
     async def _process(self, batch: list[Delivery]) -> None:
         outcome = _Outcome(self)
@@ -280,7 +290,7 @@ class ModelConsumer:
         loop = asyncio.get_running_loop()
         outputs, infer_s = await loop.run_in_executor(self._executor, self._run, [item.tensor for _, item in live])
         answered = 0
-        for (delivery, item), output in zip(live, outputs):
+        for (delivery, item), output in zip(live, outputs, strict=False):
             if isinstance(output, Exception):
                 self._failed(delivery, output, outcome)
                 continue
@@ -296,8 +306,14 @@ class ModelConsumer:
         if delivery.count >= self.max_deliveries:
             outcome.dead_letter(delivery, f"{type(error).__name__}: {error}")
         else:
-            log.warning("model %s: entry %s failed (delivery %d of %d), handing it back: %s",
-                        self.model, delivery.entry_id.decode(), delivery.count, self.max_deliveries, error)
+            log.warning(
+                "model %s: entry %s failed (delivery %d of %d), handing it back: %s",
+                self.model,
+                delivery.entry_id.decode(),
+                delivery.count,
+                self.max_deliveries,
+                error,
+            )
             outcome.hand_back(delivery)
 
     def _run(self, tensors: list[np.ndarray]) -> tuple[list[Rows | Exception], float]:
@@ -361,8 +377,13 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         http, http_task, port = self._serve_probes()
-        log.info("fsfm worker %s: metrics on http://%s:%d, queue %s",
-                 self.settings.consumer, self.settings.host, port, describe(self.settings.queue))
+        log.info(
+            "fsfm worker %s: metrics on http://%s:%d, queue %s",
+            self.settings.consumer,
+            self.settings.host,
+            port,
+            describe(self.settings.queue),
+        )
         try:
             await loop.run_in_executor(None, self.load)
         except Exception as exc:

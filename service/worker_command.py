@@ -5,7 +5,7 @@ shows the field's default and choices, and the heavy imports live in the body.""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -19,24 +19,24 @@ def _flag(field: str, help: str, **kwargs: Any) -> Any:
 
 
 def worker(
-    queue: Optional[str] = _flag(
+    queue: str | None = _flag(
         "queue", "Redis URL of the queue, e.g. redis://redis:6379/0 (required).", state_default=False
     ),
-    models: Optional[Path] = _flag("models", "Model repository folder; every package in it is run."),
-    host: Optional[str] = _flag("host", "Bind address of /metrics, /healthz and /readyz."),
-    metrics_port: Optional[int] = _flag("metrics_port", "Port of /metrics, /healthz and /readyz; 0 picks one."),
-    engine: Optional[str] = _flag("engine", "Inference engine; auto chooses one per package.", **ENGINE_CHOICE),
-    engine_threads: Optional[int] = _flag("engine_threads", "ONNX Runtime intra-op threads (default: every core)."),
-    precision: Optional[PrecisionChoice] = _flag(
+    models: Path | None = _flag("models", "Model repository folder; every package in it is run."),
+    host: str | None = _flag("host", "Bind address of /metrics, /healthz and /readyz."),
+    metrics_port: int | None = _flag("metrics_port", "Port of /metrics, /healthz and /readyz; 0 picks one."),
+    engine: str | None = _flag("engine", "Inference engine; auto chooses one per package.", **ENGINE_CHOICE),
+    engine_threads: int | None = _flag("engine_threads", "ONNX Runtime intra-op threads (default: every core)."),
+    precision: PrecisionChoice | None = _flag(
         "precision", "Precision to run; each package carries the variant (e.g. int8 from `fsfm quantize`)."
     ),
-    max_batch_size: Optional[int] = _flag("max_batch_size", "Faces per engine call, at most."),
-    max_queue_delay_ms: Optional[float] = _flag("max_queue_delay_ms", "Longest wait for a batch to fill, in ms."),
-    claim_timeout_s: Optional[float] = _flag(
+    max_batch_size: int | None = _flag("max_batch_size", "Faces per engine call, at most."),
+    max_queue_delay_ms: float | None = _flag("max_queue_delay_ms", "Longest wait for a batch to fill, in ms."),
+    claim_timeout_s: float | None = _flag(
         "claim_timeout_s", "Seconds after which faces held by a silent worker are claimed; must exceed a batch's time."
     ),
-    max_deliveries: Optional[int] = _flag("max_deliveries", "Deliveries of a failing face before dead-lettering."),
-    consumer: Optional[str] = _flag("consumer", "Name in the consumer group (default: host-pid-random)."),
+    max_deliveries: int | None = _flag("max_deliveries", "Deliveries of a failing face before dead-lettering."),
+    consumer: str | None = _flag("consumer", "Name in the consumer group (default: host-pid-random)."),
     log_level: str = log_level_option(),
 ) -> None:
     """Run the repository's models for API nodes (scaled-out mode).

@@ -23,7 +23,8 @@ class WorkerSettings(Settings):
     """``Settings`` (models, engine, batching, ``queue``) plus what only workers need."""
 
     claim_timeout_s: float = Field(
-        default=10.0, gt=0,
+        default=10.0,
+        gt=0,
         description="a face held this long by a worker without an answer is claimed by another worker; "
         "must exceed the longest batch time",
     )

@@ -19,10 +19,20 @@ def chromium() -> str:
 def rendered_dom(url: str, timeout_s: float = 90.0) -> str:
     """The DOM of ``url`` after its scripts ran, loaded with the network closed."""
     result = subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         f"--host-resolver-rules={CLOSED_NETWORK}", f"--virtual-time-budget={RENDER_BUDGET_MS}",
-         "--dump-dom", url],
-        capture_output=True, text=True, timeout=timeout_s,
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            f"--host-resolver-rules={CLOSED_NETWORK}",
+            f"--virtual-time-budget={RENDER_BUDGET_MS}",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout

@@ -44,5 +44,10 @@ def assert_group_faces(boxes) -> None:
     boxes = np.asarray(boxes, float)
     assert len(boxes) == 6, boxes
     for centre in GROUP_FACE_CENTRES:
-        inside = (boxes[:, 0] <= centre[0]) & (centre[0] <= boxes[:, 2]) & (boxes[:, 1] <= centre[1]) & (centre[1] <= boxes[:, 3])
+        inside = (
+            (boxes[:, 0] <= centre[0])
+            & (centre[0] <= boxes[:, 2])
+            & (boxes[:, 1] <= centre[1])
+            & (centre[1] <= boxes[:, 3])
+        )
         assert inside.sum() == 1, (centre, boxes)

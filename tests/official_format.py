@@ -32,7 +32,9 @@ def _mlp_head(prefix: str, dim_in: int, hidden: int, dim_out: int) -> dict[str, 
     }
 
 
-def official_pretrain_state(config: ViTConfig, decoder_dim: int = 32, decoder_depth: int = 2) -> dict[str, torch.Tensor]:
+def official_pretrain_state(
+    config: ViTConfig, decoder_dim: int = 32, decoder_depth: int = 2
+) -> dict[str, torch.Tensor]:
     """The online network's ``model`` dict of ``checkpoint-N.pth``: encoder, ``norm``, ``mask_token``,
     rep decoder, projector, predictor and pixel decoder."""
     d, n = config.embed_dim, config.num_patches + 1
@@ -47,26 +49,44 @@ def official_pretrain_state(config: ViTConfig, decoder_dim: int = 32, decoder_de
     state |= {"rep_decoder_pred.weight": torch.randn(d, d) * 0.02, "rep_decoder_pred.bias": torch.zeros(d)}
     state |= _mlp_head("projector.projection_head.", d, 64, 16)
     state |= _mlp_head("predictor.projection_head.", 16, 64, 16)
-    state |= {"decoder_embed.weight": torch.randn(decoder_dim, d) * 0.02, "decoder_embed.bias": torch.zeros(decoder_dim)}
+    state |= {
+        "decoder_embed.weight": torch.randn(decoder_dim, d) * 0.02,
+        "decoder_embed.bias": torch.zeros(decoder_dim),
+    }
     state["decoder_pos_embed"] = torch.zeros(1, n, decoder_dim)
     for i in range(decoder_depth):
         state |= _prefixed(f"decoder_blocks.{i}.", Block(decoder_dim, 2))
     state |= {"decoder_norm.weight": torch.ones(decoder_dim), "decoder_norm.bias": torch.zeros(decoder_dim)}
     patch_values = config.patch_size**2 * config.in_chans
-    state |= {"decoder_pred.weight": torch.randn(patch_values, decoder_dim) * 0.02, "decoder_pred.bias": torch.zeros(patch_values)}
+    state |= {
+        "decoder_pred.weight": torch.randn(patch_values, decoder_dim) * 0.02,
+        "decoder_pred.bias": torch.zeros(patch_values),
+    }
     return state
 
 
 def official_args(**extra: object) -> argparse.Namespace:
     """``args`` as the official scripts pickle it: a Namespace holding pathlib paths."""
     return argparse.Namespace(
-        output_dir=PosixPath("/data/output_dir"), log_dir=PosixPath("/data/output_dir"), model="fsfm_vit_base_patch16", **extra
+        output_dir=PosixPath("/data/output_dir"),
+        log_dir=PosixPath("/data/output_dir"),
+        model="fsfm_vit_base_patch16",
+        **extra,
     )
 
 
 def save_official(path: Path, state: dict[str, torch.Tensor], epoch: int = 400) -> Path:
     """``{'model', 'optimizer', 'epoch', 'scaler', 'args'}`` as the official training loops save it."""
-    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "epoch": epoch, "scaler": {"scale": 65536.0}, "args": official_args()}, path)
+    torch.save(
+        {
+            "model": state,
+            "optimizer": {"state": {}, "param_groups": []},
+            "epoch": epoch,
+            "scaler": {"scale": 65536.0},
+            "args": official_args(),
+        },
+        path,
+    )
     return path
 
 

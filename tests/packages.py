@@ -24,7 +24,12 @@ def tiny_classifier(seed: int = 0, config: ViTConfig = TINY_VIT) -> ViTClassifie
 
 
 def make_tiny_package(
-    repository: Path, name: str = "tiny-deepfake", task: str = "deepfake", version: int = 1, seed: int = 0, **info: object
+    repository: Path,
+    name: str = "tiny-deepfake",
+    task: str = "deepfake",
+    version: int = 1,
+    seed: int = 0,
+    **info: object,
 ) -> ModelPackage:
     """Export a tiny random ViT as ``<repository>/<name>/<version>``; ``info`` sets PackageInfo fields."""
     return write_package(

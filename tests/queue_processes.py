@@ -39,8 +39,19 @@ class RedisServer:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed (.ci/run installs it)"
         self.port = free_port()
-        self.command = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
-                        "--dir", str(directory)]
+        self.command = [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+        ]
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -93,13 +104,18 @@ class RunningWorker:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise AssertionError(f"the worker did not exit within {WORKER_STOP_BOUND_S} s of SIGTERM:\n{self.log()}")
+            raise AssertionError(
+                f"the worker did not exit within {WORKER_STOP_BOUND_S} s of SIGTERM:\n{self.log()}"
+            ) from None
         assert code == 0, f"the worker exited with {code}:\n{self.log()}"
 
 
 @contextmanager
 def running_worker(
-    models: Path, queue_url: str, consumer: str, settings: Mapping[str, object] | None = None,
+    models: Path,
+    queue_url: str,
+    consumer: str,
+    settings: Mapping[str, object] | None = None,
     startup_timeout_s: float = 60.0,
 ) -> Iterator[RunningWorker]:
     """``fsfm worker`` on ``models``; ``settings`` are WorkerSettings fields. Yields once ``/readyz``
@@ -109,7 +125,11 @@ def running_worker(
     env = {**os.environ, **settings_env(chosen), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "fsfm_cli", "worker", "--models", str(models)],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     worker = RunningWorker(process, consumer, f"http://127.0.0.1:{port}")
     threading.Thread(target=lambda: worker.output.extend(iter(process.stdout.readline, "")), daemon=True).start()

@@ -131,7 +131,7 @@ def test_bad_files_get_one_line_each_and_a_nonzero_exit(mtcnn_dir, astronaut_pat
     assert code == 1
     lines = stderr.strip().splitlines()
     assert len(lines) == len(bad) and "Traceback" not in stderr
-    for path, line in zip(bad, lines):
+    for path, line in zip(bad, lines, strict=False):
         assert line.startswith(f"{path}: ")
     for entry in payload[:-1]:  # REST's error object
         assert set(entry) == {"path", "error"} and set(entry["error"]) == {"reason", "message"}
@@ -145,12 +145,15 @@ def test_unknown_model_is_a_clear_error(mtcnn_dir, astronaut_path, models) -> No
     assert code == 2 and stderr.startswith("error: no model named 'nope'") and "Traceback" not in stderr
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--models", "{tmp}/nowhere"], "error: model repository {tmp}/nowhere does not exist"),
-    (["--task", "deepfake", "--model", "tiny-liveness"], "error: model tiny-liveness:1 is a liveness model"),
-    (["--target-fpr", "0.01"], "error: no operating point"),
-    (["--fps", "1000"], "error: fps is 1000.0"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--models", "{tmp}/nowhere"], "error: model repository {tmp}/nowhere does not exist"),
+        (["--task", "deepfake", "--model", "tiny-liveness"], "error: model tiny-liveness:1 is a liveness model"),
+        (["--target-fpr", "0.01"], "error: no operating point"),
+        (["--fps", "1000"], "error: fps is 1000.0"),
+    ],
+)
 def test_setup_errors_are_one_line_and_exit_2(mtcnn_dir, astronaut_path, models, tmp_path, args, message) -> None:
     args = [arg.format(tmp=tmp_path) for arg in args]
     code, payload, stderr = analyze(str(astronaut_path), "--models", str(models), *args)
@@ -195,7 +198,10 @@ def test_a_folder_is_walked_recursively_and_skips_what_is_not_media(
     assert stderr.strip().splitlines() == [f"{named}: not a JPEG, PNG or WebP image, nor an MP4 or WebM video"]
     photos = tmp_path / "photos"
     assert [entry["path"] for entry in payload] == [
-        str(photos / "a.jpg"), str(photos / "b" / "c" / "deep.png"), str(photos / "b" / "face.webp"), str(named)
+        str(photos / "a.jpg"),
+        str(photos / "b" / "c" / "deep.png"),
+        str(photos / "b" / "face.webp"),
+        str(named),
     ]
     for entry in payload[:3]:
         assert entry["media"] == "image" and len(entry["faces"]) == 1 and entry["verdict"]["score"] is not None
@@ -263,7 +269,9 @@ def test_json_lines_are_written_as_each_file_finishes(mtcnn_dir, astronaut_path,
     os.mkfifo(fifo)
     process = subprocess.Popen(
         cli_command(str(astronaut_path), str(fifo), "--models", str(models)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         lines: list[str] = []

@@ -8,7 +8,6 @@ import asyncio
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,7 +42,11 @@ def astronaut_jpeg(astronaut_rgb) -> bytes:
 
 def fsfm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fsfm_cli", "bench", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "fsfm_cli", "bench", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -87,8 +90,17 @@ def run(engine: str, batch: int, faces_per_s: float) -> EngineRun:
 
 
 def level(protocol: str, concurrency: int, faces_per_s: float, p99_ms: float, batch: float) -> LevelResult:
-    return LevelResult(protocol, concurrency, 10.0, 100, faces_per_s, faces_per_s,
-                       Latency(100, p99_ms, p99_ms, p99_ms, p99_ms, p99_ms), {}, batch)
+    return LevelResult(
+        protocol,
+        concurrency,
+        10.0,
+        100,
+        faces_per_s,
+        faces_per_s,
+        Latency(100, p99_ms, p99_ms, p99_ms, p99_ms, p99_ms),
+        {},
+        batch,
+    )
 
 
 def test_service_targets_compare_with_the_engine_at_the_same_batch_size() -> None:
@@ -118,8 +130,14 @@ def test_engine_sweep_measures_every_engine_and_batch_size(package: ModelPackage
 
     detector = create_detector()
     faces = np.stack([p.tensor for p in prepare_faces(astronaut_rgb, detector.detect(astronaut_rgb), package.manifest)])
-    report = run_engines(package, ["onnxruntime", "onnxruntime:int8", "torch"], [1, 2, 4], peak_gflops=100.0,
-                         min_seconds=0.05, faces=faces)
+    report = run_engines(
+        package,
+        ["onnxruntime", "onnxruntime:int8", "torch"],
+        [1, 2, 4],
+        peak_gflops=100.0,
+        min_seconds=0.05,
+        faces=faces,
+    )
     assert [(r.engine, r.batch_size) for r in report.runs] == [
         (e, b) for e in ("onnxruntime", "onnxruntime:int8", "torch") for b in (1, 2, 4)
     ]
@@ -202,33 +220,76 @@ def test_bench_commands_refuse_bad_arguments() -> None:
         assert message in result.stderr
 
 
-def test_bench_serve_against_a_running_service_writes_json(package: ModelPackage, mtcnn_dir, tmp_path, astronaut_path) -> None:
+def test_bench_serve_against_a_running_service_writes_json(
+    package: ModelPackage, mtcnn_dir, tmp_path, astronaut_path
+) -> None:
     out = tmp_path / "serve.json"
     with served(package, {}) as target:
-        result = fsfm("serve", "--url", target.rest_url, "--grpc-target", target.grpc_target, "--protocols", "rest,stream",
-                      "--concurrency", "2", "--duration", "1", "--image", str(astronaut_path), "--json", str(out))
+        result = fsfm(
+            "serve",
+            "--url",
+            target.rest_url,
+            "--grpc-target",
+            target.grpc_target,
+            "--protocols",
+            "rest,stream",
+            "--concurrency",
+            "2",
+            "--duration",
+            "1",
+            "--image",
+            str(astronaut_path),
+            "--json",
+            str(out),
+        )
     assert result.returncode == 0, result.stderr
     levels = json.loads(out.read_text())["levels"]
-    assert [(l["protocol"], l["concurrency"]) for l in levels] == [("rest", 2), ("stream", 2)]
-    assert all(l["requests"] > 0 and l["errors"] == {} for l in levels)
+    assert [(level["protocol"], level["concurrency"]) for level in levels] == [("rest", 2), ("stream", 2)]
+    assert all(level["requests"] > 0 and level["errors"] == {} for level in levels)
     assert "| rest     | 2" in result.stdout
 
 
 def test_bench_report_writes_markdown_and_json(mtcnn_dir, tmp_path) -> None:
     md, js = tmp_path / "performance.md", tmp_path / "performance.json"
-    result = fsfm("report", "--models", "test-tiny", "--output", str(md), "--json", str(js), "--duration", "1",
-                  "--min-seconds", "0.05", "--max-batch", "2", "--repository", str(tmp_path / "bench-models"), timeout=600)
+    result = fsfm(
+        "report",
+        "--models",
+        "test-tiny",
+        "--output",
+        str(md),
+        "--json",
+        str(js),
+        "--duration",
+        "1",
+        "--min-seconds",
+        "0.05",
+        "--max-batch",
+        "2",
+        "--repository",
+        str(tmp_path / "bench-models"),
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     text = md.read_text()
-    for heading in ("## Machine", "## Targets", "## test-tiny", "### Engine alone", "### One request, stage by stage",
-                    "### Service under load"):
+    for heading in (
+        "## Machine",
+        "## Targets",
+        "## test-tiny",
+        "### Engine alone",
+        "### One request, stage by stage",
+        "### Service under load",
+    ):
         assert heading in text
     numbers = json.loads(js.read_text())
     (model,) = numbers["models"]
     assert {r["engine"] for r in model["engine"]["runs"]} == {"onnxruntime", "onnxruntime:int8", "torch"}
-    assert [(l["protocol"], l["concurrency"]) for l in model["load"]] == [
-        ("rest", 1), ("rest", 8), ("rest", 32), ("grpc", 32), ("stream", 8)
+    assert [(level["protocol"], level["concurrency"]) for level in model["load"]] == [
+        ("rest", 1),
+        ("rest", 8),
+        ("rest", 32),
+        ("grpc", 32),
+        ("stream", 8),
     ]
-    assert all(l["requests"] > 0 and l["errors"] == {} for l in model["load"])
+    assert all(level["requests"] > 0 and level["errors"] == {} for level in model["load"])
     assert {c["target"].split(" ")[0] for c in model["checks"]} >= {"service", "dynamic", "p99", "ONNX"}
     assert numbers["machine"]["cores"] >= 1 and numbers["machine"]["fp32_matmul_peak_gflops"] > 0

@@ -61,6 +61,7 @@ def test_help_has_no_rst_markup(words: tuple[str, ...]) -> None:
 
 def test_help_texts_have_no_tags_that_markdown_would_drop() -> None:
     """Markdown takes ``<name>`` for an HTML tag and prints nothing; write NAME instead."""
+
     def texts(group=ROOT) -> Iterator[tuple[str, str]]:
         for name, command in group.commands.items():
             yield name, command.help or ""

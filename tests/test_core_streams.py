@@ -46,7 +46,10 @@ def test_frames_settle_in_the_order_sent_whatever_order_they_finish_in(manifest)
 
     snapshots = asyncio.run(scenario())
     assert [(s.frames_seen, s.frames_failed, s.window_frames) for s in snapshots] == [
-        (1, 0, 1), (2, 1, 1), (3, 1, 2), (4, 1, 3)
+        (1, 0, 1),
+        (2, 1, 1),
+        (3, 1, 2),
+        (4, 1, 3),
     ]
     assert [s.max_score for s in snapshots] == [0.2, 0.2, 0.8, 0.8]
     assert snapshots[-1].verdict.score == pytest.approx((0.2 + 0.8 + 0.4) / 3)

@@ -51,5 +51,9 @@ def test_normalize_is_chw_standardised() -> None:
 
 def test_mean_std_file_reads_the_first_line(tmp_path) -> None:
     path = tmp_path / "pretrain_ds_mean_std.txt"
-    path.write_text(Normalization(mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6)).to_mean_std_line() + "\n" + '{"mean": [0,0,0], "std": [1,1,1]}\n')
+    path.write_text(
+        Normalization(mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6)).to_mean_std_line()
+        + "\n"
+        + '{"mean": [0,0,0], "std": [1,1,1]}\n'
+    )
     assert Normalization.from_mean_std_file(path) == Normalization(mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6))

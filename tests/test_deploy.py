@@ -17,10 +17,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import kubernetes_validate
+import tomllib
 import yaml
 from prometheus_client import CollectorRegistry
 
@@ -52,7 +52,7 @@ PUBLISHED = {"api": {8000, 50051}, "prometheus": {9090}, "grafana": {3000}}  # c
 def dockerfile_stages() -> dict[str, tuple[str, str]]:
     """Stage name -> (base image, the stage's instructions)."""
     parts = re.split(r"^FROM (\S+) AS (\S+)$", (REPO_ROOT / "Dockerfile").read_text(), flags=re.M)
-    return {name: (base, body) for base, name, body in zip(parts[1::3], parts[2::3], parts[3::3])}
+    return {name: (base, body) for base, name, body in zip(parts[1::3], parts[2::3], parts[3::3], strict=False)}
 
 
 def compose() -> dict:
@@ -103,18 +103,25 @@ def compose_command() -> list[str]:
 
 def compose_config(**env: str) -> subprocess.CompletedProcess[str]:
     """``docker compose config`` of docker-compose.yml with ``env`` as the only variables set."""
-    variables = {name: value for name, value in os.environ.items()
-                 if not name.startswith(("FSFM_", "GRAFANA_", "COMPOSE_"))}
+    variables = {
+        name: value for name, value in os.environ.items() if not name.startswith(("FSFM_", "GRAFANA_", "COMPOSE_"))
+    }
     return subprocess.run(
         [*compose_command(), "-f", str(COMPOSE_FILE), "config", "--format", "json"],
-        capture_output=True, text=True, cwd=REPO_ROOT, env={**variables, **env},
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**variables, **env},
     )
 
 
 def published(resolved: dict) -> dict[str, set[tuple[str, int]]]:
     """Compose service -> {(host address, published port)}."""
-    return {name: {(port["host_ip"], int(port["published"])) for port in service["ports"]}
-            for name, service in resolved["services"].items() if service.get("ports")}
+    return {
+        name: {(port["host_ip"], int(port["published"])) for port in service["ports"]}
+        for name, service in resolved["services"].items()
+        if service.get("ports")
+    }
 
 
 def test_docker_compose_config_validates() -> None:
@@ -145,8 +152,12 @@ def run_api_entrypoint(**env: str) -> subprocess.CompletedProcess[str]:
     entrypoint = compose()["services"]["api"]["entrypoint"]
     assert entrypoint == ["/bin/sh", "/etc/fsfm/api-entrypoint.sh"]
     script = REPO_ROOT / "deploy" / "compose" / "api-entrypoint.sh"
-    return subprocess.run(["/bin/sh", str(script), "sh", "-c", 'echo "allow_no_auth=${FSFM_ALLOW_NO_AUTH:-}"'],
-                          capture_output=True, text=True, env={"PATH": os.environ["PATH"], **env})
+    return subprocess.run(
+        ["/bin/sh", str(script), "sh", "-c", 'echo "allow_no_auth=${FSFM_ALLOW_NO_AUTH:-}"'],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], **env},
+    )
 
 
 def test_the_api_refuses_a_public_address_without_keys_unless_opted_out() -> None:
@@ -193,8 +204,11 @@ def test_what_the_dockerfile_copies_is_in_a_clean_checkout() -> None:
     """Every COPY source from the context exists in a clean checkout, and .dockerignore leaves in the
     context what the wheel is built from (tests/test_wheel.py builds it from exactly that context)."""
     tracked = tracked_files()
-    sources = [source for line in re.findall(r"^COPY (?!--from)(.+)$", (REPO_ROOT / "Dockerfile").read_text(), re.M)
-               for source in line.split()[:-1]]
+    sources = [
+        source
+        for line in re.findall(r"^COPY (?!--from)(.+)$", (REPO_ROOT / "Dockerfile").read_text(), re.M)
+        for source in line.split()[:-1]
+    ]
     assert sources, "the Dockerfile copies nothing from the context"
     for source in sources:
         prefix = "" if source == "." else source.removeprefix("./").rstrip("/")
@@ -206,17 +220,27 @@ def test_what_the_dockerfile_copies_is_in_a_clean_checkout() -> None:
     assert "benchmarks" in packages
     for package in packages:
         assert f"{package}/__init__.py" in context, package
-    needed = ["pyproject.toml", "README.md", "service/proto_gen/fsfm/v1/analysis_pb2.py",
-              "service/proto_gen/fsfm/v1/analysis_pb2_grpc.py", "fsfm/face/weights/mtcnn/SOURCE.json",
-              *(f"fsfm/face/weights/mtcnn/{net}.onnx" for net in ("pnet", "rnet", "onet"))]
+    needed = [
+        "pyproject.toml",
+        "README.md",
+        "service/proto_gen/fsfm/v1/analysis_pb2.py",
+        "service/proto_gen/fsfm/v1/analysis_pb2_grpc.py",
+        "fsfm/face/weights/mtcnn/SOURCE.json",
+        *(f"fsfm/face/weights/mtcnn/{net}.onnx" for net in ("pnet", "rnet", "onet")),
+    ]
     assert set(needed) <= set(context), set(needed) - set(context)
     assert not any(path.startswith(("tests/", "demo/", "models/", ".git/")) for path in context)
 
 
 def test_the_images_are_tagged_with_the_project_version() -> None:
     images = [service["image"] for service in compose()["services"].values() if service.get("build")]
-    images += [container["image"] for doc in k8s_objects() if doc["kind"] == "Deployment"
-               for container in doc["spec"]["template"]["spec"]["containers"] if "fsfm" in container["image"]]
+    images += [
+        container["image"]
+        for doc in k8s_objects()
+        if doc["kind"] == "Deployment"
+        for container in doc["spec"]["template"]["spec"]["containers"]
+        if "fsfm" in container["image"]
+    ]
     assert len(images) == 4
     for image in images:
         assert image.rsplit(":", 1)[1] == VERSION, image
@@ -225,8 +249,9 @@ def test_the_images_are_tagged_with_the_project_version() -> None:
 
 def test_kubernetes_manifests_follow_the_kubernetes_schema() -> None:
     kustomization = load_all(DEPLOY / "k8s" / "kustomization.yaml")[0]
-    assert sorted(kustomization["resources"]) == sorted(p.name for p in (DEPLOY / "k8s").glob("*.yaml")
-                                                        if p.name != "kustomization.yaml")
+    assert sorted(kustomization["resources"]) == sorted(
+        p.name for p in (DEPLOY / "k8s").glob("*.yaml") if p.name != "kustomization.yaml"
+    )
     for doc in k8s_objects():
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
@@ -307,8 +332,12 @@ def test_the_alerts_fire_on_target_down_p99_latency_and_models_not_ready() -> No
     """promtool's rule unit tests (tests/prometheus_rules_test.yml) feed series to the shipped rules."""
     promtool = shutil.which("promtool")
     assert promtool, PROMETHEUS_MISSING
-    alerts = {rule["alert"] for group in load_all(DEPLOY / "prometheus" / "rules.yml")[0]["groups"]
-              for rule in group["rules"] if "alert" in rule}
+    alerts = {
+        rule["alert"]
+        for group in load_all(DEPLOY / "prometheus" / "rules.yml")[0]["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
     required = {"FsfmTargetDown", "FsfmLatencyP99High", "FsfmModelNotReady", "FsfmNoModelReady"}
     assert required <= alerts
     tests = REPO_ROOT / "tests" / "prometheus_rules_test.yml"
@@ -322,8 +351,9 @@ def test_the_makefile_installs_torch_only_for_tests_and_as_the_train_extra_pins_
     makefile = (REPO_ROOT / "Makefile").read_text()
     (torch,) = [r for r in PYPROJECT["project"]["optional-dependencies"]["train"] if r.startswith("torch")]
     assert re.search(rf"^TRAIN_TORCH := \"{re.escape(torch)}\"", makefile, re.M)
-    plan = subprocess.run(["make", "-n", "run", "VENV=/nonexistent/venv"], capture_output=True, text=True,
-                          cwd=REPO_ROOT)
+    plan = subprocess.run(
+        ["make", "-n", "run", "VENV=/nonexistent/venv"], capture_output=True, text=True, cwd=REPO_ROOT
+    )
     assert plan.returncode == 0, plan.stderr
     assert "-e '.[serve]'" in plan.stdout and "torch" not in plan.stdout and "train" not in plan.stdout
     assert "cp -R demo/models/. models/" in plan.stdout and "fsfm serve --models models" in plan.stdout
@@ -337,8 +367,13 @@ def test_the_dashboard_and_the_rules_use_only_exported_metrics() -> None:
         for name in re.findall(r"\bfsfm[_:][A-Za-z0-9_:]*", expression):
             assert name in exported or name in recorded, (name, expression)
     used = " ".join(dashboard_expressions())
-    for needed in ("fsfm_request_success_total", "fsfm_stage_duration_seconds_bucket", "fsfm_batch_size_bucket",
-                   "fsfm:queue_depth:max", "fsfm_request_failure_total"):
+    for needed in (
+        "fsfm_request_success_total",
+        "fsfm_stage_duration_seconds_bucket",
+        "fsfm_batch_size_bucket",
+        "fsfm:queue_depth:max",
+        "fsfm_request_failure_total",
+    ):
         assert needed in used, needed
 
 

@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from benchmarks.engine import run_engines
 from fsfm.analysis import prepare_faces
-from fsfm_cli import app
 from fsfm.engines.base import Engine, EngineError
 from fsfm.engines.onnxruntime import OnnxRuntimeEngine
 from fsfm.engines.registry import ENGINES, engine_spec, register
@@ -30,6 +29,7 @@ from fsfm.package import ModelPackage
 from fsfm.package.manifest import INT8_FILE, Manifest, PlanBuild, Variant
 from fsfm.package.repository import load_package
 from fsfm.scoring import attack_scores
+from fsfm_cli import app
 from service.batcher import DynamicBatcher
 from service.engines import load_engine
 from service.metrics import Metrics
@@ -42,7 +42,10 @@ from training.quantize import quantize_int8
 CPU = Host(cpu_features=frozenset({"avx2", "avx512f", "avx512_vnni", "amx_bf16"}))
 GPU = Host(cuda=True)
 PLAN = Variant(
-    precision="fp16", format="tensorrt-plan", file="model.plan", method="test",
+    precision="fp16",
+    format="tensorrt-plan",
+    file="model.plan",
+    method="test",
     plan=PlanBuild(device="NVIDIA H200", tensorrt_version="10.13"),
 )
 
@@ -108,18 +111,25 @@ def test_forced_engines_and_precisions(package: ModelPackage) -> None:
     assert (plan.engine, plan.precision) == ("tensorrt", "fp16")
 
 
-@pytest.mark.parametrize(("engine", "precision", "host", "message"), ids=lambda v: v if isinstance(v, str) else "",
-                         argvalues=[
-    ("auto", "int8", CPU, "tiny-two:1 has no int8 variant: add one with `fsfm quantize --model tiny-two:1"),
-    ("onnxruntime", "int8", CPU, "has no int8 variant"),
-    ("tensorrt", "auto", GPU, "has no TensorRT plan: build one with `fsfm export --tensorrt`"),
-    ("tensorrt", "fp16", CPU,
-     "has no fp16 TensorRT plan: build one with `fsfm export --tensorrt --trt-precision fp16`"),
-    ("auto", "fp16", CPU, "has no fp16 TensorRT plan"),
-    ("torch", "int8", CPU, "engine torch cannot run precision int8; it runs fp32"),
-    ("cuda-magic", "auto", CPU, "unknown engine 'cuda-magic'; engines: onnxruntime, tensorrt, torch, openvino"),
-    ("auto", "fp64", CPU, "unknown precision 'fp64'"),
-])
+@pytest.mark.parametrize(
+    ("engine", "precision", "host", "message"),
+    ids=lambda v: v if isinstance(v, str) else "",
+    argvalues=[
+        ("auto", "int8", CPU, "tiny-two:1 has no int8 variant: add one with `fsfm quantize --model tiny-two:1"),
+        ("onnxruntime", "int8", CPU, "has no int8 variant"),
+        ("tensorrt", "auto", GPU, "has no TensorRT plan: build one with `fsfm export --tensorrt`"),
+        (
+            "tensorrt",
+            "fp16",
+            CPU,
+            "has no fp16 TensorRT plan: build one with `fsfm export --tensorrt --trt-precision fp16`",
+        ),
+        ("auto", "fp16", CPU, "has no fp16 TensorRT plan"),
+        ("torch", "int8", CPU, "engine torch cannot run precision int8; it runs fp32"),
+        ("cuda-magic", "auto", CPU, "unknown engine 'cuda-magic'; engines: onnxruntime, tensorrt, torch, openvino"),
+        ("auto", "fp64", CPU, "unknown precision 'fp64'"),
+    ],
+)
 def test_what_cannot_be_chosen_is_said_clearly(
     plain: ModelPackage, engine: str, precision: str, host: Host, message: str
 ) -> None:
@@ -145,12 +155,30 @@ def test_the_preference_table_is_data(package: ModelPackage) -> None:
 def test_old_manifests_load_with_their_int8_graph_and_plan_as_variants(package: ModelPackage) -> None:
     old = package.manifest.model_dump(mode="json", exclude={"variants"})
     old["onnx_int8"] = {
-        "file": "model.int8.onnx", "method": "dynamic", "sha256": "ab" * 32,
-        "heldout": [{"set": "ff", "faces": 10, "auc_fp32": 0.9, "auc_int8": 0.89, "max_abs_score_diff": 0.02,
-                     "mean_abs_score_diff": 0.01, "label_agreement": 0.99}],
+        "file": "model.int8.onnx",
+        "method": "dynamic",
+        "sha256": "ab" * 32,
+        "heldout": [
+            {
+                "set": "ff",
+                "faces": 10,
+                "auc_fp32": 0.9,
+                "auc_int8": 0.89,
+                "max_abs_score_diff": 0.02,
+                "mean_abs_score_diff": 0.01,
+                "label_agreement": 0.99,
+            }
+        ],
     }
-    old["tensorrt"] = {"file": "model.plan", "precision": "fp16", "min_batch": 1, "opt_batch": 8, "max_batch": 32,
-                       "device": "NVIDIA H200", "tensorrt_version": "10.13.0"}
+    old["tensorrt"] = {
+        "file": "model.plan",
+        "precision": "fp16",
+        "min_batch": 1,
+        "opt_batch": 8,
+        "max_batch": 32,
+        "device": "NVIDIA H200",
+        "tensorrt_version": "10.13.0",
+    }
     manifest = Manifest.model_validate_json(json.dumps(old))
     int8, plan = manifest.variant("int8"), manifest.variant("fp16", "tensorrt-plan")
     assert (int8.file, int8.method, int8.heldout[0].auc_variant) == ("model.int8.onnx", "dynamic", 0.89)
@@ -229,8 +257,19 @@ def test_a_registered_engine_is_chosen_alike_by_service_worker_analyze_and_bench
     assert worker.consumers[0].engine.selection == engine.selection
 
     # fsfm analyze.
-    result = CliRunner().invoke(app, ["analyze", str(astronaut_path), "--models", str(repository), "--engine",
-                                      "test-recording", "--precision", "int8"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "analyze",
+            str(astronaut_path),
+            "--models",
+            str(repository),
+            "--engine",
+            "test-recording",
+            "--precision",
+            "int8",
+        ],
+    )
     assert result.exit_code == 0, result.output
     score = json.loads(result.stdout.splitlines()[0])["faces"][0]["score"]
     assert score == pytest.approx(float(attack_scores(expected, package.manifest)[0]), abs=1e-6)

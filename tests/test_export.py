@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsfm_cli import app
 from fsfm.engines.onnxruntime import OnnxRuntimeEngine
 from fsfm.models.config import vit_preset
 from fsfm.models.vit import ViTClassifier
 from fsfm.package import Manifest, ModelRepository, PackageError
 from fsfm.package.manifest import PackageInfo
+from fsfm_cli import app
 from tests.official_format import official_finetuned_state, save_official
 from training.export import ExportError, write_package
 
@@ -35,8 +35,19 @@ def test_cli_export_round_trip_matches_torch(tmp_path, official_checkpoint) -> N
     repo = tmp_path / "models"
     result = CliRunner().invoke(
         app,
-        ["export", "--checkpoint", str(official_checkpoint), "--name", "df", "--task", "deepfake",
-         "--models", str(repo), "--num-heads", "2"],
+        [
+            "export",
+            "--checkpoint",
+            str(official_checkpoint),
+            "--name",
+            "df",
+            "--task",
+            "deepfake",
+            "--models",
+            str(repo),
+            "--num-heads",
+            "2",
+        ],
     )
     assert result.exit_code == 0, result.output
     package = ModelRepository(repo).get("df")
@@ -101,15 +112,29 @@ def test_official_checkpoints_get_the_dlib_box_mapping(tmp_path, official_checkp
     from fsfm.face.crop import DLIB_BOX_TRANSFORM
     from training.export import export_checkpoint
 
-    package = export_checkpoint(official_checkpoint, tmp_path / "models", name="off", version=1, task="deepfake", num_heads=2)
+    package = export_checkpoint(
+        official_checkpoint, tmp_path / "models", name="off", version=1, task="deepfake", num_heads=2
+    )
     assert package.manifest.crop.box_transform == DLIB_BOX_TRANSFORM
     assert package.manifest.crop.scale == 1.3
 
 
 def test_cli_export_with_torch_weights_and_tensorrt_unavailable(tmp_path, official_checkpoint) -> None:
     repo = tmp_path / "models"
-    args = ["export", "--checkpoint", str(official_checkpoint), "--name", "df", "--task", "deepfake",
-            "--models", str(repo), "--num-heads", "2", "--with-torch"]
+    args = [
+        "export",
+        "--checkpoint",
+        str(official_checkpoint),
+        "--name",
+        "df",
+        "--task",
+        "deepfake",
+        "--models",
+        str(repo),
+        "--num-heads",
+        "2",
+        "--with-torch",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (repo / "df" / "1" / "model.pt").is_file()

@@ -2,8 +2,9 @@
 
 The real faces are scikit-image's astronaut, turned, scaled, moved, flipped and recoloured
 (``training.demo.astronaut_variant``), found and cropped by the real pipeline (``fsfm prepare``: MTCNN,
-1.3x crop, 64 px); the fakes are self-blended images of them. A tiny ViT fine-tuned from an official-format pretraining checkpoint must separate
-held-out faces (other augmentations) from their self-blends far above chance.
+1.3x crop, 64 px); the fakes are self-blended images of them. A tiny ViT fine-tuned from an
+official-format pretraining checkpoint must separate held-out faces (other augmentations) from their
+self-blends far above chance.
 """
 
 from __future__ import annotations
@@ -60,8 +61,14 @@ MIN_HELD_OUT_AUC = 0.75  # chance is 0.5 with std ~0.04 on 48 + 48 faces; the ru
 def faces(tmp_path_factory: pytest.TempPathFactory, mtcnn_dir: Path) -> dict[str, Path]:
     """Prepared real faces: 192 for training, 48 held out (other augmentation seeds)."""
     root = tmp_path_factory.mktemp("astronaut_faces")
-    faces = {"train": prepare_astronaut_faces(root / "train", range(192), SIZE), "heldout": prepare_astronaut_faces(root / "heldout", range(1000, 1048), SIZE)}
-    assert [len(PreparedFaces(path, name, label=0)) for name, path in faces.items()] == [192, 48]  # a face found in every image
+    faces = {
+        "train": prepare_astronaut_faces(root / "train", range(192), SIZE),
+        "heldout": prepare_astronaut_faces(root / "heldout", range(1000, 1048), SIZE),
+    }
+    assert [len(PreparedFaces(path, name, label=0)) for name, path in faces.items()] == [
+        192,
+        48,
+    ]  # a face found in every image
     return faces
 
 
@@ -82,10 +89,23 @@ def sbi_run(faces: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     root = tmp_path_factory.mktemp("sbi_run")
     pretrained = save_official(root / "checkpoint-400.pth", official_pretrain_state(SBI_VIT))
     config = FinetuneConfig(
-        task="deepfake", pretrained=pretrained, output_dir=root / "finetune",
-        train=[DataSpec(format="prepared", path=faces["train"], options={"label": "real"})], sbi=True,
-        input_size=SIZE, epochs=8, iters_per_epoch=75, warmup_epochs=1, batch_size=32, lr=2e-3,
-        layer_decay=1.0, drop_path=0.0, augment="none", num_workers=0, val_fraction=0.2, seed=0,
+        task="deepfake",
+        pretrained=pretrained,
+        output_dir=root / "finetune",
+        train=[DataSpec(format="prepared", path=faces["train"], options={"label": "real"})],
+        sbi=True,
+        input_size=SIZE,
+        epochs=8,
+        iters_per_epoch=75,
+        warmup_epochs=1,
+        batch_size=32,
+        lr=2e-3,
+        layer_decay=1.0,
+        drop_path=0.0,
+        augment="none",
+        num_workers=0,
+        val_fraction=0.2,
+        seed=0,
     )
     try:
         return Finetuner(config, progress=False).run()
@@ -98,7 +118,9 @@ def _heldout(faces: dict[str, Path]) -> SelfBlendedSource:
     return SelfBlendedSource(PreparedFaces(faces["heldout"], "heldout", label=0), seed=123)
 
 
-def test_sbi_finetuning_separates_held_out_faces_from_their_self_blends(sbi_run: FinetuneResult, faces: dict[str, Path]) -> None:
+def test_sbi_finetuning_separates_held_out_faces_from_their_self_blends(
+    sbi_run: FinetuneResult, faces: dict[str, Path]
+) -> None:
     heldout = _heldout(faces)
     labels = np.array([item.label for item in heldout.items])
     scores = score_source(checkpoint_scorer(sbi_run.best_checkpoint, "deepfake"), heldout)
@@ -112,7 +134,9 @@ def test_checkpoint_is_official_layout_with_what_export_needs(sbi_run: FinetuneR
     assert {"model", "optimizer", "epoch", "scaler", "args"} <= checkpoint.keys()
     assert isinstance(checkpoint["args"], argparse.Namespace) and checkpoint["args"].task == "deepfake"
     keys = set(checkpoint["model"])
-    assert {"cls_token", "pos_embed", "fc_norm.weight", "head.weight"} <= keys and not any(k.startswith("norm.") for k in keys)
+    assert {"cls_token", "pos_embed", "fc_norm.weight", "head.weight"} <= keys and not any(
+        k.startswith("norm.") for k in keys
+    )
     assert all(k.startswith(("cls_token", "pos_embed", "patch_embed.", "blocks.", "fc_norm.", "head.")) for k in keys)
     meta = checkpoint["fsfm"]
     assert meta["vit"]["img_size"] == SIZE and meta["classes"]["names"] == ["fake", "real"]
@@ -131,8 +155,12 @@ def _cli(*commands: object) -> typer.Typer:
     return app
 
 
-def test_export_evaluate_and_calibrate_the_finetuned_model(sbi_run: FinetuneResult, faces: dict[str, Path], tmp_path: Path) -> None:
-    package = export_checkpoint(sbi_run.best_checkpoint, tmp_path / "models", name="sbi-tiny", version=1, task="deepfake", demo=True)
+def test_export_evaluate_and_calibrate_the_finetuned_model(
+    sbi_run: FinetuneResult, faces: dict[str, Path], tmp_path: Path
+) -> None:
+    package = export_checkpoint(
+        sbi_run.best_checkpoint, tmp_path / "models", name="sbi-tiny", version=1, task="deepfake", demo=True
+    )
     manifest = package.manifest
     meta = load_checkpoint(sbi_run.best_checkpoint)["fsfm"]
     assert manifest.thresholds.model_dump(mode="json") == meta["thresholds"] and manifest.demo
@@ -160,39 +188,69 @@ def test_export_evaluate_and_calibrate_the_finetuned_model(sbi_run: FinetuneResu
     out = tmp_path / "evaluation"
     result = runner.invoke(
         _cli(evaluate, calibrate),
-        ["evaluate", "--model", str(package.path), "--test", f"folder:{folder},name=heldout", "--test", f"csv:{folder / 'half.csv'}",
-         "--output-dir", str(out), "--workers", "0"],
+        [
+            "evaluate",
+            "--model",
+            str(package.path),
+            "--test",
+            f"folder:{folder},name=heldout",
+            "--test",
+            f"csv:{folder / 'half.csv'}",
+            "--output-dir",
+            str(out),
+            "--workers",
+            "0",
+        ],
     )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert set(report["sets"]) == {"heldout", "half.csv"} and report["threshold_source"] == "default"
     frame = report["sets"]["heldout"]["frame"]
-    assert frame["samples"] == 96 and frame["auc"] == pytest.approx(roc_auc(np.array([i.label for i in heldout.items]), onnx_scores), abs=1e-6)
+    assert frame["samples"] == 96 and frame["auc"] == pytest.approx(
+        roc_auc(np.array([i.label for i in heldout.items]), onnx_scores), abs=1e-6
+    )
     assert {"eer", "ap", "hter", "apcer", "bpcer", "accuracy", "tpr_at_fpr_1pct"} <= frame.keys()
     assert all((out / name).is_file() for name in ("roc.png", "roc-heldout.png", "roc-half.csv.png"))
 
-    result = runner.invoke(_cli(evaluate, calibrate), ["calibrate", "--model", str(package.path), "--val", f"folder:{folder}", "--workers", "0"])
+    result = runner.invoke(
+        _cli(evaluate, calibrate),
+        ["calibrate", "--model", str(package.path), "--val", f"folder:{folder}", "--workers", "0"],
+    )
     assert result.exit_code == 0, result.output
     calibrated = Manifest.load(package.path)
     assert calibrated.provenance.metrics["calibration_samples"] == 96
     assert calibrated.thresholds.for_target_fpr(0.01).fpr <= 0.01
 
     # The int8 variant of a trained model, judged on the same held-out faces.
-    result = runner.invoke(_cli(quantize, calibrate), ["quantize", "--model", str(package.path), "--heldout", f"folder:{folder},name=heldout", "--workers", "0"])
+    result = runner.invoke(
+        _cli(quantize, calibrate),
+        ["quantize", "--model", str(package.path), "--heldout", f"folder:{folder},name=heldout", "--workers", "0"],
+    )
     assert result.exit_code == 0, result.output
     (check,) = Manifest.load(package.path).variant("int8").heldout
     assert check.set == "heldout" and check.faces == 96 and check.auc_fp32 == pytest.approx(frame["auc"], abs=1e-6)
     assert abs(check.auc_variant - check.auc_fp32) < 0.05 and check.label_agreement >= 0.9
 
 
-def test_official_checkpoints_load_into_finetuning_and_export(faces: dict[str, Path], tmp_path: Path, one_thread: None) -> None:
+def test_official_checkpoints_load_into_finetuning_and_export(
+    faces: dict[str, Path], tmp_path: Path, one_thread: None
+) -> None:
     # Pretrained (online network, all decoder/projector keys): the encoder carries over unchanged.
     state = official_pretrain_state(TINY_VIT)
     pretrained = save_official(tmp_path / "checkpoint-400.pth", state)
-    config = FinetuneConfig(task="deepfake", pretrained=pretrained, output_dir=tmp_path / "unused", train=[DataSpec(path=tmp_path)], input_size=64, num_heads=2)
+    config = FinetuneConfig(
+        task="deepfake",
+        pretrained=pretrained,
+        output_dir=tmp_path / "unused",
+        train=[DataSpec(path=tmp_path)],
+        input_size=64,
+        num_heads=2,
+    )
     model, _ = initial_model(config)
     reference = ViTEncoder(TINY_VIT)
-    reference.load_state_dict({k: v for k, v in state.items() if k.startswith(("cls_token", "pos_embed", "patch_embed.", "blocks."))})
+    reference.load_state_dict(
+        {k: v for k, v in state.items() if k.startswith(("cls_token", "pos_embed", "patch_embed.", "blocks."))}
+    )
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ViTEncoder.forward(model.eval(), x), reference.eval()(x))
@@ -208,16 +266,38 @@ def test_official_checkpoints_load_into_finetuning_and_export(faces: dict[str, P
         torch.testing.assert_close(continued.eval()(x), expected(x))
     heldout = PreparedFaces(faces["heldout"], "heldout", label=0)
     torch_scores = score_source(checkpoint_scorer(finetuned, "deepfake", num_heads=2), heldout)
-    package = export_checkpoint(finetuned, tmp_path / "models", name="official", version=1, task="deepfake", num_heads=2)
+    package = export_checkpoint(
+        finetuned, tmp_path / "models", name="official", version=1, task="deepfake", num_heads=2
+    )
     np.testing.assert_allclose(score_source(PackageScorer(package), heldout), torch_scores, atol=1e-4)
     assert load_package(package.path).manifest.crop.box_transform.sh != 1.0  # official weights: dlib boxes
 
     # ... and continue training from it through the command line (one short epoch).
     result = CliRunner().invoke(
         _cli(finetune),
-        ["--task", "deepfake", "--pretrained", str(finetuned), "--train", f"prepared:{faces['train']},label=real", "--sbi",
-         "--output-dir", str(tmp_path / "continued"), "--epochs", "1", "--batch-size", "8", "--input-size", "64",
-         "--num-heads", "2", "--num-workers", "0", "--val-fraction", "0.1"],
+        [
+            "--task",
+            "deepfake",
+            "--pretrained",
+            str(finetuned),
+            "--train",
+            f"prepared:{faces['train']},label=real",
+            "--sbi",
+            "--output-dir",
+            str(tmp_path / "continued"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--input-size",
+            "64",
+            "--num-heads",
+            "2",
+            "--num-workers",
+            "0",
+            "--val-fraction",
+            "0.1",
+        ],
     )
     assert result.exit_code == 0, result.output
     continued_checkpoint = load_checkpoint(tmp_path / "continued" / "checkpoint-min_val_loss.pth")
@@ -230,13 +310,23 @@ def test_layer_decay_groups_and_the_schedule() -> None:
     names = {id(p): n for n, p in model.named_parameters()}
     by_name = {names[id(p)]: g for g in groups for p in g["params"]}
     assert by_name["cls_token"]["lr_scale"] == by_name["patch_embed.proj.weight"]["lr_scale"] == 0.125
-    assert by_name["blocks.0.attn.qkv.weight"]["lr_scale"] == 0.25 and by_name["blocks.1.mlp.fc1.weight"]["lr_scale"] == 0.5
+    assert (
+        by_name["blocks.0.attn.qkv.weight"]["lr_scale"] == 0.25
+        and by_name["blocks.1.mlp.fc1.weight"]["lr_scale"] == 0.5
+    )
     assert by_name["head.weight"]["lr_scale"] == by_name["fc_norm.bias"]["lr_scale"] == 1.0
-    assert by_name["pos_embed"]["weight_decay"] == by_name["cls_token"]["weight_decay"] == by_name["blocks.0.norm1.weight"]["weight_decay"] == 0.0
+    assert (
+        by_name["pos_embed"]["weight_decay"]
+        == by_name["cls_token"]["weight_decay"]
+        == by_name["blocks.0.norm1.weight"]["weight_decay"]
+        == 0.0
+    )
     assert by_name["blocks.0.attn.qkv.weight"]["weight_decay"] == by_name["head.weight"]["weight_decay"] == 0.05
     assert len(by_name) == len(list(model.parameters()))
 
-    config = FinetuneConfig(task="deepfake", pretrained=Path("x.pth"), output_dir=Path("out"), train=[DataSpec(path=Path("d"))])
+    config = FinetuneConfig(
+        task="deepfake", pretrained=Path("x.pth"), output_dir=Path("out"), train=[DataSpec(path=Path("d"))]
+    )
     peak = config.peak_lr(world_size=2)
     lr_at = config.lr_schedule(peak).lr_at
     assert peak == pytest.approx(2.5e-4 * 64 / 256)  # the paper: 2 GPUs x 32, blr 2.5e-4 -> 6.25e-5
@@ -259,7 +349,9 @@ def test_mixup_cutmix_and_the_soft_target_loss() -> None:
     mixup = Mixup(0.8, 0.0, 1.0, 0.5, smoothing=0.0, num_classes=2)
     mixed, targets = mixup(images, classes, np.random.default_rng(1))
     lam = float(mixed[0, 0, 0, 0] - 3.0) / (0.0 - 3.0)  # sample 0 mixed with sample 3
-    assert torch.allclose(targets.sum(1), torch.ones(4)) and targets[1, 1] == pytest.approx(1.0)  # 1 and 2 share a class
+    assert torch.allclose(targets.sum(1), torch.ones(4)) and targets[1, 1] == pytest.approx(
+        1.0
+    )  # 1 and 2 share a class
     assert targets[0, 0] == pytest.approx(1.0) and 0 < lam < 1
     cutmix = Mixup(0.0, 1.0, 1.0, 0.5, smoothing=0.0, num_classes=2)
     cut, targets = cutmix(images, torch.tensor([0, 0, 1, 1]), np.random.default_rng(2))
@@ -267,7 +359,9 @@ def test_mixup_cutmix_and_the_soft_target_loss() -> None:
     assert targets[0, 1] == pytest.approx(pasted)
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.5]])
     hard = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    assert soft_target_ce(logits, hard) == pytest.approx(torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).item())
+    assert soft_target_ce(logits, hard) == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).item()
+    )
     weighted = soft_target_ce(logits, hard, torch.tensor([3.0, 1.0]))
     reference = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1]), weight=torch.tensor([3.0, 1.0]))
     assert weighted == pytest.approx(reference.item())
@@ -276,20 +370,52 @@ def test_mixup_cutmix_and_the_soft_target_loss() -> None:
 def test_recipes_and_data_specs() -> None:
     base = {"pretrained": Path("x.pth"), "output_dir": Path("out"), "train": [DataSpec(path=Path("d"))]}
     dfd = FinetuneConfig(task="deepfake", **base)
-    assert (dfd.epochs, dfd.warmup_epochs, dfd.batch_size, dfd.blr, dfd.layer_decay, dfd.weight_decay) == (10, 5, 32, 2.5e-4, 0.65, 0.05)
-    assert (dfd.drop_path, dfd.mixup, dfd.cutmix, dfd.smoothing, dfd.reprob, dfd.selection) == (0.1, 0.8, 1.0, 0.1, 0.25, "loss")
+    assert (dfd.epochs, dfd.warmup_epochs, dfd.batch_size, dfd.blr, dfd.layer_decay, dfd.weight_decay) == (
+        10,
+        5,
+        32,
+        2.5e-4,
+        0.65,
+        0.05,
+    )
+    assert (dfd.drop_path, dfd.mixup, dfd.cutmix, dfd.smoothing, dfd.reprob, dfd.selection) == (
+        0.1,
+        0.8,
+        1.0,
+        0.1,
+        0.25,
+        "loss",
+    )
     diff = FinetuneConfig(task="diffusion", **base)
     assert (diff.batch_size, diff.blr, diff.epochs, diff.normalization) == (256, 5e-4, 50, "imagenet")
     fas = FinetuneConfig(task="liveness", **base)
-    assert (fas.optimizer, fas.lr, fas.weight_decay, fas.schedule, fas.layer_decay, fas.balance) == ("adam", 1e-4, 1e-6, "constant", 1.0, "domain")
+    assert (fas.optimizer, fas.lr, fas.weight_decay, fas.schedule, fas.layer_decay, fas.balance) == (
+        "adam",
+        1e-4,
+        1e-6,
+        "constant",
+        1.0,
+        "domain",
+    )
     assert fas.epochs * fas.iters_per_epoch == 4000 and fas.classes.names == ["spoof", "live"]
     sbi = FinetuneConfig(task="deepfake", sbi=True, mixup=0.2, **base)
-    assert (sbi.mixup, sbi.cutmix, sbi.augment, sbi.balance) == (0.2, 0.0, "sbi", "none")  # given values win over the recipe
+    assert (sbi.mixup, sbi.cutmix, sbi.augment, sbi.balance) == (
+        0.2,
+        0.0,
+        "sbi",
+        "none",
+    )  # given values win over the recipe
     with pytest.raises(ValueError, match="deepfake"):
         FinetuneConfig(task="liveness", sbi=True, **base)
 
     spec = DataSpec.parse("mcio:/data/MCIO,domain=msu,split=test")
-    assert (spec.format, spec.path, spec.split, spec.options, spec.label) == ("mcio", Path("/data/MCIO"), "test", {"domain": "msu"}, "mcio-msu-test")
+    assert (spec.format, spec.path, spec.split, spec.options, spec.label) == (
+        "mcio",
+        Path("/data/MCIO"),
+        "test",
+        {"domain": "msu"},
+        "mcio-msu-test",
+    )
     assert DataSpec.parse("/data/faces").format == "auto" and DataSpec.parse("C:/x").path == Path("C:/x")
     with pytest.raises(ValueError, match="key=value"):
         DataSpec.parse("folder:/x,oops")
@@ -322,7 +448,10 @@ def test_benchmark_layout_readers(tmp_path: Path) -> None:
     (cdf.mkdir(), (cdf / "List_of_testing_videos.txt").write_text("\n".join(listing) + "\n"))
     for line in listing + ["1 Celeb-real/id9_0001.mp4"]:
         _touch(cdf / line.split()[1])
-    assert [(v.video, v.label) for v in celebdf_videos(cdf)] == [("Celeb-real/id0_0000", 0), ("Celeb-synthesis/id0_id1_0000", 1)]
+    assert [(v.video, v.label) for v in celebdf_videos(cdf)] == [
+        ("Celeb-real/id0_0000", 0),
+        ("Celeb-synthesis/id0_id1_0000", 1),
+    ]
     assert len(celebdf_videos(cdf, youtube_real=True)) == 3
     assert [v.video for v in celebdf_videos(cdf, "train")] == ["Celeb-real/id9_0001"]
 
@@ -333,8 +462,11 @@ def test_benchmark_layout_readers(tmp_path: Path) -> None:
     _touch(dfdc / "ori_videos/part_3/bbb.mp4")
     assert [(v.video, v.label) for v in dfdc_videos(dfdc)] == [("aaa", 1), ("bbb", 0)]
     dfdcp = tmp_path / "DFDCP"
-    entries = {"method_A/1/a.mp4": {"label": "fake", "set": "test"}, "original_videos/2/b.mp4": {"label": "real", "set": "test"},
-               "original_videos/3/c.mp4": {"label": "real", "set": "train"}}
+    entries = {
+        "method_A/1/a.mp4": {"label": "fake", "set": "test"},
+        "original_videos/2/b.mp4": {"label": "real", "set": "test"},
+        "original_videos/3/c.mp4": {"label": "real", "set": "train"},
+    }
     (dfdcp.mkdir(), (dfdcp / "dataset.json").write_text(json.dumps(entries)))
     for rel in entries:
         _touch(dfdcp / rel)
@@ -344,7 +476,9 @@ def test_benchmark_layout_readers(tmp_path: Path) -> None:
     mcio = tmp_path / "MCIO"
     (mcio / "txt").mkdir(parents=True)
     (mcio / "txt/msu_real_test.txt").write_text("msu/test/real/real_client001_android_SD_scene01_frame0.png\n")
-    (mcio / "txt/msu_fake_test.txt").write_text("msu/test/fake/attack_client001_laptop_SD_ipad_video_scene01_frame0.png\n")
+    (mcio / "txt/msu_fake_test.txt").write_text(
+        "msu/test/fake/attack_client001_laptop_SD_ipad_video_scene01_frame0.png\n"
+    )
     for name in ("real/real_client001_android_SD_scene01", "fake/attack_client001_laptop_SD_ipad_video_scene01"):
         for frame in (0, 1):
             _touch(mcio / "frame/msu/test" / f"{name}_frame{frame}.png")
@@ -377,7 +511,9 @@ def test_demo_model_goes_through_the_whole_pipeline(tmp_path: Path, mtcnn_dir: P
     assert manifest.demo and "NOT FIT FOR DECISIONS" in manifest.description
     assert manifest.thresholds.operating_points and "val_auc" in manifest.provenance.metrics
     pretrained = load_checkpoint(next((tmp_path / "work" / "pretrain").glob("checkpoint-[0-9]*.pth")))
-    assert "config" in pretrained and manifest.normalization.mean != Normalization().mean  # our pretraining's statistics
+    assert (
+        "config" in pretrained and manifest.normalization.mean != Normalization().mean
+    )  # our pretraining's statistics
     assert manifest.architecture.vit == DEMO_ENCODER
 
 

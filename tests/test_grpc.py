@@ -37,8 +37,8 @@ from service.grpc_stubs import SERVICE_NAME, pb, pb_grpc
 from service.settings import Settings
 from tests.faces import ASTRONAUT_FACE_BOX, ASTRONAUT_LANDMARKS, assert_face_at, assert_group_faces
 from tests.no_torch import torchless_env
-from tests.references import ImageAnalysis, Reference, encode, make_reference
 from tests.packages import make_tiny_package
+from tests.references import ImageAnalysis, Reference, encode, make_reference
 from tests.servers import REPO_ROOT, RunningServer, metric, running_server, scrape
 from tests.test_rest import make_video
 
@@ -50,7 +50,6 @@ LIVENESS = "tiny-liveness:1"
 SLOW_QUEUE = 16  # the slow server's queue: faces, at most
 
 
-
 # ---- fixtures and helpers -----------------------------------------------------------------------
 
 
@@ -58,7 +57,10 @@ SLOW_QUEUE = 16  # the slow server's queue: faces, at most
 def models(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("models")
     make_tiny_package(
-        repo, name="tiny-deepfake", seed=0, demo=True,
+        repo,
+        name="tiny-deepfake",
+        seed=0,
+        demo=True,
         thresholds=Thresholds(
             default=0.4, operating_points=[OperatingPoint(name="fpr_1pct", threshold=0.8, target_fpr=0.01)]
         ),
@@ -123,7 +125,7 @@ def assert_faces_match(faces: Iterable[pb.Face], expected: ImageAnalysis, tolera
     """The server's faces are the reference's: same boxes and landmarks, scores, labels, thresholds."""
     faces = list(faces)
     assert len(faces) == len(expected.faces)
-    for face, want in zip(faces, expected.faces):
+    for face, want in zip(faces, expected.faces, strict=False):
         assert [face.box.x1, face.box.y1, face.box.x2, face.box.y2] == pytest.approx(want.face.box.tolist(), abs=1e-3)
         assert [c for p in face.landmarks for c in (p.x, p.y)] == pytest.approx(want.face.landmarks.ravel(), abs=1e-3)
         assert face.judged and face.score == pytest.approx(want.score, abs=tolerance)
@@ -159,17 +161,24 @@ def assert_still_serving(stub: pb_grpc.FaceSecurityStub, astronaut_jpeg: bytes) 
 # ---- results on real photos ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("task", "ref", "labels"), [
-    (pb.TASK_DEEPFAKE, DEEPFAKE, {"fake", "real"}),
-    (pb.TASK_LIVENESS, LIVENESS, {"spoof", "live"}),
-])
+@pytest.mark.parametrize(
+    ("task", "ref", "labels"),
+    [
+        (pb.TASK_DEEPFAKE, DEEPFAKE, {"fake", "real"}),
+        (pb.TASK_LIVENESS, LIVENESS, {"spoof", "live"}),
+    ],
+)
 def test_the_astronaut_gets_her_face_and_the_onnx_runtime_score(
     stub, astronaut_jpeg, reference, task, ref, labels
 ) -> None:
     answer = stub.AnalyzeImage(image_request(astronaut_jpeg, task), metadata=KEYED, timeout=30)
     (face,) = answer.faces
-    assert_face_at([face.box.x1, face.box.y1, face.box.x2, face.box.y2], [[p.x, p.y] for p in face.landmarks],
-                   ASTRONAUT_FACE_BOX, ASTRONAUT_LANDMARKS)
+    assert_face_at(
+        [face.box.x1, face.box.y1, face.box.x2, face.box.y2],
+        [[p.x, p.y] for p in face.landmarks],
+        ASTRONAUT_FACE_BOX,
+        ASTRONAUT_LANDMARKS,
+    )
     assert face.detection_score >= 0.9 and face.label in labels and not face.reason
     assert_faces_match(answer.faces, reference(decode_image(astronaut_jpeg), ref))
     name, version = ref.split(":")
@@ -225,8 +234,13 @@ def test_a_video_gets_the_same_frames_scores_and_verdict_as_over_rest(server, st
     answer = stub.AnalyzeVideo(
         pb.AnalyzeVideoRequest(video=video, options=options(), max_frames=4), metadata=KEYED, timeout=60
     )
-    rest = httpx.post(server.rest_url + "/v1/deepfake", files={"file": ("clip", video)}, data={"max_frames": "4"},
-                      headers={"x-api-key": API_KEY}, timeout=60)
+    rest = httpx.post(
+        server.rest_url + "/v1/deepfake",
+        files={"file": ("clip", video)},
+        data={"max_frames": "4"},
+        headers={"x-api-key": API_KEY},
+        timeout=60,
+    )
     assert rest.status_code == 200, rest.text
     body = rest.json()
     assert body["media"] == "video" and len(answer.frames) == len(body["frames"]) == 4
@@ -240,11 +254,14 @@ def test_a_video_gets_the_same_frames_scores_and_verdict_as_over_rest(server, st
     assert set(answer.timing_ms) == {"decode", "detect", "queue", "infer", "total"}
 
 
-@pytest.mark.parametrize(("media", "fields", "expected_reason"), [
-    ("jpeg", {}, "unsupported_type"),  # images go to AnalyzeImage
-    ("mp4", {"max_frames": 1000}, "invalid_parameter"),
-    ("mp4", {"fps": 500.0}, "invalid_parameter"),
-])
+@pytest.mark.parametrize(
+    ("media", "fields", "expected_reason"),
+    [
+        ("jpeg", {}, "unsupported_type"),  # images go to AnalyzeImage
+        ("mp4", {"max_frames": 1000}, "invalid_parameter"),
+        ("mp4", {"fps": 500.0}, "invalid_parameter"),
+    ],
+)
 def test_bad_video_requests_get_a_clear_status(stub, astronaut_rgb, media, fields, expected_reason) -> None:
     data = encode(astronaut_rgb) if media == "jpeg" else make_video([astronaut_rgb] * 2, "mp4", "mpeg4")
     request = pb.AnalyzeVideoRequest(video=data, options=options(), **fields)
@@ -288,8 +305,9 @@ def test_a_stream_of_100_frames_gets_100_results_in_order_with_a_running_aggrega
     for i, result in enumerate(results):
         aggregate = result.aggregate
         if i == broken:
-            assert result.error == pb.Error(code="INVALID_ARGUMENT", reason="unsupported_type",
-                                            message="not a JPEG, PNG or WebP image")
+            assert result.error == pb.Error(
+                code="INVALID_ARGUMENT", reason="unsupported_type", message="not a JPEG, PNG or WebP image"
+            )
         else:
             assert_faces_match(result.analysis.faces, expected[plan[i]], tolerance=1e-5)
             scores = [face.score for face in result.analysis.faces]
@@ -325,8 +343,11 @@ def test_a_slow_reader_slows_only_its_own_stream(server, stub) -> None:
         assert 0 < stalled < 50, stalled
 
         started = time.monotonic()
-        other = list(stub.Analyze((pb.Frame(image=tiny, options=options(), index=i) for i in range(20)),
-                                  metadata=KEYED, timeout=30))
+        other = list(
+            stub.Analyze(
+                (pb.Frame(image=tiny, options=options(), index=i) for i in range(20)), metadata=KEYED, timeout=30
+            )
+        )
         assert [r.index for r in other] == list(range(20)) and time.monotonic() - started < 10
         assert analysed() - before == stalled  # the slow stream did not move meanwhile
 
@@ -347,8 +368,11 @@ def _settled(read: Callable[[], float], quiet_s: float = 1.0) -> float:
 # ---- bad inputs: each refused clearly, and the server keeps serving ------------------------------
 
 
-INVALID, NOT_FOUND, EXHAUSTED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-                                 grpc.StatusCode.RESOURCE_EXHAUSTED)
+INVALID, NOT_FOUND, EXHAUSTED = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
 UNARY_FAILURES: dict[str, tuple[Callable[[bytes], pb.AnalyzeImageRequest], grpc.StatusCode, str | None]] = {
     "zero bytes": (lambda jpeg: image_request(b""), INVALID, "empty"),
     "text": (lambda jpeg: image_request(b"this is not an image"), INVALID, "unsupported_type"),
@@ -359,15 +383,24 @@ UNARY_FAILURES: dict[str, tuple[Callable[[bytes], pb.AnalyzeImageRequest], grpc.
     "unknown model": (lambda jpeg: image_request(jpeg, model="no-such-model"), NOT_FOUND, "model_not_found"),
     "unknown version": (lambda jpeg: image_request(jpeg, model="tiny-deepfake:9"), NOT_FOUND, "model_not_found"),
     "task without a model": (lambda jpeg: image_request(jpeg, pb.TASK_DIFFUSION), NOT_FOUND, "model_not_found"),
-    "model of another task": (lambda jpeg: image_request(jpeg, pb.TASK_LIVENESS, model="tiny-deepfake"), INVALID,
-                              "wrong_task"),
+    "model of another task": (
+        lambda jpeg: image_request(jpeg, pb.TASK_LIVENESS, model="tiny-deepfake"),
+        INVALID,
+        "wrong_task",
+    ),
     "threshold out of range": (lambda jpeg: image_request(jpeg, threshold=1.5), INVALID, "bad_threshold"),
     "uncalibrated target_fpr": (lambda jpeg: image_request(jpeg, target_fpr=0.05), INVALID, "unknown_operating_point"),
-    "raw pixels of the wrong length": (lambda jpeg: image_request(pb.RawImage(width=64, height=64, rgb=bytes(4096))),
-                                       INVALID, "bad_raw_image"),
+    "raw pixels of the wrong length": (
+        lambda jpeg: image_request(pb.RawImage(width=64, height=64, rgb=bytes(4096))),
+        INVALID,
+        "bad_raw_image",
+    ),
     "raw pixels without a size": (lambda jpeg: image_request(pb.RawImage(rgb=bytes(12))), INVALID, "bad_raw_image"),
-    "raw pixels over the side limit": (lambda jpeg: image_request(pb.RawImage(width=20_000, height=1)), INVALID,
-                                       "too_large"),
+    "raw pixels over the side limit": (
+        lambda jpeg: image_request(pb.RawImage(width=20_000, height=1)),
+        INVALID,
+        "too_large",
+    ),
 }
 
 
@@ -391,8 +424,12 @@ STREAM_FAILURES: dict[str, tuple[Callable[[bytes], list[pb.Frame]], grpc.StatusC
     # (frames, status, reason, results before the status)
     "unknown model": (lambda jpeg: [frame(jpeg, options=options(model="nope"))] * 3, NOT_FOUND, "model_not_found", 0),
     "no options": (lambda jpeg: [frame(jpeg)], INVALID, "missing_task", 0),
-    "options changed": (lambda jpeg: [frame(jpeg, options=options()), frame(jpeg, options=options(threshold=0.2))],
-                        INVALID, "options_changed", 1),
+    "options changed": (
+        lambda jpeg: [frame(jpeg, options=options()), frame(jpeg, options=options(threshold=0.2))],
+        INVALID,
+        "options_changed",
+        1,
+    ),
     "huge frame": (lambda jpeg: [frame(jpeg, options=options()), frame(bytes(MAX_MESSAGE + 1))], EXHAUSTED, None, 1),
 }
 
@@ -499,10 +536,13 @@ def test_reflection_lists_and_describes_the_service(server) -> None:
         assert "aggregate" in pool.FindMessageTypeByName("fsfm.v1.FrameResult").fields_by_name
 
 
-@pytest.mark.parametrize(("metadata", "expected_reason"), [
-    ((), "missing_api_key"),
-    ((("x-api-key", API_KEY + "x"),), "invalid_api_key"),
-])
+@pytest.mark.parametrize(
+    ("metadata", "expected_reason"),
+    [
+        ((), "missing_api_key"),
+        ((("x-api-key", API_KEY + "x"),), "invalid_api_key"),
+    ],
+)
 def test_an_api_key_is_required(stub, astronaut_jpeg, metadata, expected_reason) -> None:
     calls = [
         lambda: stub.AnalyzeImage(image_request(astronaut_jpeg), metadata=metadata, timeout=10),
@@ -521,8 +561,10 @@ def test_an_api_key_is_required(stub, astronaut_jpeg, metadata, expected_reason)
 def _report(manifest, threshold: float, scores: list[float | None]) -> tuple[FrameReport, object, float]:
     """A frame whose faces have these scores (None: a face too small to judge), its model and threshold."""
     face = DetectedFace(np.zeros(4, np.float32), np.zeros((5, 2), np.float32), 0.99)
-    results = [FaceResult(face, s, "x", threshold) if s is not None else FaceResult(face, skip_reason="face_too_small")
-               for s in scores]
+    results = [
+        FaceResult(face, s, "x", threshold) if s is not None else FaceResult(face, skip_reason="face_too_small")
+        for s in scores
+    ]
     return FrameReport(0, 0.0, results), manifest, threshold
 
 
@@ -554,10 +596,28 @@ def test_the_stream_aggregate_covers_a_window_of_analysed_frames(models) -> None
 def _self_signed(folder: Path) -> tuple[Path, Path]:
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 

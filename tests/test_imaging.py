@@ -15,6 +15,7 @@ from fsfm.imaging import ImageError, ImageLimits, decode_image, sniff_image_type
 
 def png_bomb(side: int) -> bytes:
     """A valid 1-bit greyscale PNG of side x side zeros: tiny on disk, side² pixels decoded."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 

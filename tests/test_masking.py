@@ -67,7 +67,7 @@ def test_patch_groups_touch_any_pixel_and_overlap() -> None:
     labels[20, 5] = LaPa.RIGHT_EYE  # patch 2
     labels[16:, 16:] = LaPa.NOSE  # patch 3: only nose
     labels[31, 31] = LaPa.BACKGROUND
-    groups = dict(zip(GROUPS, patch_groups(labels, 16)))
+    groups = dict(zip(GROUPS, patch_groups(labels, 16), strict=False))
     assert groups["hair"].tolist() == [True, False, False, False]
     assert groups["skin"].tolist() == [True, True, True, False]
     assert groups["boundary"].tolist() == [True, False, False, False]  # patch 3 has background but no skin
@@ -80,7 +80,7 @@ def test_patch_groups_touch_any_pixel_and_overlap() -> None:
 
 def test_the_face_map_has_every_group() -> None:
     groups = patch_groups(face_map(), PATCH)
-    sizes = dict(zip(GROUPS, groups.sum(axis=1).tolist()))
+    sizes = dict(zip(GROUPS, groups.sum(axis=1).tolist(), strict=False))
     assert all(sizes[name] > 0 for name in GROUPS), sizes
     assert sizes["nose"] < sizes["skin"] < L and sizes["boundary"] > 0
 
@@ -195,4 +195,4 @@ def test_strategies_are_selected_by_name() -> None:
         mask_batch(faces(1), "fasking", PATCH, 0.75, np.random.default_rng(0))
     a = mask_batch(faces(4), "crfr_p", PATCH, 0.75, np.random.default_rng(9))
     b = mask_batch(faces(4), "crfr_p", PATCH, 0.75, np.random.default_rng(9))
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))  # a pure function of maps and seed
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=False))  # a pure function of maps and seed

@@ -43,7 +43,9 @@ def test_ranking_metrics_agree_with_scikit_learn_and_the_official_eer() -> None:
     for _ in range(100):
         labels, scores = _random_case(rng)
         assert roc_auc(labels, scores) == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-12)
-        assert average_precision(labels, scores) == pytest.approx(skm.average_precision_score(labels, scores), abs=1e-12)
+        assert average_precision(labels, scores) == pytest.approx(
+            skm.average_precision_score(labels, scores), abs=1e-12
+        )
         fpr, tpr, thresholds = roc_curve(labels, scores)
         ref_fpr, ref_tpr, ref_thr = skm.roc_curve(labels, scores, drop_intermediate=False)
         np.testing.assert_allclose(fpr, ref_fpr)
@@ -51,7 +53,7 @@ def test_ranking_metrics_agree_with_scikit_learn_and_the_official_eer() -> None:
         np.testing.assert_allclose(thresholds[1:], ref_thr[1:])
         # the official DfD EER: brentq(1 - x - interp1d(fpr, tpr)(x)) on sklearn's ROC
         sk_fpr, sk_tpr, _ = skm.roc_curve(labels, scores)
-        official = brentq(lambda x: 1.0 - x - interp1d(sk_fpr, sk_tpr)(x), 0.0, 1.0)
+        official = brentq(lambda x, roc=interp1d(sk_fpr, sk_tpr): 1.0 - x - roc(x), 0.0, 1.0)
         assert eer(labels, scores)[0] == pytest.approx(official, abs=1e-9)
         # FLIP's TPR@FPR=1%: the last TPR with FPR <= 0.01
         assert tpr_at_fpr(labels, scores, 0.01) == pytest.approx(sk_tpr[sk_fpr <= 0.01][-1])
@@ -81,7 +83,10 @@ def test_hter_at_the_fas_protocol_grid_threshold() -> None:
     labels = rng.integers(0, 2, 200)
     scores = np.clip(rng.normal(0.35 + 0.3 * labels, 0.15), 0, 1)
     t = grid_eer_threshold(labels, scores, step=1e-3)
-    best = min(np.linspace(0, 1, 1001), key=lambda g: abs(error_rates(labels, scores, g).apcer - error_rates(labels, scores, g).bpcer))
+    best = min(
+        np.linspace(0, 1, 1001),
+        key=lambda g: abs(error_rates(labels, scores, g).apcer - error_rates(labels, scores, g).bpcer),
+    )
     assert t == pytest.approx(best)
     rates = error_rates(labels, scores, t)
     assert rates.hter == pytest.approx((rates.apcer + rates.bpcer) / 2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -15,13 +14,12 @@ import pytest
 from skimage import data
 
 from fsfm.assets import MTCNN_FILES, MTCNN_LICENCE_FILE, fetch_mtcnn_state_dicts
-from fsfm.face.boxes import nms, pairwise_overlaps, square_boxes
+from fsfm.face.boxes import nms, square_boxes
 from fsfm.face.mtcnn import MtcnnDetector
-from tests.no_torch import run_without_torch
 from tests.faces import ASTRONAUT_FACE_BOX, ASTRONAUT_LANDMARKS, assert_face_at, assert_group_faces, iou
+from tests.no_torch import run_without_torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +146,7 @@ def test_detection_does_not_import_torch(mtcnn_dir: Path, astronaut_path: Path, 
         image = np.asarray(Image.open({str(astronaut_path)!r}).convert("RGB"))
         print(len(MtcnnDetector({str(mtcnn_dir)!r}).detect(image)))
         assert "torch" not in sys.modules
-        """
+        """,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "1"
@@ -165,7 +163,7 @@ def test_conversion_without_torch_asks_for_the_training_extra(tmp_path: Path) ->
             ensure_mtcnn(Path({str(tmp_path / "mtcnn")!r}))
         except RuntimeError as exc:
             print(exc)
-        """
+        """,
     )
     assert result.returncode == 0, result.stderr
     assert "fsfm[train]" in result.stdout

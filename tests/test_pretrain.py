@@ -52,7 +52,14 @@ WINDOW = 20
 
 
 def tiny_config(data: Path, output: Path, **overrides: object) -> PretrainConfig:
-    fields = {"epochs": EPOCHS, "warmup_epochs": 5, "batch_size": 8, "lr": 1e-3, "num_workers": 0, "save_every": SAVE_EVERY}
+    fields = {
+        "epochs": EPOCHS,
+        "warmup_epochs": 5,
+        "batch_size": 8,
+        "lr": 1e-3,
+        "num_workers": 0,
+        "save_every": SAVE_EVERY,
+    }
     return PretrainConfig(data=[data], output_dir=output, architecture=TINY, **{**fields, **overrides})
 
 
@@ -196,7 +203,15 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(tiny_run:
     app = typer.Typer()
     app.command()(pretrain)
     app.command("noop")(lambda: None)
-    args = ["pretrain", "--config", str(tiny_run / "config.json"), "--output-dir", str(resumed), "--resume", str(resumed)]
+    args = [
+        "pretrain",
+        "--config",
+        str(tiny_run / "config.json"),
+        "--output-dir",
+        str(resumed),
+        "--resume",
+        str(resumed),
+    ]
     with single_thread():
         result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, (result.output, result.exception)
@@ -205,7 +220,9 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(tiny_run:
     final, reference = load_checkpoint(resumed / "checkpoint-49.pth"), load_checkpoint(tiny_run / "checkpoint-49.pth")
     assert all(torch.equal(final["model"][k], v) for k, v in reference["model"].items())
     target = load_checkpoint(resumed / "checkpoint-te-49.pth")["model"]
-    assert all(torch.equal(target[k], v) for k, v in load_checkpoint(tiny_run / "checkpoint-te-49.pth")["model"].items())
+    assert all(
+        torch.equal(target[k], v) for k, v in load_checkpoint(tiny_run / "checkpoint-te-49.pth")["model"].items()
+    )
 
 
 def test_pretrain_flags_are_the_config_fields_and_state_its_defaults() -> None:
@@ -247,7 +264,7 @@ def test_masks_do_not_depend_on_the_number_of_loader_workers(faces: Path) -> Non
     sampler.set_epoch(2)
     collate = MaskingCollate(dataset.normalization, "crfr_p", 8, 0.75)
     runs = [list(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=n)) for n in (0, 2)]
-    for a, b in zip(*runs):
+    for a, b in zip(*runs, strict=False):
         assert all(torch.equal(a[k], b[k]) for k in ("images", "mask", "fr_mask"))
     batch = runs[0][0]
     assert batch["images"].shape == (8, 3, 64, 64) and batch["mask"].shape == (8, 64)
@@ -265,8 +282,18 @@ def test_torchrun_runs_the_same_pretraining_on_two_cpu_processes(faces: Path, tm
     output = tmp_path / "ddp"
     config = tiny_config(faces, output, epochs=2, warmup_epochs=1, batch_size=4, lr=None, blr=0.256, save_every=1)
     config.save(tmp_path / "run.json")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "training.commands", "pretrain", "--config", str(tmp_path / "run.json")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "training.commands",
+        "pretrain",
+        "--config",
+        str(tmp_path / "run.json"),
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stderr[-4000:]

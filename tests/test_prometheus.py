@@ -54,9 +54,11 @@ def models(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def stack(models, tmp_path_factory, mtcnn_dir, astronaut_rgb) -> Iterator[tuple[RunningServer, RunningWorker]]:
     """Redis, one worker and one API node in redis mode, after some traffic."""
-    with running_redis(tmp_path_factory.mktemp("redis")) as redis_server, \
-            running_worker(models, redis_server.url, "worker-p") as worker, \
-            running_server(models, {"queue": redis_server.url, "min_face_size": 40}, grpc=False) as api:
+    with (
+        running_redis(tmp_path_factory.mktemp("redis")) as redis_server,
+        running_worker(models, redis_server.url, "worker-p") as worker,
+        running_server(models, {"queue": redis_server.url, "min_face_size": 40}, grpc=False) as api,
+    ):
         send_traffic(api, astronaut_rgb)
         yield api, worker
 
@@ -93,9 +95,15 @@ def running_prometheus(targets: dict[str, str], folder: Path) -> Iterator[Callab
     config.write_text(yaml.safe_dump(scrape_config(targets, DEPLOY / "prometheus" / "rules.yml")))
     address = f"127.0.0.1:{free_port()}"
     process = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
-         f"--web.listen-address={address}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address={address}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     base = f"http://{address}"
 
@@ -106,8 +114,11 @@ def running_prometheus(targets: dict[str, str], folder: Path) -> Iterator[Callab
 
     try:
         until(lambda: _answers(f"{base}/-/ready"), "Prometheus did not start", process)
-        until(lambda: len(query('up{job=~"fsfm-.*"} == 1')) == len(targets), "Prometheus did not scrape every job",
-              process)
+        until(
+            lambda: len(query('up{job=~"fsfm-.*"} == 1')) == len(targets),
+            "Prometheus did not scrape every job",
+            process,
+        )
         yield query
     finally:
         process.terminate()
@@ -153,8 +164,9 @@ def test_the_recording_rules_and_every_dashboard_query_return_data(prometheus) -
         assert prometheus(record), record
 
 
-def test_every_dashboard_panel_shows_data_in_single_process_mode(models, tmp_path_factory, mtcnn_dir,
-                                                                   astronaut_rgb) -> None:
+def test_every_dashboard_panel_shows_data_in_single_process_mode(
+    models, tmp_path_factory, mtcnn_dir, astronaut_rgb
+) -> None:
     """One ``fsfm serve`` without Redis, scraped as the job fsfm-api: every panel has a query with data."""
     with running_server(models, {"min_face_size": 40}, grpc=False) as api:
         send_traffic(api, astronaut_rgb)
@@ -163,8 +175,11 @@ def test_every_dashboard_panel_shows_data_in_single_process_mode(models, tmp_pat
             panels = {panel["title"]: [target["expr"] for target in panel["targets"]] for panel in dashboard["panels"]}
             deadline = time.monotonic() + 30
             while True:
-                dark = [title for title, exprs in panels.items()
-                        if all(not query(expr.replace("$__rate_interval", RATE_WINDOW)) for expr in exprs)]
+                dark = [
+                    title
+                    for title, exprs in panels.items()
+                    if all(not query(expr.replace("$__rate_interval", RATE_WINDOW)) for expr in exprs)
+                ]
                 if not dark or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)

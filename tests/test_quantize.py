@@ -40,7 +40,7 @@ def heldout(tmp_path_factory, sample_photos: Path, mtcnn_dir: Path) -> Path:
         image = decode_image((sample_photos / photo).read_bytes())
         for k, face in enumerate(detector.detect(image)):
             x1, y1, x2, y2 = (int(v) for v in face.box)
-            crop = Image.fromarray(image[max(0, y1):y2, max(0, x1):x2]).resize((64, 64))
+            crop = Image.fromarray(image[max(0, y1) : y2, max(0, x1) : x2]).resize((64, 64))
             altered = crop.filter(ImageFilter.GaussianBlur(2)).point(lambda v: min(255, v + 40))
             for label, picture in (("real", crop), ("fake", altered)):
                 (root / label).mkdir(exist_ok=True)
@@ -87,7 +87,9 @@ def test_service_runs_the_int8_graph_when_asked(quantized: ModelPackage, astrona
     expected = attack_scores(int8, quantized.manifest)
     with running_server(quantized.path.parent.parent, {"precision": "int8"}) as server:
         assert httpx.get(server.rest_url + "/readyz").json()["precision"] == "int8"
-        answer = httpx.post(server.rest_url + "/v1/deepfake", files={"file": ("a.jpg", encode(astronaut_rgb, "PNG"))}).json()
+        answer = httpx.post(
+            server.rest_url + "/v1/deepfake", files={"file": ("a.jpg", encode(astronaut_rgb, "PNG"))}
+        ).json()
     assert answer["faces"][0]["score"] == pytest.approx(float(expected[0]), abs=2e-6)
 
 
@@ -96,7 +98,11 @@ def test_service_refuses_to_start_int8_without_the_variant(tmp_path: Path) -> No
     env = {"FSFM_PRECISION": "int8", "FSFM_PORT": "0", "FSFM_GRPC_PORT": "0"}
     result = subprocess.run(
         [sys.executable, "-m", "fsfm_cli", "serve", "--models", str(tmp_path / "models")],
-        cwd=REPO_ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1
     assert "tiny-deepfake:1 has no int8 variant" in result.stderr + result.stdout

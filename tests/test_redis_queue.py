@@ -21,9 +21,9 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from fsfm_cli import app
 from fsfm.engines.onnxruntime import OnnxRuntimeEngine
 from fsfm.package import ModelPackage
+from fsfm_cli import app
 from service.batcher import DynamicBatcher
 from service.engines import load_engine
 from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, Unavailable
@@ -147,15 +147,20 @@ def test_work_items_and_replies_round_trip_through_redis() -> None:
     assert Reply.decode(failure_fields) == failure
 
 
-@pytest.mark.parametrize("change", [
-    {b"data": b"\0" * 12},  # too few bytes for the shape
-    {b"dtype": b"float64"},
-    {b"shape": b"3,x,64"},
-    {b"deadline": b"soon"},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {b"data": b"\0" * 12},  # too few bytes for the shape
+        {b"dtype": b"float64"},
+        {b"shape": b"3,x,64"},
+        {b"deadline": b"soon"},
+    ],
+)
 def test_malformed_work_items_are_refused(change: dict[bytes, bytes]) -> None:
-    fields = {k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in WorkItem(
-        Address("r", "id", 0), "m:1", 1.0, 1.0, faces(1)[0]).encode().items()}
+    fields = {
+        k.encode(): v if isinstance(v, bytes) else v.encode()
+        for k, v in WorkItem(Address("r", "id", 0), "m:1", 1.0, 1.0, faces(1)[0]).encode().items()
+    }
     with pytest.raises(WireError):
         WorkItem.decode({**fields, **change})
     with pytest.raises(WireError):
@@ -179,8 +184,13 @@ def test_an_answer_in_another_wire_version_fails_its_request(model: ModelPackage
             await eventually(lambda: length_is(r, stream, 1))
             ((_, fields),) = await r.xrange(stream)
             address = Address.decode(fields)
-            old_answer = {"id": address.request_id, "i": str(address.index), "queue_s": "0.0", "infer_s": "0.0",
-                          **encode_array(np.zeros(2, np.float32))}
+            old_answer = {
+                "id": address.request_id,
+                "i": str(address.index),
+                "queue_s": "0.0",
+                "infer_s": "0.0",
+                **encode_array(np.zeros(2, np.float32)),
+            }
             await r.xadd(address.reply_to, old_answer)
             with pytest.raises(InferenceFailed, match="upgrade the workers") as failure:
                 await asyncio.wait_for(request, 5)
@@ -227,8 +237,13 @@ def test_the_batcher_carries_every_named_output(two_outputs: ModelPackage) -> No
     expected = OnnxRuntimeEngine(two_outputs.onnx_path).run(batch)
 
     async def scenario() -> list:
-        batcher = DynamicBatcher(load_engine(two_outputs, Settings()), two_outputs.manifest.ref, Metrics(),
-                                 max_batch_size=4, max_queue_delay_ms=20)
+        batcher = DynamicBatcher(
+            load_engine(two_outputs, Settings()),
+            two_outputs.manifest.ref,
+            Metrics(),
+            max_batch_size=4,
+            max_queue_delay_ms=20,
+        )
         batcher.start()
         try:  # two requests share batches: each gets its own rows back
             return await asyncio.gather(batcher.infer(batch[:2]), batcher.infer(batch[2:]))

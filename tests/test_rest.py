@@ -27,8 +27,8 @@ from service.metrics import Metrics
 from service.rest.schemas import AnalysisResponse, ErrorResponse, ModelsResponse
 from service.settings import Settings
 from tests.faces import ASTRONAUT_FACE_BOX, ASTRONAUT_LANDMARKS, assert_face_at, assert_group_faces
-from tests.references import ImageAnalysis, Reference, encode, make_reference
 from tests.packages import make_tiny_package
+from tests.references import ImageAnalysis, Reference, encode, make_reference
 from tests.servers import REPO_ROOT, RunningServer, metric, running_server, scrape
 from tests.test_imaging import png_bomb
 
@@ -38,13 +38,16 @@ DEFAULT_DEEPFAKE = "tiny-deepfake:2"  # the highest version is served by default
 MAX_UPLOAD = 4 * 1024 * 1024
 
 
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("models")
     make_tiny_package(repo, name="tiny-deepfake", version=1, seed=0)
     make_tiny_package(
-        repo, name="tiny-deepfake", version=2, seed=2, demo=True,
+        repo,
+        name="tiny-deepfake",
+        version=2,
+        seed=2,
+        demo=True,
         thresholds=Thresholds(
             default=0.4, operating_points=[OperatingPoint(name="fpr_1pct", threshold=0.8, target_fpr=0.01)]
         ),
@@ -56,8 +59,12 @@ def models(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(models, mtcnn_dir) -> RunningServer:
     settings = {
-        "api_keys": API_KEYS, "cors_origins": [ORIGIN], "max_upload_bytes": MAX_UPLOAD,
-        "max_batch_size": 8, "max_queue_delay_ms": 30, "max_video_frames": 8,
+        "api_keys": API_KEYS,
+        "cors_origins": [ORIGIN],
+        "max_upload_bytes": MAX_UPLOAD,
+        "max_batch_size": 8,
+        "max_queue_delay_ms": 30,
+        "max_video_frames": 8,
     }
     with running_server(models, settings) as running:
         yield running
@@ -104,7 +111,7 @@ def error(response: httpx.Response, status: int, reason: str) -> dict:
 def assert_faces_match(faces: list[dict], expected: ImageAnalysis) -> None:
     """The server's faces are the reference's: same boxes, same scores, labels and thresholds."""
     assert len(faces) == len(expected.faces)
-    for face, want in zip(faces, expected.faces):
+    for face, want in zip(faces, expected.faces, strict=False):
         assert face["box"] == pytest.approx(want.face.box.tolist(), abs=0.06)
         assert face["score"] == pytest.approx(want.score, abs=1e-5)
         assert (face["label"], face["threshold"]) == (want.label, want.threshold)
@@ -113,10 +120,13 @@ def assert_faces_match(faces: list[dict], expected: ImageAnalysis) -> None:
 # ---- results on real photos -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("path", "ref", "attack_labels"), [
-    ("/v1/deepfake", DEFAULT_DEEPFAKE, {"fake", "real"}),
-    ("/v1/liveness", "tiny-liveness:1", {"spoof", "live"}),
-])
+@pytest.mark.parametrize(
+    ("path", "ref", "attack_labels"),
+    [
+        ("/v1/deepfake", DEFAULT_DEEPFAKE, {"fake", "real"}),
+        ("/v1/liveness", "tiny-liveness:1", {"spoof", "live"}),
+    ],
+)
 def test_the_astronaut_gets_her_face_and_score(client, astronaut_jpeg, reference, path, ref, attack_labels) -> None:
     body = answer(upload(client, path, astronaut_jpeg))
     (face,) = body["faces"]
@@ -124,8 +134,12 @@ def test_the_astronaut_gets_her_face_and_score(client, astronaut_jpeg, reference
     assert face["detection_score"] >= 0.9 and face["label"] in attack_labels
     assert_faces_match(body["faces"], reference(decode_image(astronaut_jpeg), ref))
     name, version = ref.split(":")
-    assert body["model"] == {"name": name, "version": int(version), "task": path.rsplit("/", 1)[1],
-                             "demo": ref == DEFAULT_DEEPFAKE}
+    assert body["model"] == {
+        "name": name,
+        "version": int(version),
+        "task": path.rsplit("/", 1)[1],
+        "demo": ref == DEFAULT_DEEPFAKE,
+    }
     assert body["media"] == "image"
     assert body["verdict"] == {"label": face["label"], "score": face["score"]}
     assert set(body["timing_ms"]) == {"decode", "detect", "queue", "infer", "total"}
@@ -146,12 +160,15 @@ def test_every_face_of_a_group_photo_is_judged(client, group_photo_path, referen
     assert body["verdict"]["score"] == max(face["score"] for face in body["faces"])
 
 
-@pytest.mark.parametrize(("params", "form", "threshold", "source", "version"), [
-    ({}, {}, 0.4, "default", 2),
-    ({"model": "tiny-deepfake:1"}, {}, 0.5, "default", 1),
-    ({}, {"model": "tiny-deepfake:1", "threshold": "0.25"}, 0.25, "request", 1),
-    ({"target_fpr": 0.01}, {}, 0.8, "fpr_1pct", 2),
-])
+@pytest.mark.parametrize(
+    ("params", "form", "threshold", "source", "version"),
+    [
+        ({}, {}, 0.4, "default", 2),
+        ({"model": "tiny-deepfake:1"}, {}, 0.5, "default", 1),
+        ({}, {"model": "tiny-deepfake:1", "threshold": "0.25"}, 0.25, "request", 1),
+        ({"target_fpr": 0.01}, {}, 0.8, "fpr_1pct", 2),
+    ],
+)
 def test_model_and_operating_point_choice(
     client, astronaut_jpeg, reference, params, form, threshold, source, version
 ) -> None:
@@ -175,7 +192,9 @@ def test_concurrent_requests_share_batches_and_get_their_own_results(server, ast
 
     async def send_all() -> list[httpx.Response]:
         async with httpx.AsyncClient(
-            base_url=server.rest_url, headers={"x-api-key": API_KEYS[1]}, timeout=120,
+            base_url=server.rest_url,
+            headers={"x-api-key": API_KEYS[1]},
+            timeout=120,
             limits=httpx.Limits(max_connections=64),
         ) as client:
             posts = [client.post("/v1/deepfake", params={"model": BATCHED}, files={"file": data}) for data in requests]
@@ -232,7 +251,7 @@ def test_a_video_gets_per_frame_results_and_a_video_verdict(
     expected = decode_video(video, ImageLimits(), 60, sampling.get("max_frames", 8), sampling.get("fps"))
     assert [(f["index"], f["time_s"]) for f in body["frames"]] == [(index, t) for index, t, _ in expected]
     worst_per_frame = []
-    for frame, (_, _, image) in zip(body["frames"], expected):
+    for frame, (_, _, image) in zip(body["frames"], expected, strict=False):
         want = reference(image)
         assert_faces_match(frame["faces"], want)
         if want.verdict.score is not None:

@@ -19,8 +19,8 @@ import pytest
 
 from tests.no_torch import MESSAGE, torchless_env
 from tests.packages import make_tiny_package
-from tests.servers import metric, running_server, scrape
 from tests.references import encode
+from tests.servers import metric, running_server, scrape
 from tests.test_rest import answer, error, upload
 
 QUEUE_DELAY_S = 3.0
@@ -115,6 +115,7 @@ def test_the_service_runs_without_torch(tmp_path, models, mtcnn_dir, astronaut_j
         with httpx.Client(base_url=server.rest_url, timeout=30) as client:
             (face,) = answer(upload(client, "/v1/deepfake", astronaut_jpeg))["faces"]
             assert face["score"] is not None
-            preflight = client.options("/v1/deepfake", headers={
-                "origin": "https://app.example", "access-control-request-method": "POST"})
+            preflight = client.options(
+                "/v1/deepfake", headers={"origin": "https://app.example", "access-control-request-method": "POST"}
+            )
             assert "access-control-allow-origin" not in preflight.headers

@@ -159,7 +159,7 @@ def test_onnx_matches_torch(normalization: str, model: RetinaFace, converted: di
         expected = [t.numpy() for t in RetinaFaceForExport(model, normalization)(image)]
     session = ort.InferenceSession(str(converted[normalization]), providers=["CPUExecutionProvider"])
     actual = session.run(["loc", "conf", "landms"], {"image": image.numpy()})
-    for want, got in zip(expected, actual):
+    for want, got in zip(expected, actual, strict=False):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
     assert actual[0].shape[1] == len(prior_boxes(*IMAGE_SIZE))
     np.testing.assert_allclose(actual[1][..., 1], FACE_PROBABILITY, atol=1e-5)
@@ -174,7 +174,7 @@ def test_verify_onnx_raises_on_disagreement(model: RetinaFace, converted: dict[s
 def _reference_priors(height: int, width: int) -> torch.Tensor:
     """Priors as Pytorch_Retinaface computes them: [cx, cy, w, h] as fractions of the input."""
     anchors = []
-    for step, sizes in zip(STEPS, MIN_SIZES):
+    for step, sizes in zip(STEPS, MIN_SIZES, strict=False):
         for i, j in product(range(math.ceil(height / step)), range(math.ceil(width / step))):
             for size in sizes:
                 anchors.append([(j + 0.5) * step / width, (i + 0.5) * step / height, size / width, size / height])
@@ -234,7 +234,9 @@ def test_detect_returns_well_formed_faces(converted: dict[str, Path], image: np.
 
 
 @pytest.mark.parametrize(("score_threshold", "min_face_size"), [(0.9, 8), (0.5, 10_000)])
-def test_detect_filters(converted: dict[str, Path], image: np.ndarray, score_threshold: float, min_face_size: int) -> None:
+def test_detect_filters(
+    converted: dict[str, Path], image: np.ndarray, score_threshold: float, min_face_size: int
+) -> None:
     detector = RetinaFaceDetector(converted["biubug6"], min_face_size, score_threshold, threads=2, max_side=160)
     assert detector.detect(image) == []
 

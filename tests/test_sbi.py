@@ -50,7 +50,13 @@ def test_outline_from_five_landmarks_encloses_the_face(face: tuple[np.ndarray, n
 
 
 def test_68_point_landmarks_are_hulled_directly() -> None:
-    ring = np.stack([64 + 30 * np.cos(np.linspace(0, 2 * np.pi, 68, endpoint=False)), 64 + 40 * np.sin(np.linspace(0, 2 * np.pi, 68, endpoint=False))], 1)
+    ring = np.stack(
+        [
+            64 + 30 * np.cos(np.linspace(0, 2 * np.pi, 68, endpoint=False)),
+            64 + 40 * np.sin(np.linspace(0, 2 * np.pi, 68, endpoint=False)),
+        ],
+        1,
+    )
     np.testing.assert_array_equal(face_outline(ring), ring)
     mask = hull_mask(ring, (128, 128), np.random.default_rng(0))
     assert mask.sum() == pytest.approx(np.pi * 30 * 40, rel=0.05)
@@ -95,4 +101,6 @@ def test_blend_from_a_region_map_and_bad_inputs(face: tuple[np.ndarray, np.ndarr
     with pytest.raises(ValueError, match="landmarks or a face mask"):
         self_blend(image, np.random.default_rng(0))
     with pytest.raises(ValueError, match="empty"):
-        self_blend(image, np.random.default_rng(0), landmarks=np.full((5, 2), -500.0) + np.arange(5)[:, None] * [1, 0.5])
+        self_blend(
+            image, np.random.default_rng(0), landmarks=np.full((5, 2), -500.0) + np.arange(5)[:, None] * [1, 0.5]
+        )

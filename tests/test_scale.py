@@ -32,8 +32,13 @@ from tests.servers import RunningServer, metric, running_server, scrape
 MIN_FACE_SIZE = 40  # small test images, a quick detector: the API node's CPU is not what is tested
 CLAIM_TIMEOUT_S = 1.0
 MAX_DELIVERIES = 3
-WORKER_SETTINGS = {"claim_timeout_s": CLAIM_TIMEOUT_S, "max_deliveries": MAX_DELIVERIES, "engine_threads": 1,
-                   "max_batch_size": 8, "max_queue_delay_ms": 2}
+WORKER_SETTINGS = {
+    "claim_timeout_s": CLAIM_TIMEOUT_S,
+    "max_deliveries": MAX_DELIVERIES,
+    "engine_threads": 1,
+    "max_batch_size": 8,
+    "max_queue_delay_ms": 2,
+}
 SLACK_S = 15.0  # two busy cores shared with other test runs
 REQUESTS = 500
 KILL_AFTER = 150  # answered requests before a worker is killed
@@ -64,7 +69,9 @@ def worker_b(models, redis_server) -> RunningWorker:
 @pytest.fixture(scope="module")
 def api(models, redis_server, worker_b, mtcnn_dir) -> RunningServer:
     settings = {
-        "queue": redis_server.url, "min_face_size": MIN_FACE_SIZE, "request_timeout_s": CLAIM_TIMEOUT_S + SLACK_S,
+        "queue": redis_server.url,
+        "min_face_size": MIN_FACE_SIZE,
+        "request_timeout_s": CLAIM_TIMEOUT_S + SLACK_S,
     }
     with running_server(models, settings, grpc=False) as server:
         yield server
@@ -167,14 +174,17 @@ def test_a_poison_face_is_dead_lettered_and_the_others_succeed(api, worker_b, re
         client = RedisInferenceClient(package.manifest, Settings(queue=redis_server.url), Metrics())
         client.start()
         try:
-            results = await asyncio.gather(client.infer(poison), *(client.infer(g[None]) for g in good),
-                                           return_exceptions=True)
+            results = await asyncio.gather(
+                client.infer(poison), *(client.infer(g[None]) for g in good), return_exceptions=True
+            )
         finally:
             await client.stop()
         failure, *answers = results
         assert isinstance(failure, InferenceFailed) and dead_letter_stream(ref) in failure.message
         expected = OnnxRuntimeEngine(package.onnx_path).run(good)["logits"]
-        np.testing.assert_allclose(np.concatenate([a.outputs["logits"] for a in answers]), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.concatenate([a.outputs["logits"] for a in answers]), expected, rtol=1e-5, atol=1e-6
+        )
         r = connect(redis_server.url)
         letters = await r.xrange(dead_letter_stream(ref))
         await r.aclose()

@@ -24,7 +24,11 @@ SERVE = [sys.executable, "-m", "fsfm_cli", "serve", "--port", "0", "--grpc-port"
 
 def serve_fails(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [*SERVE, *args], cwd=cwd, capture_output=True, text=True, timeout=60,
+        [*SERVE, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, **(env or {})},
     )
     assert result.returncode == 2, result
@@ -60,10 +64,19 @@ def test_warnings_name_demo_models_and_a_public_address_without_keys(tmp_path, m
     assert not any("API keys" in w for w in quiet.warnings)
 
 
-@pytest.mark.parametrize(("host", "loopback"), [
-    ("127.0.0.1", True), ("127.3.2.1", True), ("::1", True), ("localhost", True),
-    ("0.0.0.0", False), ("::", False), ("10.0.0.5", False), ("api.example", False),
-])
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.3.2.1", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("api.example", False),
+    ],
+)
 def test_loopback_addresses(host, loopback) -> None:
     assert is_loopback(host) is loopback
 

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import sys
-import tomllib
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 
 from service import protogen

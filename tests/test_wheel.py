@@ -31,8 +31,10 @@ STARTUP_TIMEOUT_S = 90.0  # importing the serve stack and loading the detector a
 WHEEL_MEMBERS = (  # what `fsfm serve` needs beyond the Python packages themselves
     "service/proto_gen/fsfm/v1/analysis_pb2.py",
     "service/proto_gen/fsfm/v1/analysis_pb2_grpc.py",
-    *(f"fsfm/face/weights/mtcnn/{name}" for name in ("pnet.onnx", "rnet.onnx", "onet.onnx", "SOURCE.json",
-                                                      "LICENSE.facenet-pytorch")),
+    *(
+        f"fsfm/face/weights/mtcnn/{name}"
+        for name in ("pnet.onnx", "rnet.onnx", "onet.onnx", "SOURCE.json", "LICENSE.facenet-pytorch")
+    ),
 )
 
 pytestmark = pytest.mark.timeout(900)
@@ -74,8 +76,11 @@ def serve_venv(wheel, tmp_path_factory) -> Path:
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without what would lead Python back to the repository (PYTHONPATH) or to
     another venv."""
-    env = {name: value for name, value in os.environ.items()
-           if name not in {"PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"} and not name.startswith("FSFM_")}
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in {"PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"} and not name.startswith("FSFM_")
+    }
     return {**env, **extra}
 
 
@@ -87,8 +92,13 @@ def test_the_wheel_carries_the_stubs_and_the_detector_weights(wheel: Path) -> No
 
 
 def test_the_serve_venv_has_no_torch(serve_venv: Path) -> None:
-    result = subprocess.run([str(serve_venv / "bin" / "python"), "-c", "import torch"], capture_output=True,
-                            text=True, env=clean_env(), cwd=serve_venv)
+    result = subprocess.run(
+        [str(serve_venv / "bin" / "python"), "-c", "import torch"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=serve_venv,
+    )
     assert result.returncode != 0 and "No module named 'torch'" in result.stderr
     packages = run([str(serve_venv / "bin" / "python"), "-m", "pip", "list", "--format=freeze"]).stdout.lower()
     assert "nvidia-" not in packages and "\ntorch==" not in f"\n{packages}"
@@ -105,10 +115,22 @@ def served(serve_venv, clean_clone, tmp_path_factory) -> Iterator[tuple[str, Pat
     log_path = work / "serve.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [str(serve_venv / "bin" / "fsfm"), "serve", "--models", str(models), "--host", "127.0.0.1",
-             "--port", str(port), "--grpc-port", str(grpc_port)],
-            env=clean_env(FSFM_HOME=str(work / "home"), PYTHONUNBUFFERED="1"), cwd=work,
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                str(serve_venv / "bin" / "fsfm"),
+                "serve",
+                "--models",
+                str(models),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--grpc-port",
+                str(grpc_port),
+            ],
+            env=clean_env(FSFM_HOME=str(work / "home"), PYTHONUNBUFFERED="1"),
+            cwd=work,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             yield f"http://127.0.0.1:{port}", log_path

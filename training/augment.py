@@ -115,7 +115,12 @@ RAND_AUGMENT_OPS: dict[str, Callable[[Image.Image, float, np.random.Generator], 
 
 
 def rand_augment(
-    image: Image.Image, rng: np.random.Generator, layers: int = 2, magnitude: float = 9.0, magnitude_std: float = 0.5, p: float = 0.5
+    image: Image.Image,
+    rng: np.random.Generator,
+    layers: int = 2,
+    magnitude: float = 9.0,
+    magnitude_std: float = 0.5,
+    p: float = 0.5,
 ) -> Image.Image:
     """``rand-m9-mstd0.5-inc1``: ``layers`` ops drawn uniformly with replacement, each applied with
     probability ``p`` at a magnitude ~ N(m, std) clipped to [0, 10]."""
@@ -135,7 +140,11 @@ def rgb_shift(image: np.ndarray, rng: np.random.Generator, limit: float = 20.0) 
 
 
 def hsv_jitter(
-    image: np.ndarray, rng: np.random.Generator, hue: float = 0.0, saturation: tuple[float, float] = (1.0, 1.0), value: tuple[float, float] = (1.0, 1.0)
+    image: np.ndarray,
+    rng: np.random.Generator,
+    hue: float = 0.0,
+    saturation: tuple[float, float] = (1.0, 1.0),
+    value: tuple[float, float] = (1.0, 1.0),
 ) -> np.ndarray:
     """Hue shifted by up to +-``hue`` degrees; saturation and value multiplied by a factor drawn from
     their ranges."""
@@ -161,7 +170,11 @@ def jpeg(image: np.ndarray, rng: np.random.Generator, quality: tuple[int, int] =
 
 # -------------------------------------------------------------------------------------- erasing
 def random_erasing(
-    x: torch.Tensor, rng: np.random.Generator, p: float, area: tuple[float, float] = (0.02, 1 / 3), log_ratio: tuple[float, float] = (math.log(0.3), math.log(1 / 0.3))
+    x: torch.Tensor,
+    rng: np.random.Generator,
+    p: float,
+    area: tuple[float, float] = (0.02, 1 / 3),
+    log_ratio: tuple[float, float] = (math.log(0.3), math.log(1 / 0.3)),
 ) -> torch.Tensor:
     """timm RandomErasing, pixel mode, one box: a random rectangle of the normalised (3, H, W) image
     filled with N(0, 1) noise per pixel and channel."""
@@ -194,7 +207,9 @@ def eval_pixels(image: np.ndarray, size: int, mode: EvalMode = "resize") -> np.n
         return np.asarray(pil.resize((size, size), _BICUBIC)) if pil.size != (size, size) else image
     short = int(size / 0.875)
     w, h = pil.size
-    scaled = pil.resize((short, max(short, round(h * short / w))) if w <= h else (max(short, round(w * short / h)), short), _BICUBIC)
+    scaled = pil.resize(
+        (short, max(short, round(h * short / w))) if w <= h else (max(short, round(w * short / h)), short), _BICUBIC
+    )
     left, top = (scaled.size[0] - size) // 2, (scaled.size[1] - size) // 2
     return np.asarray(scaled.crop((left, top, left + size, top + size)))
 

@@ -33,23 +33,40 @@ def operating_points(labels: np.ndarray, scores: np.ndarray, target_fprs: Sequen
     _, eer_threshold = eer(labels, scores)
     threshold = float(np.clip(eer_threshold, 0.0, 1.0))
     flagged = scores >= threshold
-    points = [OperatingPoint(name="eer", threshold=threshold, fpr=float(flagged[labels == 0].mean()), tpr=float(flagged[labels == 1].mean()))]
+    points = [
+        OperatingPoint(
+            name="eer",
+            threshold=threshold,
+            fpr=float(flagged[labels == 0].mean()),
+            tpr=float(flagged[labels == 1].mean()),
+        )
+    ]
     for target in target_fprs:
         t, fpr, tpr = threshold_for_fpr(labels, scores, target)
-        points.append(OperatingPoint(name=point_name(target), threshold=float(np.clip(t, 0.0, 1.0)), target_fpr=target, fpr=fpr, tpr=tpr))
+        points.append(
+            OperatingPoint(
+                name=point_name(target), threshold=float(np.clip(t, 0.0, 1.0)), target_fpr=target, fpr=fpr, tpr=tpr
+            )
+        )
     return points
 
 
-def calibrated_thresholds(labels: np.ndarray, scores: np.ndarray, target_fprs: Sequence[float], default: str = "eer") -> Thresholds:
+def calibrated_thresholds(
+    labels: np.ndarray, scores: np.ndarray, target_fprs: Sequence[float], default: str = "eer"
+) -> Thresholds:
     """Operating points from validation scores; ``default`` = ``eer`` (its threshold) or ``fixed`` (0.5)."""
     points = operating_points(labels, scores, target_fprs)
     return Thresholds(default=points[0].threshold if default == "eer" else 0.5, operating_points=points)
 
 
-def calibration_metrics(labels: np.ndarray, scores: np.ndarray, videos: Sequence[str] | None, prefix: str = "val") -> dict[str, float]:
+def calibration_metrics(
+    labels: np.ndarray, scores: np.ndarray, videos: Sequence[str] | None, prefix: str = "val"
+) -> dict[str, float]:
     """AUC, EER, AP and counts at frame level (and video level when videos have several frames),
     finite values only (manifests hold numbers)."""
-    metrics = {f"{prefix}_{k}": v for k, v in binary_report(labels, scores).items() if k in ("samples", "auc", "eer", "ap")}
+    metrics = {
+        f"{prefix}_{k}": v for k, v in binary_report(labels, scores).items() if k in ("samples", "auc", "eer", "ap")
+    }
     if videos is not None:
         per_video = video_scores(labels, scores, videos)
         if per_video.frames.max() > 1 and 0 < per_video.labels.sum() < len(per_video.labels):
@@ -58,7 +75,9 @@ def calibration_metrics(labels: np.ndarray, scores: np.ndarray, videos: Sequence
     return {k: float(v) for k, v in metrics.items() if np.isfinite(v)}
 
 
-def update_manifest(package_dir: Path, thresholds: Thresholds, metrics: dict[str, float], note: str | None = None) -> Manifest:
+def update_manifest(
+    package_dir: Path, thresholds: Thresholds, metrics: dict[str, float], note: str | None = None
+) -> Manifest:
     """Rewrite ``manifest.json`` with new thresholds and metrics merged into the provenance, atomically
     (a reader sees the old or the new file, never a partial one)."""
     package_dir = Path(package_dir)
@@ -75,7 +94,12 @@ def update_manifest(package_dir: Path, thresholds: Thresholds, metrics: dict[str
 
 
 def calibrate_package(
-    package_dir: Path, sources: Sequence["FaceSource"], target_fprs: Sequence[float], default: str = "eer", batch_size: int = 64, workers: int = 0
+    package_dir: Path,
+    sources: Sequence[FaceSource],
+    target_fprs: Sequence[float],
+    default: str = "eer",
+    batch_size: int = 64,
+    workers: int = 0,
 ) -> Manifest:
     """Score validation sets with a package (ONNX Runtime, as served) and write the calibrated
     thresholds and validation metrics into its manifest."""

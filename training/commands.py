@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -43,31 +43,29 @@ def prepare(
         "images/ and parsing_maps/.",
     ),
     output: Path = typer.Argument(..., help="Dataset folder to create, or to resume filling."),
-    size: Optional[int] = _prepare_flag("size", "Crop side in pixels (the model's input size).", min=16),
-    scale: Optional[float] = _prepare_flag("scale", "Crop side / longer side of the face box."),
-    frames: Optional[int] = _prepare_flag("frames", "Frames per video, evenly spaced.", min=1),
-    frame_stride: Optional[int] = _prepare_flag(
+    size: int | None = _prepare_flag("size", "Crop side in pixels (the model's input size).", min=16),
+    scale: float | None = _prepare_flag("scale", "Crop side / longer side of the face box."),
+    frames: int | None = _prepare_flag("frames", "Frames per video, evenly spaced.", min=1),
+    frame_stride: int | None = _prepare_flag(
         "frame_stride", "Take every n-th frame instead of --frames (1: all frames).", min=1
     ),
-    max_faces: Optional[int] = _prepare_flag(
+    max_faces: int | None = _prepare_flag(
         "max_faces", "Faces kept per image or frame, highest detection score first.", min=1
     ),
-    min_face_size: Optional[int] = _prepare_flag("min_face_size", "Smallest face side searched for, in pixels.", min=8),
-    score_threshold: Optional[float] = _prepare_flag(
-        "score_threshold", "Detection score a face needs.", min=0.0, max=1.0
-    ),
-    detector: Optional[Detector] = _prepare_flag("detector", "Face detector."),
-    detector_weights: Optional[Path] = _prepare_flag("detector_weights", "Detector ONNX weights (folder for MTCNN)."),
-    region_maps: Optional[RegionMaps] = _prepare_flag(
+    min_face_size: int | None = _prepare_flag("min_face_size", "Smallest face side searched for, in pixels.", min=8),
+    score_threshold: float | None = _prepare_flag("score_threshold", "Detection score a face needs.", min=0.0, max=1.0),
+    detector: Detector | None = _prepare_flag("detector", "Face detector."),
+    detector_weights: Path | None = _prepare_flag("detector_weights", "Detector ONNX weights (folder for MTCNN)."),
+    region_maps: RegionMaps | None = _prepare_flag(
         "region_maps",
         "Facial-region maps for CRFR-P: drawn from the detector's landmarks, or read from --parsing-dir "
         "(a face parser's LaPa maps, one FACE-NAME.npy per face).",
     ),
-    parsing_dir: Optional[Path] = _prepare_flag(
+    parsing_dir: Path | None = _prepare_flag(
         "parsing_dir", "Folder of precomputed parsing maps.", exists=True, file_okay=False
     ),
-    workers: Optional[int] = typer.Option(None, min=1, help="Worker processes (default: one per CPU core)."),
-    shard_size: Optional[int] = _prepare_flag("shard_size", "Faces per storage shard.", min=1),
+    workers: int | None = typer.Option(None, min=1, help="Worker processes (default: one per CPU core)."),
+    shard_size: int | None = _prepare_flag("shard_size", "Faces per storage shard.", min=1),
 ) -> None:
     """Turn face images and videos into a pretraining or fine-tuning dataset.
 
@@ -95,41 +93,39 @@ _NOT_FIELDS = ("config", "resume")  # every other parameter of ``pretrain`` is a
 
 
 def pretrain(
-    config: Optional[Path] = typer.Option(
+    config: Path | None = typer.Option(
         None,
         exists=True,
         dir_okay=False,
         help="Run configuration (JSON, the fields of config.json); options below override it.",
     ),
-    data: Optional[list[Path]] = _flag("data", "Prepared dataset folder (repeat to concatenate)."),
-    output_dir: Optional[Path] = _flag("output_dir", "Where checkpoints, config.json and log.csv go."),
-    model: Optional[str] = _flag("model", "Encoder preset (replaces the config's architecture)."),
-    epochs: Optional[int] = _flag("epochs", "Epochs."),
-    warmup_epochs: Optional[float] = _flag("warmup_epochs", "Warm-up epochs."),
-    batch_size: Optional[int] = _flag("batch_size", "Batch per process/GPU."),
-    accum_iter: Optional[int] = _flag("accum_iter", "Gradient accumulation steps."),
-    blr: Optional[float] = _flag("blr", "Base lr; lr = blr x effective batch / 256."),
-    lr: Optional[float] = _flag("lr", "Absolute peak lr (overrides --blr)."),
-    min_lr: Optional[float] = _flag("min_lr", "Final lr of the cosine."),
-    weight_decay: Optional[float] = _flag("weight_decay", "AdamW weight decay."),
-    masking: Optional[Masking] = _flag("masking", "Masking strategy."),
-    mask_ratio: Optional[float] = _flag("mask_ratio", "Masked fraction of patches."),
-    weight_fr: Optional[float] = _flag("weight_fr", "Weight of the facial-region reconstruction loss."),
-    weight_cl: Optional[float] = _flag("weight_cl", "Weight of the online/target similarity loss."),
-    cl_loss: Optional[ContrastiveLoss] = _flag("cl_loss", "Form of the similarity loss."),
-    norm_pix_loss: Optional[bool] = _flag(
+    data: list[Path] | None = _flag("data", "Prepared dataset folder (repeat to concatenate)."),
+    output_dir: Path | None = _flag("output_dir", "Where checkpoints, config.json and log.csv go."),
+    model: str | None = _flag("model", "Encoder preset (replaces the config's architecture)."),
+    epochs: int | None = _flag("epochs", "Epochs."),
+    warmup_epochs: float | None = _flag("warmup_epochs", "Warm-up epochs."),
+    batch_size: int | None = _flag("batch_size", "Batch per process/GPU."),
+    accum_iter: int | None = _flag("accum_iter", "Gradient accumulation steps."),
+    blr: float | None = _flag("blr", "Base lr; lr = blr x effective batch / 256."),
+    lr: float | None = _flag("lr", "Absolute peak lr (overrides --blr)."),
+    min_lr: float | None = _flag("min_lr", "Final lr of the cosine."),
+    weight_decay: float | None = _flag("weight_decay", "AdamW weight decay."),
+    masking: Masking | None = _flag("masking", "Masking strategy."),
+    mask_ratio: float | None = _flag("mask_ratio", "Masked fraction of patches."),
+    weight_fr: float | None = _flag("weight_fr", "Weight of the facial-region reconstruction loss."),
+    weight_cl: float | None = _flag("weight_cl", "Weight of the online/target similarity loss."),
+    cl_loss: ContrastiveLoss | None = _flag("cl_loss", "Form of the similarity loss."),
+    norm_pix_loss: bool | None = _flag(
         "norm_pix_loss", "Per-patch normalised pixel targets.", "--norm-pix-loss/--no-norm-pix-loss"
     ),
-    ema_momentum: Optional[float] = _flag("ema_momentum", "Initial EMA momentum of the target."),
-    clip_grad: Optional[float] = _flag(
-        "clip_grad", "Clip the global gradient norm (default: no clipping, as the paper)."
-    ),
-    seed: Optional[int] = _flag("seed", "Random seed."),
-    num_workers: Optional[int] = _flag("num_workers", "Data-loader processes per GPU."),
-    amp: Optional[Amp] = _flag("amp", "Mixed precision on CUDA (auto: bf16 if supported, else fp16)."),
-    device: Optional[str] = _flag("device", "auto, cpu or cuda."),
-    save_every: Optional[int] = _flag("save_every", "Epochs between checkpoints."),
-    resume: Optional[Path] = typer.Option(
+    ema_momentum: float | None = _flag("ema_momentum", "Initial EMA momentum of the target."),
+    clip_grad: float | None = _flag("clip_grad", "Clip the global gradient norm (default: no clipping, as the paper)."),
+    seed: int | None = _flag("seed", "Random seed."),
+    num_workers: int | None = _flag("num_workers", "Data-loader processes per GPU."),
+    amp: Amp | None = _flag("amp", "Mixed precision on CUDA (auto: bf16 if supported, else fp16)."),
+    device: str | None = _flag("device", "auto, cpu or cuda."),
+    save_every: int | None = _flag("save_every", "Epochs between checkpoints."),
+    resume: Path | None = typer.Option(
         None, exists=True, help="Continue from a checkpoint-N.pth, or the latest one in a folder."
     ),
 ) -> None:

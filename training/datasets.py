@@ -50,7 +50,7 @@ class PreparedFaces(Dataset[FaceSample]):
         if len(sizes) != 1:
             raise ValueError(f"datasets have different crop sizes {sorted(sizes)}; prepare them at one size")
         self.image_size = sizes.pop()
-        self.shards = [(root, s["name"]) for root, m in zip(self.roots, manifests) for s in m["shards"]]
+        self.shards = [(root, s["name"]) for root, m in zip(self.roots, manifests, strict=False) for s in m["shards"]]
         counts = [s["faces"] for m in manifests for s in m["shards"]]
         self.offsets = np.cumsum([0] + counts)
         if not len(self):
@@ -94,9 +94,7 @@ class PretrainBatchSampler(Sampler[list[SampleKey]]):
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         if len(self) == 0:
-            raise ValueError(
-                f"{num_samples} faces are too few for batches of {batch_size} on {world_size} process(es)"
-            )
+            raise ValueError(f"{num_samples} faces are too few for batches of {batch_size} on {world_size} process(es)")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -124,8 +122,9 @@ class MaskingCollate:
 
     def __call__(self, batch: list[FaceSample]) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng(batch[0].mask_seed)
-        mask, fr = mask_batch(np.stack([s.regions for s in batch]), self.strategy, self.patch_size, self.mask_ratio, rng)
+        mask, fr = mask_batch(
+            np.stack([s.regions for s in batch]), self.strategy, self.patch_size, self.mask_ratio, rng
+        )
         pixels = torch.from_numpy(np.stack([s.image for s in batch])).float()  # (B, S, S, 3), 0..255
         images = pixels.mul_(self.scale).add_(self.shift).permute(0, 3, 1, 2).contiguous()  # (B, 3, S, S)
         return {"images": images, "mask": torch.from_numpy(mask), "fr_mask": torch.from_numpy(fr)}
-

@@ -74,11 +74,15 @@ def prepare_astronaut_faces(folder: Path, seeds: range, size: int = DEMO_SIZE) -
         path = raw / f"astronaut_{seed:05d}.png"
         if not path.is_file():
             Image.fromarray(astronaut_variant(seed)).save(path)
-    prepare_dataset(raw.parent, folder / "prepared", PrepareConfig(size=size, min_face_size=40), workers=1, progress=False)
+    prepare_dataset(
+        raw.parent, folder / "prepared", PrepareConfig(size=size, min_face_size=40), workers=1, progress=False
+    )
     return folder / "prepared"
 
 
-def build_demo_model(repository: Path, work_dir: Path, minutes_budget: float = 3.0, progress: bool = True) -> ModelPackage:
+def build_demo_model(
+    repository: Path, work_dir: Path, minutes_budget: float = 3.0, progress: bool = True
+) -> ModelPackage:
     """Run the pipeline above and export ``demo-deepfake`` into ``repository`` (the next free version)."""
     import torch
 
@@ -93,8 +97,14 @@ def build_demo_model(repository: Path, work_dir: Path, minutes_budget: float = 3
             data=[faces],
             output_dir=work_dir / "pretrain",
             architecture=PretrainArchitecture(
-                encoder=DEMO_ENCODER, decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=2,
-                rep_decoder_depth=1, rep_decoder_num_heads=2, projector_hidden_dim=256, projector_dim=64,
+                encoder=DEMO_ENCODER,
+                decoder_embed_dim=64,
+                decoder_depth=2,
+                decoder_num_heads=2,
+                rep_decoder_depth=1,
+                rep_decoder_num_heads=2,
+                projector_hidden_dim=256,
+                projector_dim=64,
             ),
             epochs=max(1, round(_PLAN["pretrain_epochs"] * scale)),
             warmup_epochs=1,
@@ -131,10 +141,23 @@ def build_demo_model(repository: Path, work_dir: Path, minutes_budget: float = 3
     finally:
         torch.set_num_threads(threads)
     repository = Path(repository)
-    versions = [p.manifest.version for p in ModelRepository(repository).packages if p.manifest.name == DEMO_NAME] if repository.is_dir() else []
-    package = export_checkpoint(result.best_checkpoint, repository, name=DEMO_NAME, version=max(versions, default=0) + 1, task="deepfake", demo=True)
+    versions = (
+        [p.manifest.version for p in ModelRepository(repository).packages if p.manifest.name == DEMO_NAME]
+        if repository.is_dir()
+        else []
+    )
+    package = export_checkpoint(
+        result.best_checkpoint,
+        repository,
+        name=DEMO_NAME,
+        version=max(versions, default=0) + 1,
+        task="deepfake",
+        demo=True,
+    )
     if progress:
-        print(f"demo model {package.manifest.ref} built in {time.monotonic() - started:.0f} s: {package.path}", flush=True)
+        print(
+            f"demo model {package.manifest.ref} built in {time.monotonic() - started:.0f} s: {package.path}", flush=True
+        )
     return package
 
 

@@ -31,7 +31,15 @@ from fsfm.scoring import attack_scores, softmax
 from training.augment import EvalMode, eval_pixels
 from training.export import normalization_for
 from training.finetune_data import FaceSource
-from training.metrics import binary_report, error_rates, grid_eer_threshold, roc_auc, roc_curve, tpr_at_fpr, video_scores
+from training.metrics import (
+    binary_report,
+    error_rates,
+    grid_eer_threshold,
+    roc_auc,
+    roc_curve,
+    tpr_at_fpr,
+    video_scores,
+)
 
 REPORT_FILE = "report.json"
 
@@ -105,10 +113,14 @@ def checkpoint_scorer(path: Path, task: str, num_heads: int | None = None, devic
     normalization, _ = normalization_for(Path(path), meta)
     classes = ClassSemantics.model_validate(meta["classes"]) if "classes" in meta else DEFAULT_CLASSES[task]
     threshold = float(meta.get("thresholds", {}).get("default", 0.5))
-    return TorchScorer(model, normalization, classes, Path(path).name, meta.get("eval_resize", "resize"), threshold, "default", device)
+    return TorchScorer(
+        model, normalization, classes, Path(path).name, meta.get("eval_resize", "resize"), threshold, "default", device
+    )
 
 
-def open_scorer(model: str, models: Path, task: str, num_heads: int | None = None, device: str = "cpu") -> TorchScorer | PackageScorer:
+def open_scorer(
+    model: str, models: Path, task: str, num_heads: int | None = None, device: str = "cpu"
+) -> TorchScorer | PackageScorer:
     """``model`` = a checkpoint file (.pth/.pt/.tar), a package folder, or ``name[:version]`` in the
     ``models`` repository."""
     path = Path(model)
@@ -117,7 +129,9 @@ def open_scorer(model: str, models: Path, task: str, num_heads: int | None = Non
     if path.is_dir():
         return PackageScorer(load_package(path))
     if not models.is_dir():
-        raise PackageError(f"{model!r} is not a file or package folder, and the model repository {models} does not exist")
+        raise PackageError(
+            f"{model!r} is not a file or package folder, and the model repository {models} does not exist"
+        )
     return PackageScorer(ModelRepository(models).get(model))
 
 
@@ -132,11 +146,15 @@ class _EvalCrops(Dataset):
         return eval_pixels(self.source.image(index), self.size, self.mode)
 
 
-def score_source(scorer: Scorer, source: FaceSource, batch_size: int = 64, workers: int = 0, progress: bool = False) -> np.ndarray:
+def score_source(
+    scorer: Scorer, source: FaceSource, batch_size: int = 64, workers: int = 0, progress: bool = False
+) -> np.ndarray:
     """Attack scores of every face of ``source``, in order (images decoded by ``workers`` processes)."""
     from tqdm import tqdm
 
-    loader = DataLoader(_EvalCrops(source, scorer.size, scorer.mode), batch_size=batch_size, num_workers=workers, collate_fn=np.stack)
+    loader = DataLoader(
+        _EvalCrops(source, scorer.size, scorer.mode), batch_size=batch_size, num_workers=workers, collate_fn=np.stack
+    )
     scores = [scorer(batch) for batch in tqdm(loader, desc=source.name, disable=not progress, leave=False)]
     return np.concatenate(scores) if scores else np.zeros(0)
 
@@ -149,7 +167,9 @@ class ScoredSet:
     videos: list[str]
 
 
-def set_report(scored: ScoredSet, task: str, threshold: float, target_fprs: Sequence[float] = (0.01,)) -> dict[str, Any]:
+def set_report(
+    scored: ScoredSet, task: str, threshold: float, target_fprs: Sequence[float] = (0.01,)
+) -> dict[str, Any]:
     """Frame- and video-level metrics of one scored set (see the module doc)."""
     report: dict[str, Any] = {"frame": binary_report(scored.labels, scored.scores, threshold, target_fprs)}
     per_video = video_scores(scored.labels, scored.scores, scored.videos)
@@ -184,7 +204,13 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title
         ax.plot(fpr, tpr, lw=1.5, label=f"{label} (AUC {roc_auc(labels, scores) * 100:.2f})")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.plot([0, 1], [1, 0], color="0.7", lw=0.6, ls="--")  # the EER line
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="false-positive rate (genuine flagged)", ylabel="true-positive rate (attacks caught)", title=title)
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="false-positive rate (genuine flagged)",
+        ylabel="true-positive rate (attacks caught)",
+        title=title,
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -222,7 +248,12 @@ def evaluate_sets(
     frame_curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     video_curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for source in sources:
-        scored = ScoredSet(source.name, np.array([i.label for i in source.items]), score_source(scorer, source, batch_size, workers, progress), [i.video for i in source.items])
+        scored = ScoredSet(
+            source.name,
+            np.array([i.label for i in source.items]),
+            score_source(scorer, source, batch_size, workers, progress),
+            [i.video for i in source.items],
+        )
         entry = set_report(scored, task, used, target_fprs)
         report["sets"][source.name] = entry
         if 0 < scored.labels.sum() < len(scored.labels):
@@ -230,7 +261,9 @@ def evaluate_sets(
             if "video" in entry:
                 per_video = video_scores(scored.labels, scored.scores, scored.videos)
                 video_curves[source.name] = (per_video.labels, per_video.scores)
-            curves = {"frames": frame_curves[source.name]} | ({"videos": video_curves[source.name]} if source.name in video_curves else {})
+            curves = {"frames": frame_curves[source.name]} | (
+                {"videos": video_curves[source.name]} if source.name in video_curves else {}
+            )
             plot_roc(curves, output_dir / f"roc-{_safe(source.name)}.png", f"{scorer.name} on {source.name}")
     if frame_curves:
         plot_roc(frame_curves, output_dir / "roc.png", f"{scorer.name}: frame level")

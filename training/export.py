@@ -147,7 +147,9 @@ def export_checkpoint(
         normalization, norm_source = normalization_for(checkpoint_path, meta)
     else:
         norm_source = "given"
-    fields: dict = {k: meta[k] for k in ("crop", "classes", "thresholds", "demo", "description", "licence") if k in meta}
+    fields: dict = {
+        k: meta[k] for k in ("crop", "classes", "thresholds", "demo", "description", "licence") if k in meta
+    }
     if "crop" not in meta:  # an official checkpoint: trained on dlib boxes enlarged 1.3x
         fields["crop"] = CropSpec(box_transform=DLIB_BOX_TRANSFORM)
     if "default_threshold" in info_overrides:  # keeps the calibrated operating points
@@ -164,7 +166,9 @@ def export_checkpoint(
     info = PackageInfo(
         name=name, version=version, task=task, normalization=normalization, provenance=provenance, **fields
     )
-    package = write_package(model, info, repository, preset=meta.get("preset"), tolerance=tolerance, overwrite=overwrite)
+    package = write_package(
+        model, info, repository, preset=meta.get("preset"), tolerance=tolerance, overwrite=overwrite
+    )
     if with_torch:
         from training.package_torch import save_torch_weights
 

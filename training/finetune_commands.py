@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -39,55 +39,55 @@ def _specs(texts: list[str] | None) -> list[DataSpec]:
 
 
 def finetune(
-    task: Optional[Task] = typer.Option(None, help="What the model learns to detect (sets the paper's recipe)."),
-    pretrained: Optional[Path] = typer.Option(
+    task: Task | None = typer.Option(None, help="What the model learns to detect (sets the paper's recipe)."),
+    pretrained: Path | None = typer.Option(
         None,
         exists=True,
         dir_okay=False,
         help="Pretraining checkpoint (ours or the official FSFM checkpoint-N.pth), or a fine-tuned one to continue.",
     ),
-    train: Optional[list[str]] = typer.Option(
+    train: list[str] | None = typer.Option(
         None,
         help="Training set as FORMAT:PATH,KEY=VALUE,... (format and options optional, e.g. "
         "ffpp:/data/FF++,split=train); repeat for several.",
     ),
-    output_dir: Optional[Path] = typer.Option(None, help="Folder for config.json, log.jsonl and the checkpoints."),
-    val: Optional[list[str]] = typer.Option(
+    output_dir: Path | None = typer.Option(None, help="Folder for config.json, log.jsonl and the checkpoints."),
+    val: list[str] | None = typer.Option(
         None,
         help="Validation set(s) for model selection and threshold calibration (default: hold out "
         "--val-fraction of the training videos).",
     ),
-    test: Optional[list[str]] = typer.Option(
+    test: list[str] | None = typer.Option(
         None, help="Test set(s) evaluated with the selected checkpoint when training ends (cross-dataset)."
     ),
-    sbi: Optional[bool] = typer.Option(
+    sbi: bool | None = typer.Option(
         None, "--sbi/--no-sbi", help="Train on self-blended pseudo-fakes made from the training sets' real faces."
     ),
-    config: Optional[Path] = typer.Option(
+    config: Path | None = typer.Option(
         None,
         exists=True,
         dir_okay=False,
         help="A fine-tuning config JSON (e.g. a previous run's config.json); options given here override it.",
     ),
-    epochs: Optional[int] = typer.Option(None, min=1, help="Epochs (default: the recipe's)."),
-    batch_size: Optional[int] = typer.Option(None, min=2, help="Batch per process (default: the recipe's)."),
-    accum_iter: Optional[int] = _flag("accum_iter", "Gradient accumulation steps.", min=1),
-    blr: Optional[float] = typer.Option(None, help="Base lr; lr = blr * effective batch / 256."),
-    lr: Optional[float] = typer.Option(None, help="Absolute peak lr (overrides --blr)."),
-    input_size: Optional[int] = _flag("input_size", "Input side in pixels.", min=16),
-    num_heads: Optional[int] = typer.Option(
+    epochs: int | None = typer.Option(None, min=1, help="Epochs (default: the recipe's)."),
+    batch_size: int | None = typer.Option(None, min=2, help="Batch per process (default: the recipe's)."),
+    accum_iter: int | None = _flag("accum_iter", "Gradient accumulation steps.", min=1),
+    blr: float | None = typer.Option(None, help="Base lr; lr = blr * effective batch / 256."),
+    lr: float | None = typer.Option(None, help="Absolute peak lr (overrides --blr)."),
+    input_size: int | None = _flag("input_size", "Input side in pixels.", min=16),
+    num_heads: int | None = typer.Option(
         None, min=1, help="Attention heads, when the checkpoint does not tell and the ViT is not a standard size."
     ),
-    val_fraction: Optional[float] = _flag(
+    val_fraction: float | None = _flag(
         "val_fraction", "Share of training videos held out when no --val is given.", min=0.0, max=0.9
     ),
-    num_workers: Optional[int] = _flag("num_workers", "Data-loading processes.", min=0),
-    device: Optional[str] = _flag("device", "auto, cpu or cuda."),
-    seed: Optional[int] = _flag("seed", "Random seed."),
-    faces_cache: Optional[Path] = typer.Option(
+    num_workers: int | None = _flag("num_workers", "Data-loading processes.", min=0),
+    device: str | None = _flag("device", "auto, cpu or cuda."),
+    seed: int | None = _flag("seed", "Random seed."),
+    faces_cache: Path | None = typer.Option(
         None, help="Where faces extracted from benchmark videos are kept (default: the fsfm cache)."
     ),
-    demo: Optional[bool] = _flag("demo", "Mark the model as a demo, not fit for decisions.", "--demo/--no-demo"),
+    demo: bool | None = _flag("demo", "Mark the model as a demo, not fit for decisions.", "--demo/--no-demo"),
     resume: bool = typer.Option(False, help="Continue the run in --output-dir from its checkpoint-last.pth."),
 ) -> None:
     """Fine-tune a pretrained FSFM encoder into a deepfake, liveness or diffusion detector.
@@ -164,18 +164,18 @@ def evaluate(
     ),
     output_dir: Path = typer.Option(Path("evaluation"), help="Where report.json and the ROC PNGs go."),
     models: Path = typer.Option(Path("models"), envvar="FSFM_MODELS", help="Model repository folder."),
-    task: Optional[Task] = typer.Option(
+    task: Task | None = typer.Option(
         None, help="Task (default: the package's; deepfake for checkpoints without metadata)."
     ),
-    threshold: Optional[float] = typer.Option(
+    threshold: float | None = typer.Option(
         None, min=0.0, max=1.0, help="Attack-score threshold for the error rates (default: the model's)."
     ),
     target_fpr: list[float] = typer.Option([0.01], help="FPRs at which to report the TPR."),
-    num_heads: Optional[int] = typer.Option(None, min=1, help="Attention heads of a checkpoint of non-standard size."),
+    num_heads: int | None = typer.Option(None, min=1, help="Attention heads of a checkpoint of non-standard size."),
     batch_size: int = typer.Option(64, min=1),
     workers: int = typer.Option(2, min=0, help="Image-decoding processes."),
     device: str = typer.Option("cpu", help="Device for checkpoints (packages run on ONNX Runtime)."),
-    faces_cache: Optional[Path] = typer.Option(None, help="Where faces extracted from benchmark videos are kept."),
+    faces_cache: Path | None = typer.Option(None, help="Where faces extracted from benchmark videos are kept."),
 ) -> None:
     """Evaluate a model on one or more test sets: report.json and ROC-curve PNGs.
 
@@ -206,11 +206,11 @@ def export(
     task: Task = typer.Option(..., help="What the model detects."),
     version: int = typer.Option(1, min=1, help="Package version (an integer)."),
     models: Path = typer.Option(Path("models"), envvar="FSFM_MODELS", help="Model repository folder."),
-    mean_std_file: Optional[Path] = typer.Option(
+    mean_std_file: Path | None = typer.Option(
         None, exists=True, help="pretrain_ds_mean_std.txt to normalise with (default: beside the checkpoint)."
     ),
-    num_heads: Optional[int] = typer.Option(None, help="Attention heads, when not a standard ViT-S/B/L/H."),
-    threshold: Optional[float] = typer.Option(
+    num_heads: int | None = typer.Option(None, help="Attention heads, when not a standard ViT-S/B/L/H."),
+    threshold: float | None = typer.Option(
         None, min=0.0, max=1.0, help="Default attack-score threshold (default: the checkpoint's calibration, else 0.5)."
     ),
     tolerance: float = typer.Option(1e-3, help="Max |torch - ONNX| allowed on the check batches."),
@@ -273,7 +273,7 @@ def calibrate(
     ),
     batch_size: int = typer.Option(64, min=1),
     workers: int = typer.Option(2, min=0),
-    faces_cache: Optional[Path] = typer.Option(None, help="Where faces extracted from benchmark videos are kept."),
+    faces_cache: Path | None = typer.Option(None, help="Where faces extracted from benchmark videos are kept."),
 ) -> None:
     """Choose a package's thresholds on validation data and write them into its manifest.
 
@@ -305,7 +305,7 @@ def quantize(
     models: Path = typer.Option(Path("models"), envvar="FSFM_MODELS", help="Model repository folder."),
     batch_size: int = typer.Option(64, min=1),
     workers: int = typer.Option(2, min=0),
-    faces_cache: Optional[Path] = typer.Option(None, help="Where faces extracted from benchmark videos are kept."),
+    faces_cache: Path | None = typer.Option(None, help="Where faces extracted from benchmark videos are kept."),
 ) -> None:
     """Add an int8 ONNX variant to a package, checked against fp32 on held-out faces.
 

@@ -25,7 +25,7 @@ always spells out what ran.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -47,12 +47,14 @@ class DataSpec(BaseModel):
 
     format: DataFormat = "auto"
     path: Path
-    split: Optional[Split] = None
-    name: Optional[str] = Field(default=None, description="name in reports (default: derived from format and path)")
-    options: dict[str, str] = Field(default_factory=dict, description="layout options, e.g. methods, compression, domain, frames")
+    split: Split | None = None
+    name: str | None = Field(default=None, description="name in reports (default: derived from format and path)")
+    options: dict[str, str] = Field(
+        default_factory=dict, description="layout options, e.g. methods, compression, domain, frames"
+    )
 
     @classmethod
-    def parse(cls, text: str) -> "DataSpec":
+    def parse(cls, text: str) -> DataSpec:
         head, *pairs = text.split(",")
         fmt, sep, rest = head.partition(":")
         if sep and fmt in DATA_FORMATS:
@@ -86,72 +88,97 @@ class FinetuneConfig(BaseModel):
     """Everything a fine-tuning run needs. ``None`` in a recipe field means "the task's recipe"."""
 
     task: Task
-    pretrained: Path = Field(description="pretraining checkpoint (ours or official), or a fine-tuned classifier to continue from")
+    pretrained: Path = Field(
+        description="pretraining checkpoint (ours or official), or a fine-tuned classifier to continue from"
+    )
     output_dir: Path
     train: list[DataSpec] = Field(min_length=1)
     val: list[DataSpec] = Field(default_factory=list, description="validation sets (selection and calibration)")
     test: list[DataSpec] = Field(default_factory=list, description="sets evaluated once training ends (cross-dataset)")
-    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, description="share of training videos held out when no val set is given")
+    val_fraction: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="share of training videos held out when no val set is given"
+    )
     sbi: bool = Field(default=False, description="train on self-blended pseudo-fakes of the training sets' real faces")
-    classes: Optional[ClassSemantics] = None
+    classes: ClassSemantics | None = None
 
     # Model.
     input_size: int = Field(default=224, ge=16)
-    num_heads: Optional[int] = Field(default=None, description="attention heads, when neither the checkpoint nor a preset tells")
+    num_heads: int | None = Field(
+        default=None, description="attention heads, when neither the checkpoint nor a preset tells"
+    )
     global_pool: bool = True
-    drop_path: Optional[float] = Field(default=None, ge=0.0, lt=1.0)
-    normalization: Optional[Literal["pretrained", "imagenet", "vggface2"]] = Field(
+    drop_path: float | None = Field(default=None, ge=0.0, lt=1.0)
+    normalization: Literal["pretrained", "imagenet", "vggface2"] | None = Field(
         default=None, description="pretrained: the checkpoint's statistics or the pretrain_ds_mean_std.txt beside it"
     )
-    crop_scale: Optional[float] = Field(default=None, gt=0.0, description="crop scale the training faces were cut with (default: the prepared data's, else 1.3)")
-    crop_box: Literal["ours", "dlib"] = Field(default="ours", description="detector whose boxes the training crops used (dlib: FSFM's released face sets)")
+    crop_scale: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="crop scale the training faces were cut with (default: the prepared data's, else 1.3)",
+    )
+    crop_box: Literal["ours", "dlib"] = Field(
+        default="ours", description="detector whose boxes the training crops used (dlib: FSFM's released face sets)"
+    )
 
     # Optimisation.
-    optimizer: Optional[Literal["adamw", "adam"]] = None
-    epochs: Optional[int] = Field(default=None, ge=1)
-    iters_per_epoch: Optional[int] = Field(default=None, ge=1, description="default: one pass over the training data")
-    warmup_epochs: Optional[float] = Field(default=None, ge=0.0)
-    schedule: Optional[Literal["cosine", "constant"]] = None
-    batch_size: Optional[int] = Field(default=None, ge=2, description="per process; pairs count as two")
+    optimizer: Literal["adamw", "adam"] | None = None
+    epochs: int | None = Field(default=None, ge=1)
+    iters_per_epoch: int | None = Field(default=None, ge=1, description="default: one pass over the training data")
+    warmup_epochs: float | None = Field(default=None, ge=0.0)
+    schedule: Literal["cosine", "constant"] | None = None
+    batch_size: int | None = Field(default=None, ge=2, description="per process; pairs count as two")
     accum_iter: int = Field(default=1, ge=1)
-    blr: Optional[float] = Field(default=None, gt=0.0)
-    lr: Optional[float] = Field(default=None, gt=0.0, description="absolute peak lr; default blr * effective batch / 256")
+    blr: float | None = Field(default=None, gt=0.0)
+    lr: float | None = Field(default=None, gt=0.0, description="absolute peak lr; default blr * effective batch / 256")
     min_lr: float = Field(default=1e-6, ge=0.0)
-    layer_decay: Optional[float] = Field(default=None, gt=0.0, le=1.0)
-    weight_decay: Optional[float] = Field(default=None, ge=0.0)
+    layer_decay: float | None = Field(default=None, gt=0.0, le=1.0)
+    weight_decay: float | None = Field(default=None, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
-    clip_grad: Optional[float] = Field(default=None, gt=0.0, description="the paper used none")
+    clip_grad: float | None = Field(default=None, gt=0.0, description="the paper used none")
 
     # Regularisation and data.
-    mixup: Optional[float] = Field(default=None, ge=0.0)
-    cutmix: Optional[float] = Field(default=None, ge=0.0)
+    mixup: float | None = Field(default=None, ge=0.0)
+    cutmix: float | None = Field(default=None, ge=0.0)
     mixup_prob: float = Field(default=1.0, ge=0.0, le=1.0)
     mixup_switch_prob: float = Field(default=0.5, ge=0.0, le=1.0)
-    smoothing: Optional[float] = Field(default=None, ge=0.0, lt=1.0)
-    augment: Optional[Literal["simple", "sbi", "fas", "none"]] = None
-    reprob: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    smoothing: float | None = Field(default=None, ge=0.0, lt=1.0)
+    augment: Literal["simple", "sbi", "fas", "none"] | None = None
+    reprob: float | None = Field(default=None, ge=0.0, le=1.0)
     eval_resize: Literal["resize", "center_crop"] = Field(
-        default="resize", description="resize: plain resize (the paper's DfD test run); center_crop: resize 256/224 then centre crop"
+        default="resize",
+        description="resize: plain resize (the paper's DfD test run); center_crop: resize 256/224 then centre crop",
     )
-    balance: Optional[Literal["none", "loss", "sampler", "domain"]] = Field(
-        default=None, description="loss: inverse-frequency class weights; sampler: class-balanced sampling; domain: equal live/spoof per domain per batch"
+    balance: Literal["none", "loss", "sampler", "domain"] | None = Field(
+        default=None,
+        description="loss: inverse-frequency class weights; sampler: class-balanced sampling; "
+        "domain: equal live/spoof per domain per batch",
     )
-    real_frames: Optional[int] = Field(default=None, ge=1, description="frames per real video when faces are extracted (FF++ protocol: 4x the fakes' 32)")
+    real_frames: int | None = Field(
+        default=None,
+        ge=1,
+        description="frames per real video when faces are extracted (FF++ protocol: 4x the fakes' 32)",
+    )
 
     # Selection and calibration.
-    selection: Optional[Literal["loss", "auc", "hter"]] = None
+    selection: Literal["loss", "auc", "hter"] | None = None
     target_fprs: list[float] = Field(default_factory=lambda: [0.01, 0.001])
-    default_threshold: Literal["eer", "fixed"] = Field(default="eer", description="the package's default threshold: the val EER point, or 0.5")
+    default_threshold: Literal["eer", "fixed"] = Field(
+        default="eer", description="the package's default threshold: the val EER point, or 0.5"
+    )
 
     # Runtime.
     seed: int = 0
     num_workers: int = Field(default=4, ge=0)
     device: str = Field(default="auto", description="auto (CUDA when present), cpu or cuda")
-    amp: bool = Field(default=True, description="mixed precision on CUDA (bf16 when supported, else fp16); CPUs run fp32")
-    faces_cache: Optional[Path] = Field(default=None, description="where faces extracted from videos are kept (default: the fsfm cache)")
+    amp: bool = Field(
+        default=True, description="mixed precision on CUDA (bf16 when supported, else fp16); CPUs run fp32"
+    )
+    faces_cache: Path | None = Field(
+        default=None, description="where faces extracted from videos are kept (default: the fsfm cache)"
+    )
     demo: bool = Field(default=False, description="mark the model as a demo, not fit for decisions")
     description: str = ""
-    licence: Optional[str] = Field(default=None, description="default: the pretrained checkpoint's")
+    licence: str | None = Field(default=None, description="default: the pretrained checkpoint's")
 
     @field_validator("target_fprs")
     @classmethod
@@ -177,7 +204,7 @@ class FinetuneConfig(BaseModel):
         return filled
 
     @model_validator(mode="after")
-    def _consistent(self) -> "FinetuneConfig":
+    def _consistent(self) -> FinetuneConfig:
         if self.lr is None and self.blr is None:
             raise ValueError("give blr or lr")
         if self.balance == "domain" and self.iters_per_epoch is None:
@@ -205,7 +232,7 @@ class FinetuneConfig(BaseModel):
         path.write_text(self.model_dump_json(indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "FinetuneConfig":
+    def load(cls, path: Path) -> FinetuneConfig:
         return cls.model_validate_json(Path(path).read_text())
 
 

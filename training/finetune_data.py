@@ -50,7 +50,15 @@ from fsfm.face.crop import CropSpec, crop_region
 from fsfm.imaging import read_image_file
 from training.augment import EvalTransform, TrainTransform
 from training.finetune_config import DataSpec
-from training.prepare import IMAGE_SUFFIXES, MANIFEST, PrepareConfig, open_shard, prepare_dataset, read_manifest, read_shard_records
+from training.prepare import (
+    IMAGE_SUFFIXES,
+    MANIFEST,
+    PrepareConfig,
+    open_shard,
+    prepare_dataset,
+    read_manifest,
+    read_shard_records,
+)
 from training.sbi import SelfBlend, face_region_mask, self_blend
 
 log = logging.getLogger(__name__)
@@ -73,7 +81,9 @@ def attack_label(name: str) -> int:
         return 1
     if word.startswith(GENUINE_WORDS):
         return 0
-    raise DataError(f"cannot tell whether {name!r} is real or fake: start its name with one of {GENUINE_WORDS + ATTACK_WORDS}")
+    raise DataError(
+        f"cannot tell whether {name!r} is real or fake: start its name with one of {GENUINE_WORDS + ATTACK_WORDS}"
+    )
 
 
 @dataclass(frozen=True)
@@ -160,7 +170,11 @@ def csv_source(path: Path, name: str) -> ImageFiles:
         if len(row) < 2:
             raise DataError(f"{path} row {number}: expected path,label[,video_id]")
         relative = Path(row[0].strip())
-        video = row[2].strip() if len(row) > 2 and row[2].strip() else _FRAME_SUFFIX.sub("", relative.with_suffix("").as_posix())
+        video = (
+            row[2].strip()
+            if len(row) > 2 and row[2].strip()
+            else _FRAME_SUFFIX.sub("", relative.with_suffix("").as_posix())
+        )
         file = (path.parent / relative).resolve()
         paths.append(file)
         items.append(FaceItem(attack_label(row[1]), video, name))
@@ -178,7 +192,9 @@ def mcio_source(root: Path, domain: str, split: str, name: str) -> ImageFiles:
     for kind, label in (("real", 0), ("fake", 1)):
         listing = root / "txt" / f"{domain}_{kind}_{split}.txt"
         if not listing.is_file():
-            raise DataError(f"{listing} not found (MCIO layout: <root>/txt/<domain>_<real|fake>_<split>.txt, <root>/frame/...)")
+            raise DataError(
+                f"{listing} not found (MCIO layout: <root>/txt/<domain>_<real|fake>_<split>.txt, <root>/frame/...)"
+            )
         lines = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
         if split == "test":  # the official evaluation scores both frames of each video
             lines += [line.replace("frame0", "frame1") for line in lines]
@@ -217,7 +233,9 @@ class PreparedFaces:
         source = Path(face["source"])
         if label is None:
             if len(source.parts) < 2:
-                raise DataError(f"{source}: label the prepared faces (label=real) or prepare them from <label>/ folders")
+                raise DataError(
+                    f"{source}: label the prepared faces (label=real) or prepare them from <label>/ folders"
+                )
             label = attack_label(source.parts[0])
         if face.get("frame") is not None:
             video = source.with_suffix("").as_posix()
@@ -395,14 +413,18 @@ def _ffpp_media(folder: Path, video: str) -> Path | None:
 FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
 
 
-def ffpp_videos(root: Path, split: str, methods: Sequence[str] = FFPP_METHODS, compression: str = "c23") -> list[LabelledVideo]:
+def ffpp_videos(
+    root: Path, split: str, methods: Sequence[str] = FFPP_METHODS, compression: str = "c23"
+) -> list[LabelledVideo]:
     """FaceForensics++ (download layout): ``original_sequences/youtube/<c>/``,
     ``manipulated_sequences/<Method>/<c>/``, official ``splits/<split>.json`` (pairs of target/source
     ids; the fakes are ``<a>_<b>`` and ``<b>_<a>``)."""
     split_file = _find(root, f"splits/{split}.json", f"dataset/splits/{split}.json")
     pairs = json.loads(split_file.read_text())
     ids = sorted({vid for pair in pairs for vid in pair})
-    wanted: list[tuple[Path, str, int]] = [(root / "original_sequences" / "youtube" / compression, vid, 0) for vid in ids]
+    wanted: list[tuple[Path, str, int]] = [
+        (root / "original_sequences" / "youtube" / compression, vid, 0) for vid in ids
+    ]
     for method in methods:
         folder = _child_ci(root / "manipulated_sequences", method) / compression
         wanted += [(folder, f"{a}_{b}", 1) for x, y in pairs for a, b in ((x, y), (y, x))]
@@ -448,7 +470,9 @@ def dfdc_videos(root: Path) -> list[LabelledVideo]:
     with open(_find(root, "labels.csv"), newline="") as fh:
         labels = {row["filename"]: int(float(row["label"])) for row in csv.DictReader(fh)}
     found = {p.name: p for p in root.rglob("*.mp4")}
-    videos = [LabelledVideo(found[name], label, Path(name).stem) for name, label in sorted(labels.items()) if name in found]
+    videos = [
+        LabelledVideo(found[name], label, Path(name).stem) for name, label in sorted(labels.items()) if name in found
+    ]
     _report_missing("DFDC", [name for name in labels if name not in found])
     return videos
 
@@ -457,7 +481,10 @@ def dfdcp_videos(root: Path, split: str = "test") -> list[LabelledVideo]:
     """DFDC preview: ``dataset.json`` ({relative path: {"label": real|fake, "set": train|test}})."""
     entries = json.loads(_find(root, "dataset.json").read_text())
     chosen = [(rel, meta) for rel, meta in sorted(entries.items()) if meta.get("set") == split]
-    videos = [LabelledVideo(root / rel, attack_label(meta["label"]), Path(rel).with_suffix("").as_posix()) for rel, meta in chosen]
+    videos = [
+        LabelledVideo(root / rel, attack_label(meta["label"]), Path(rel).with_suffix("").as_posix())
+        for rel, meta in chosen
+    ]
     _report_missing("DFDC-preview", [str(v.path) for v in videos if not v.path.exists()])
     return [v for v in videos if v.path.exists()]
 
@@ -474,7 +501,15 @@ def _sampled_frames(folder: Path, count: int) -> list[Path]:
     return [frames[int(i)] for i in np.linspace(0, len(frames) - 1, count)]
 
 
-def extract_faces(videos: Sequence[LabelledVideo], name: str, cache: Path, frames: int, real_frames: int, size: int = 224, workers: int | None = None) -> FaceSource:
+def extract_faces(
+    videos: Sequence[LabelledVideo],
+    name: str,
+    cache: Path,
+    frames: int,
+    real_frames: int,
+    size: int = 224,
+    workers: int | None = None,
+) -> FaceSource:
     """Faces of labelled videos through ``fsfm prepare`` (resumable; reused on the next run).
 
     Videos are linked into ``<cache>/<label>/<video>.<ext>`` staging folders, one prepared dataset per
@@ -498,7 +533,9 @@ def extract_faces(videos: Sequence[LabelledVideo], name: str, cache: Path, frame
             else:
                 _symlink(video.path, link_base.with_name(link_base.name + video.path.suffix.lower()))
         output = cache / f"faces-{word}-{count}"
-        prepare_dataset(stage, output, PrepareConfig(size=size, frames=count), workers=workers)  # resumes; skips done files
+        prepare_dataset(
+            stage, output, PrepareConfig(size=size, frames=count), workers=workers
+        )  # resumes; skips done files
         sources.append(PreparedFaces(output, name))
     return ConcatSource(sources, name) if len(sources) > 1 else sources[0]
 
@@ -521,7 +558,13 @@ def open_source(spec: DataSpec, cache: Path, real_frames: int | None = None, wor
     if not path.exists():
         raise DataError(f"{path} does not exist")
     if fmt == "auto":
-        fmt = "csv" if path.is_file() and path.suffix.lower() == ".csv" else "prepared" if (path / MANIFEST).is_file() else "folder"
+        fmt = (
+            "csv"
+            if path.is_file() and path.suffix.lower() == ".csv"
+            else "prepared"
+            if (path / MANIFEST).is_file()
+            else "folder"
+        )
     label = attack_label(opts["label"]) if "label" in opts else None
     if fmt == "folder":
         return folder_source(path, name, label)
@@ -653,9 +696,16 @@ class TrainBatchSampler:
         per_rank = len(self.labels) // world_size
         self.iters = iters_per_epoch or per_rank // batch_size
         if self.iters == 0:
-            raise DataError(f"{len(self.labels)} training samples are too few for batches of {batch_size} on {world_size} process(es)")
+            raise DataError(
+                f"{len(self.labels)} training samples are too few for batches of {batch_size} "
+                f"on {world_size} process(es)"
+            )
         if mode == "domain":
-            self.cells = [np.flatnonzero((self.domains == d) & (self.labels == y)) for d in np.unique(self.domains) for y in (0, 1)]
+            self.cells = [
+                np.flatnonzero((self.domains == d) & (self.labels == y))
+                for d in np.unique(self.domains)
+                for y in (0, 1)
+            ]
             self.cells = [c for c in self.cells if c.size]
             self.per_cell = batch_size // len(self.cells)
             if self.per_cell == 0:
@@ -681,7 +731,7 @@ class TrainBatchSampler:
         if self.mode == "domain":
             for _ in range(self.iters):
                 indices = [int(i) for cell in self.cells for i in rng.choice(cell, self.per_cell)]
-                yield [Draw(i, int(s)) for i, s in zip(indices, rng.integers(1 << 62, size=len(indices)))]
+                yield [Draw(i, int(s)) for i, s in zip(indices, rng.integers(1 << 62, size=len(indices)), strict=False)]
             return
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         need = self.iters * self.batch_size

@@ -14,7 +14,7 @@ region M_fr (a subset of the mask; empty for strategies that cover none).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -91,7 +91,9 @@ def _fix_total(mask: np.ndarray, protected: np.ndarray, k: int, rng: np.random.G
         mask[_choose(rng, mask & ~protected, total - k)] = False
 
 
-def _proportional(groups: np.ndarray, order: list[int], mask: np.ndarray, fr: np.ndarray, k: int, rng: np.random.Generator) -> None:
+def _proportional(
+    groups: np.ndarray, order: list[int], mask: np.ndarray, fr: np.ndarray, k: int, rng: np.random.Generator
+) -> None:
     """Step 2 of CRFR-P (and all of FRP), in place: with rho = (K - |M_fr|) / (L - |M_fr|), walk the
     groups in ``order``; of each group's patches not yet claimed (by M_fr or an earlier group) mask
     round(rho * count) chosen uniformly; then fix the total to exactly K."""
@@ -144,7 +146,7 @@ def _batched(image_fn: Callable[..., MaskPair], covers_region: bool) -> BatchMas
 
     def batch_fn(groups: np.ndarray, k: int, rng: np.random.Generator) -> MaskPair:
         region = (int(rng.integers(COVERABLE)),) if covers_region else ()
-        masks, frs = zip(*(image_fn(g, *region, k, rng) for g in groups))
+        masks, frs = zip(*(image_fn(g, *region, k, rng) for g in groups), strict=False)
         return np.stack(masks), np.stack(frs)
 
     return batch_fn
@@ -159,7 +161,9 @@ MASKING_STRATEGIES: dict[str, BatchMasking] = {
 }
 
 
-def mask_batch(region_maps: np.ndarray, strategy: str, patch_size: int, mask_ratio: float, rng: np.random.Generator) -> MaskPair:
+def mask_batch(
+    region_maps: np.ndarray, strategy: str, patch_size: int, mask_ratio: float, rng: np.random.Generator
+) -> MaskPair:
     """Region maps uint8 (B, H, W) -> (mask, fr), bool (B, L), by the named strategy."""
     if strategy not in MASKING_STRATEGIES:
         raise ValueError(f"unknown masking strategy {strategy!r}; choose from {sorted(MASKING_STRATEGIES)}")

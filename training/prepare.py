@@ -38,7 +38,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -68,19 +68,19 @@ class PrepareConfig(BaseModel):
 
     size: int = Field(default=224, ge=16, description="crop side in pixels")
     scale: float = Field(default=1.3, gt=0, description="crop side / longer side of the face box (FSFM: 1.3)")
-    frames: Optional[int] = Field(default=128, ge=1, description="frames per video, evenly spaced (np.linspace)")
-    frame_stride: Optional[int] = Field(default=None, ge=1, description="every n-th frame instead of a count")
+    frames: int | None = Field(default=128, ge=1, description="frames per video, evenly spaced (np.linspace)")
+    frame_stride: int | None = Field(default=None, ge=1, description="every n-th frame instead of a count")
     max_faces: int = Field(default=1, ge=1, description="faces kept per image or frame, highest score first")
     min_face_size: int = Field(default=40, ge=8, description="smallest face side searched for, in pixels")
     score_threshold: float = Field(default=0.9, ge=0, le=1)
     detector: Literal["mtcnn", "retinaface"] = "mtcnn"
-    detector_weights: Optional[Path] = None
+    detector_weights: Path | None = None
     region_maps: Literal["landmarks", "parsing"] = "landmarks"
-    parsing_dir: Optional[Path] = Field(default=None, description="<name>.npy maps for region_maps=parsing")
+    parsing_dir: Path | None = Field(default=None, description="<name>.npy maps for region_maps=parsing")
     shard_size: int = Field(default=1024, ge=1, description="faces per shard (at least; shards end at file boundaries)")
 
     @model_validator(mode="after")
-    def _check(self) -> "PrepareConfig":
+    def _check(self) -> PrepareConfig:
         if self.frame_stride is not None:
             self.frames = None
         if self.region_maps == "parsing" and self.parsing_dir is None:
@@ -118,7 +118,9 @@ def is_official_layout(folder: Path) -> bool:
 def discover(source: Path, exclude: Path | None = None) -> list[tuple[str, UnitKind]]:
     """Source files as (relative posix path, kind), sorted. Official layout: ``images/*``, as crops."""
     if is_official_layout(source):
-        return [(p.relative_to(source).as_posix(), "crop") for p in sorted((source / "images").iterdir()) if p.is_file()]
+        return [
+            (p.relative_to(source).as_posix(), "crop") for p in sorted((source / "images").iterdir()) if p.is_file()
+        ]
     units: list[tuple[str, UnitKind]] = []
     for path in sorted(source.rglob("*")):
         if not path.is_file() or (exclude is not None and path.is_relative_to(exclude)):
@@ -169,7 +171,9 @@ class _Worker:
                     threads=1,
                 )
             )
-            self.regions = landmark_regions if config.region_maps == "landmarks" else ParsingMapRegions(config.parsing_dir)
+            self.regions = (
+                landmark_regions if config.region_maps == "landmarks" else ParsingMapRegions(config.parsing_dir)
+            )
 
     def __call__(self, unit: tuple[str, UnitKind]) -> UnitResult:
         relative, kind = unit
@@ -203,8 +207,16 @@ class _Worker:
             crop = crop_face(rgb, face.box, spec)
             landmarks = (face.landmarks - [x1, y1]) * [spec.size / (x2 - x1), spec.size / (y2 - y1)]
             name = face_name(result.path, frame, index)
-            self._append(result, name, crop, self.regions(name, crop, landmarks), frame=frame,
-                         box=face.box.tolist(), landmarks=face.landmarks.tolist(), score=round(face.score, 6))
+            self._append(
+                result,
+                name,
+                crop,
+                self.regions(name, crop, landmarks),
+                frame=frame,
+                box=face.box.tolist(),
+                landmarks=face.landmarks.tolist(),
+                score=round(face.score, 6),
+            )
 
     def _append(self, result: UnitResult, name: str, crop: np.ndarray, regions: np.ndarray, **meta: Any) -> None:
         result.faces.append({"name": name, "source": result.path, **meta})
@@ -302,7 +314,9 @@ class ShardWriter:
         if images:
             regions = [region for r in self.pending for region in r.regions]
             _atomic_save(self.folder / f"{name}.images.npy", lambda fh: np.save(fh, np.stack(images)))
-            _atomic_save(self.folder / f"{name}.regions.npy", lambda fh: np.save(fh, np.stack(regions).astype(np.uint8)))
+            _atomic_save(
+                self.folder / f"{name}.regions.npy", lambda fh: np.save(fh, np.stack(regions).astype(np.uint8))
+            )
         pixels, total, sq = _pixel_sums(images)
         record = {
             "units": [r.record() for r in self.pending],
@@ -346,7 +360,10 @@ def _manifest(root: Path, source: Path, config: PrepareConfig, layout: str) -> d
     faces = sum(len(record["faces"]) for _, record in shards)
     manifest: dict[str, Any] = {
         "format": FORMAT,
-        "storage": "uint8 .npy shards read by memory map: <k>.images.npy (n, S, S, 3) RGB, <k>.regions.npy (n, S, S) LaPa labels",
+        "storage": (
+            "uint8 .npy shards read by memory map: <k>.images.npy (n, S, S, 3) RGB, "
+            "<k>.regions.npy (n, S, S) LaPa labels"
+        ),
         "image_size": config.size,
         "faces": faces,
         "source": str(source),
@@ -385,7 +402,9 @@ def _results(
     # spawn, not fork: the caller may hold threads (torch, ONNX Runtime) that fork would break.
     context = multiprocessing.get_context("spawn")
     units = iter(pending)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(source, config, layout)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(source, config, layout)
+    ) as pool:
         window = deque(pool.submit(_run_unit, unit) for unit in islice(units, 4 * workers))
         while window:
             try:

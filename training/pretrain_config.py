@@ -9,7 +9,7 @@ blr 1.5e-4 scaled by effective batch / 256, 40 warm-up epochs, EMA momentum 0.99
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -37,8 +37,10 @@ class PretrainConfig(BaseModel):
 
     data: list[Path] = Field(min_length=1, description="prepared face datasets (`fsfm prepare` outputs), concatenated")
     output_dir: Path
-    model: str = Field(default="fsfm_vit_base_patch16", description="encoder preset; ignored when `architecture` is given")
-    architecture: Optional[PretrainArchitecture] = None
+    model: str = Field(
+        default="fsfm_vit_base_patch16", description="encoder preset; ignored when `architecture` is given"
+    )
+    architecture: PretrainArchitecture | None = None
 
     # Masking and losses.
     masking: str = "crfr_p"
@@ -54,12 +56,12 @@ class PretrainConfig(BaseModel):
     batch_size: int = Field(default=256, ge=1, description="per process (GPU)")
     accum_iter: int = Field(default=1, ge=1)
     blr: float = 1.5e-4
-    lr: Optional[float] = Field(default=None, description="absolute peak lr; default blr * effective batch / 256")
+    lr: float | None = Field(default=None, description="absolute peak lr; default blr * effective batch / 256")
     min_lr: float = 0.0
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     ema_momentum: float = Field(default=0.996, ge=0.0, le=1.0)
-    clip_grad: Optional[float] = Field(default=None, description="global-norm clipping; the paper used none")
+    clip_grad: float | None = Field(default=None, description="global-norm clipping; the paper used none")
 
     # Runtime.
     seed: int = 0
@@ -71,7 +73,7 @@ class PretrainConfig(BaseModel):
     save_every: int = Field(default=20, ge=1, description="epochs between checkpoints (the last is always saved)")
 
     @model_validator(mode="after")
-    def _fill_architecture(self) -> "PretrainConfig":
+    def _fill_architecture(self) -> PretrainConfig:
         if self.architecture is None:
             self.architecture = PretrainArchitecture(encoder=vit_preset(self.model))
         if self.masking not in MASKING_STRATEGIES:
@@ -91,5 +93,5 @@ class PretrainConfig(BaseModel):
         path.write_text(self.model_dump_json(indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "PretrainConfig":
+    def load(cls, path: Path) -> PretrainConfig:
         return cls.model_validate_json(Path(path).read_text())

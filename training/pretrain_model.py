@@ -60,7 +60,9 @@ class FSFMTargetNetwork(ViTEncoder):
         # behave alike.
         self.rep_decoder_embed = nn.Linear(d, d)
         self.rep_decoder_pos_embed = _fixed_embedding(n, d)
-        self.rep_decoder_blocks = nn.ModuleList(Block(d, arch.rep_decoder_num_heads) for _ in range(arch.rep_decoder_depth))
+        self.rep_decoder_blocks = nn.ModuleList(
+            Block(d, arch.rep_decoder_num_heads) for _ in range(arch.rep_decoder_depth)
+        )
         self.rep_decoder_norm = LayerNorm(d)
         self.rep_decoder_pred = nn.Linear(d, d)
         self.projector = ProjectionMLP(d, arch.projector_hidden_dim, arch.projector_dim)
@@ -84,7 +86,9 @@ class FSFMTargetNetwork(ViTEncoder):
         tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))
         return torch.cat([x[:, :1], tokens], dim=1)
 
-    def forward_encoder(self, images: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward_encoder(
+        self, images: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, 3, H, W), mask bool (B, L) (True = masked; None = keep all) -> latent (B, 1 + V, D)
         after the final norm, and ids_restore (B, L) undoing the visible-first order (None if full).
 

@@ -52,7 +52,10 @@ def heldout_check(source: FaceSource, fp32: np.ndarray, int8: np.ndarray, packag
     labels = np.array([item.label for item in source.items])
     both_classes = 0 < labels.sum() < len(labels)
     threshold = package.manifest.thresholds.default
-    same = [label_for(a, threshold, package.manifest) == label_for(b, threshold, package.manifest) for a, b in zip(fp32, int8)]
+    same = [
+        label_for(a, threshold, package.manifest) == label_for(b, threshold, package.manifest)
+        for a, b in zip(fp32, int8, strict=False)
+    ]
     diff = np.abs(fp32 - int8)
     return HeldOutCheck(
         set=source.name,
@@ -79,12 +82,21 @@ def add_int8_to_package(
     quantize_int8(package.onnx_path, package.path / file)
     fp32, int8 = PackageScorer(package), PackageScorer(package, onnx_path=package.path / file)
     checks = [
-        heldout_check(source, score_source(fp32, source, batch_size, workers), score_source(int8, source, batch_size, workers), package)
+        heldout_check(
+            source,
+            score_source(fp32, source, batch_size, workers),
+            score_source(int8, source, batch_size, workers),
+            package,
+        )
         for source in heldout
     ]
     variant = Variant(
-        precision="int8", format="onnx", file=file, method=INT8_METHOD.format(version=onnxruntime.__version__),
-        sha256=file_sha256(package.path / file), heldout=checks,
+        precision="int8",
+        format="onnx",
+        file=file,
+        method=INT8_METHOD.format(version=onnxruntime.__version__),
+        sha256=file_sha256(package.path / file),
+        heldout=checks,
     )
     package.manifest.with_variant(variant).replace_in(package.path)
     return load_package(package.path)

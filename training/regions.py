@@ -96,7 +96,10 @@ def landmark_region_map(landmarks: np.ndarray, size: int) -> np.ndarray:
     labels[hair] = LaPa.HAIR
     labels[_ellipse(u, v, centre_u, centre_v, 1.0, (chin - top) / 2)] = LaPa.SKIN
 
-    for (eu, ev), brow, eye in ((right_eye, LaPa.RIGHT_BROW, LaPa.RIGHT_EYE), (left_eye, LaPa.LEFT_BROW, LaPa.LEFT_EYE)):
+    for (eu, ev), brow, eye in (
+        (right_eye, LaPa.RIGHT_BROW, LaPa.RIGHT_EYE),
+        (left_eye, LaPa.LEFT_BROW, LaPa.LEFT_EYE),
+    ):
         labels[_ellipse(u, v, eu, ev - 0.34, 0.32, 0.09)] = brow
         labels[_ellipse(u, v, eu, ev, 0.21, 0.09)] = eye
 

@@ -40,7 +40,16 @@ from training.augment import brightness_contrast, hsv_jitter, rgb_shift
 # A mean frontal face (a standard 68-point dlib template, made left/right symmetric), in units of the
 # distance between the eye centres; origin between the eyes, x to the image right, y down.
 MEAN_FACE_5 = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, 0.595], [-0.453, 1.09], [0.453, 1.09]])
-_JAW_HALF = [(1.166, 0.013), (1.160, 0.323), (1.130, 0.636), (1.069, 0.944), (0.949, 1.231), (0.764, 1.482), (0.539, 1.697), (0.287, 1.872)]
+_JAW_HALF = [
+    (1.166, 0.013),
+    (1.160, 0.323),
+    (1.130, 0.636),
+    (1.069, 0.944),
+    (0.949, 1.231),
+    (0.764, 1.482),
+    (0.539, 1.697),
+    (0.287, 1.872),
+]
 _BROW_HALF = [(0.924, -0.218), (0.778, -0.332), (0.583, -0.362), (0.383, -0.329), (0.192, -0.249)]
 MEAN_JAW = np.array([(-x, y) for x, y in _JAW_HALF] + [(0.0, 1.922)] + [(x, y) for x, y in reversed(_JAW_HALF)])
 MEAN_BROWS = np.array([(-x, y) for x, y in _BROW_HALF] + [(x, y) for x, y in reversed(_BROW_HALF)])
@@ -178,7 +187,9 @@ def self_blend(
     affine = _random_affine(rng, w, h)
     source = cv2.warpAffine(source, affine, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     work_w, work_h = (int(v) for v in rng.integers(*_WORK_SIZE, size=2))
-    work = cv2.resize(cv2.warpAffine(mask, affine, (w, h), flags=cv2.INTER_LINEAR), (work_w, work_h), interpolation=cv2.INTER_LINEAR)
+    work = cv2.resize(
+        cv2.warpAffine(mask, affine, (w, h), flags=cv2.INTER_LINEAR), (work_w, work_h), interpolation=cv2.INTER_LINEAR
+    )
     work = soft_mask(_elastic(work, rng), rng)
     if work.max() <= 0:
         raise ValueError("the face mask is too small to blend")

@@ -87,12 +87,19 @@ def build_plan(
     finally:
         partial.unlink(missing_ok=True)
     build = PlanBuild(
-        min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-        device=current_device_name(cudart), tensorrt_version=trt.__version__,
+        min_batch=min_batch,
+        opt_batch=opt_batch,
+        max_batch=max_batch,
+        device=current_device_name(cudart),
+        tensorrt_version=trt.__version__,
     )
     return Variant(
-        precision=precision, format="tensorrt-plan", file=plan_path.name, sha256=file_sha256(plan_path),
-        method=f"TensorRT {trt.__version__} plan built on {build.device}", plan=build,
+        precision=precision,
+        format="tensorrt-plan",
+        file=plan_path.name,
+        sha256=file_sha256(plan_path),
+        method=f"TensorRT {trt.__version__} plan built on {build.device}",
+        plan=build,
     )
 
 

@@ -32,6 +32,12 @@ def open_engine(
     except Exception:
         made.close()
         raise
-    log.info("%s: engine %s, precision %s (%s; %s)", package.manifest.ref, selection.engine, selection.precision,
-             selection.variant.file, selection.why)
+    log.info(
+        "%s: engine %s, precision %s (%s; %s)",
+        package.manifest.ref,
+        selection.engine,
+        selection.precision,
+        selection.variant.file,
+        selection.why,
+    )
     return made

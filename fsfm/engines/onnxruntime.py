@@ -89,7 +89,7 @@ class OnnxRuntimeEngine:
             outputs = self.session.run(list(self.output_names), {self.input_name: batch})
         except Exception as exc:
             raise EngineError(f"inference failed on {self.path.name}: {exc}") from exc
-        return dict(zip(self.output_names, outputs))
+        return dict(zip(self.output_names, outputs, strict=False))
 
     def warmup(self, sample: np.ndarray, passes: int = 2) -> None:
         for _ in range(passes):

@@ -66,7 +66,7 @@ def cpu_features(cpuinfo: str | None = None) -> frozenset[str]:
 
 def cuda_present() -> bool:
     """Whether an NVIDIA GPU's device node exists (the driver's /dev/nvidia0, ...); no CUDA call."""
-    return any(p.name[len("nvidia"):].isdigit() for p in Path("/dev").glob("nvidia*"))
+    return any(p.name[len("nvidia") :].isdigit() for p in Path("/dev").glob("nvidia*"))
 
 
 @dataclass(frozen=True)
@@ -165,8 +165,10 @@ def _nothing_fits(
     if precision != AUTO and not any(carried(s, precision) for s in runners):
         return missing_variant(ref, precision, runners[0].formats[0] if runners else "onnx")
     reasons = "; ".join(f"{s.name}: {host.cannot_run(s)}" for s in runners if host.cannot_run(s))
-    return f"no engine that runs here runs {ref}" + (f" at precision {precision}" if precision != AUTO else "") + (
-        f" ({reasons})" if reasons else ""
+    return (
+        f"no engine that runs here runs {ref}"
+        + (f" at precision {precision}" if precision != AUTO else "")
+        + (f" ({reasons})" if reasons else "")
     )
 
 

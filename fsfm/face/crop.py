@@ -75,7 +75,7 @@ class Normalization(BaseModel):
     std: tuple[float, float, float] = VGGFACE2_STD
 
     @classmethod
-    def from_mean_std_file(cls, path: str | Path) -> "Normalization":
+    def from_mean_std_file(cls, path: str | Path) -> Normalization:
         """FSFM's ``pretrain_ds_mean_std.txt``: JSON lines ``{"mean": [...], "std": [...]}``, appended
         on every pretraining launch; readers take the first line (as upstream ``build_transform``)."""
         lines = [line for line in Path(path).read_text().splitlines() if line.strip()]

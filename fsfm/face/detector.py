@@ -29,7 +29,8 @@ class DetectorConfig(BaseModel):
     min_face_size: int = Field(default=20, ge=8, description="smallest face side (pixels) searched for")
     score_threshold: float = Field(default=0.9, ge=0.0, le=1.0, description="final detection threshold")
     threads: int | None = Field(
-        default=1, description="ONNX Runtime intra-op threads per net (1: detections of concurrent requests run side by side)"
+        default=1,
+        description="ONNX Runtime intra-op threads per net (1: detections of concurrent requests run side by side)",
     )
 
 

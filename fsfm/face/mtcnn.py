@@ -92,7 +92,7 @@ class MtcnnDetector:
         boxes, scores, landmarks = self._finish(image, boxes)
         return [
             DetectedFace(box=box.astype(np.float32), landmarks=points.astype(np.float32), score=float(score))
-            for box, score, points in zip(boxes, scores, landmarks)
+            for box, score, points in zip(boxes, scores, landmarks, strict=False)
             if score >= self.score_threshold
         ]
 
@@ -177,6 +177,6 @@ class MtcnnDetector:
         pixels = clip_boxes(np.floor(boxes), width, height).astype(np.int64)
         valid = (pixels[:, 2] > pixels[:, 0]) & (pixels[:, 3] > pixels[:, 1])
         crops = np.empty((int(valid.sum()), side, side, 3), dtype=np.uint8)
-        for crop, (x1, y1, x2, y2) in zip(crops, pixels[valid]):
+        for crop, (x1, y1, x2, y2) in zip(crops, pixels[valid], strict=False):
             crop[...] = cv2.resize(image[y1:y2, x1:x2], (side, side), interpolation=cv2.INTER_AREA)
         return boxes[valid], crops

@@ -193,7 +193,7 @@ def check_parity(name: str, net: nn.Module, onnx_path: Path, seed: int = 0) -> f
         expected = [t.numpy() for t in net(torch.from_numpy(x))]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     actual = session.run(list(output_names), {"input": x})
-    diff = max(float(np.max(np.abs(e - a))) for e, a in zip(expected, actual))
+    diff = max(float(np.max(np.abs(e - a))) for e, a in zip(expected, actual, strict=False))
     if diff >= PARITY_TOLERANCE:
         raise RuntimeError(f"{onnx_path.name}: ONNX differs from torch by {diff:.2e} (limit {PARITY_TOLERANCE})")
     return diff

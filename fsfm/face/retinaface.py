@@ -38,7 +38,7 @@ def prior_boxes(height: int, width: int) -> np.ndarray:
     The feature map of stride s has ceil(size / s) cells per side, as ResNet-50 computes it.
     """
     levels = []
-    for step, sizes in zip(STEPS, MIN_SIZES):
+    for step, sizes in zip(STEPS, MIN_SIZES, strict=False):
         rows, cols = -(-height // step), -(-width // step)
         cy, cx, size = np.meshgrid(
             (np.arange(rows) + 0.5) * step, (np.arange(cols) + 0.5) * step, np.asarray(sizes), indexing="ij"

@@ -174,10 +174,10 @@ class RetinaFace(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pyramid = self.fpn(*self.body(x))
-        features = [ssh(level) for ssh, level in zip((self.ssh1, self.ssh2, self.ssh3), pyramid)]
+        features = [ssh(level) for ssh, level in zip((self.ssh1, self.ssh2, self.ssh3), pyramid, strict=False)]
 
         def run(heads: nn.ModuleList) -> torch.Tensor:
-            return torch.cat([head(feature) for head, feature in zip(heads, features)], dim=1)
+            return torch.cat([head(feature) for head, feature in zip(heads, features, strict=False)], dim=1)
 
         return run(self.BboxHead), run(self.ClassHead), run(self.LandmarkHead)
 
@@ -263,9 +263,7 @@ def _export(model: nn.Module, sample: torch.Tensor, out_onnx: Path) -> None:
     )
 
 
-def verify_onnx(
-    model: nn.Module, onnx_path: Path, sample: torch.Tensor, rtol: float = 1e-3
-) -> dict[str, float]:
+def verify_onnx(model: nn.Module, onnx_path: Path, sample: torch.Tensor, rtol: float = 1e-3) -> dict[str, float]:
     """Run ``sample`` through torch and ONNX Runtime; raise unless every output matches.
 
     Tolerance is relative to each output's largest magnitude, since random-weight and real models
@@ -278,7 +276,7 @@ def verify_onnx(
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     actual = session.run(None, {"image": sample.numpy()})
     errors: dict[str, float] = {}
-    for output, want, got in zip(session.get_outputs(), expected, actual):
+    for output, want, got in zip(session.get_outputs(), expected, actual, strict=False):
         if want.shape != got.shape:
             raise ConversionError(f"{output.name}: ONNX shape {got.shape} != torch shape {want.shape}")
         errors[output.name] = float(np.abs(want - got).max() / max(float(np.abs(want).max()), 1e-6))

@@ -20,7 +20,13 @@ import torch
 from fsfm.models.config import VIT_PRESETS, ViTConfig
 from fsfm.models.vit import ViTClassifier
 
-_SAFE_GLOBALS = [argparse.Namespace, pathlib.PosixPath, pathlib.PurePosixPath, pathlib.WindowsPath, pathlib.PureWindowsPath]
+_SAFE_GLOBALS = [
+    argparse.Namespace,
+    pathlib.PosixPath,
+    pathlib.PurePosixPath,
+    pathlib.WindowsPath,
+    pathlib.PureWindowsPath,
+]
 
 # Keys of the pretrained online network that the encoder keeps.
 _ENCODER_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.")
@@ -99,7 +105,9 @@ def classifier_from_state(
 ) -> ViTClassifier:
     """A fine-tuned classifier state dict (official DfD/DiFF layout or ours) -> loaded ``ViTClassifier``."""
     if not is_classifier_state(state):
-        raise ValueError("not a fine-tuned classifier: no head.weight (a pretraining checkpoint needs fine-tuning first)")
+        raise ValueError(
+            "not a fine-tuned classifier: no head.weight (a pretraining checkpoint needs fine-tuning first)"
+        )
     config = config or infer_vit_config(state, num_heads)
     global_pool = "fc_norm.weight" in state
     model = ViTClassifier(config, num_classes=state["head.weight"].shape[0], global_pool=global_pool)
@@ -134,12 +142,11 @@ def classifier_from_pretrained(
     encoder["pos_embed"] = resize_pos_embed(encoder["pos_embed"], config.grid_size)
     model = ViTClassifier(config, num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate)
     result = model.load_state_dict(encoder, strict=False)
-    expected_missing = {"head.weight", "head.bias"} | (
-        {"fc_norm.weight", "fc_norm.bias"} if global_pool else set()
-    )
+    expected_missing = {"head.weight", "head.bias"} | ({"fc_norm.weight", "fc_norm.bias"} if global_pool else set())
     if set(result.missing_keys) != expected_missing or result.unexpected_keys:
         raise ValueError(
-            f"pretrained weights do not fit the encoder: missing {sorted(set(result.missing_keys) - expected_missing)}, "
+            "pretrained weights do not fit the encoder: "
+            f"missing {sorted(set(result.missing_keys) - expected_missing)}, "
             f"unexpected {result.unexpected_keys}"
         )
     return model

@@ -31,7 +31,7 @@ class ClassSemantics(BaseModel):
     attack_index: int = Field(ge=0)
 
     @model_validator(mode="after")
-    def _index_in_range(self) -> "ClassSemantics":
+    def _index_in_range(self) -> ClassSemantics:
         if self.attack_index >= len(self.names):
             raise ValueError(f"attack_index {self.attack_index} out of range for classes {self.names}")
         return self
@@ -148,7 +148,7 @@ class Variant(BaseModel):
     plan: PlanBuild | None = Field(default=None, description="for format tensorrt-plan")
 
     @model_validator(mode="after")
-    def _plan_for_plans(self) -> "Variant":
+    def _plan_for_plans(self) -> Variant:
         if (self.format == "tensorrt-plan") != (self.plan is not None):
             raise ValueError("a tensorrt-plan variant, and only one, records its build (plan)")
         return self
@@ -225,19 +225,21 @@ class Manifest(PackageInfo):
             variants.append({"precision": "int8", "format": "onnx", **int8})
         if (plan := data.pop("tensorrt", None)) is not None:
             plan = dict(plan)
-            variants.append({
-                "precision": plan.pop("precision", "fp16"), "format": "tensorrt-plan",
-                "file": plan.pop("file", PLAN_FILE), "method": f"TensorRT {plan.get('tensorrt_version', '')} plan",
-                "plan": plan,
-            })
+            variants.append(
+                {
+                    "precision": plan.pop("precision", "fp16"),
+                    "format": "tensorrt-plan",
+                    "file": plan.pop("file", PLAN_FILE),
+                    "method": f"TensorRT {plan.get('tensorrt_version', '')} plan",
+                    "plan": plan,
+                }
+            )
         return {**data, "variants": variants}
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Manifest":
+    def _consistent(self) -> Manifest:
         if len(self.classes.names) != self.architecture.num_classes:
-            raise ValueError(
-                f"{len(self.classes.names)} class names for a {self.architecture.num_classes}-class model"
-            )
+            raise ValueError(f"{len(self.classes.names)} class names for a {self.architecture.num_classes}-class model")
         if self.crop.size != self.architecture.vit.img_size:
             raise ValueError(f"crop size {self.crop.size} != model input size {self.architecture.vit.img_size}")
         keys = [v.key for v in self.all_variants()]
@@ -258,7 +260,7 @@ class Manifest(PackageInfo):
         """The package's graph in ``precision`` and ``format``, or None when it carries none."""
         return next((v for v in self.all_variants() if v.key == (precision, format)), None)
 
-    def with_variant(self, variant: Variant) -> "Manifest":
+    def with_variant(self, variant: Variant) -> Manifest:
         """A copy that carries ``variant``, replacing one of the same precision and format."""
         kept = [v for v in self.variants if v.key != variant.key]
         return self.model_copy(update={"variants": [*kept, variant]})
@@ -279,5 +281,5 @@ class Manifest(PackageInfo):
         return path
 
     @classmethod
-    def load(cls, folder: Path) -> "Manifest":
+    def load(cls, folder: Path) -> Manifest:
         return cls.model_validate_json((Path(folder) / MANIFEST_FILE).read_text())

@@ -88,7 +88,9 @@ class ModelRepository:
         for package in matches:
             if package.manifest.version == version:
                 return package
-        raise PackageError(f"model {name!r} has no version {version}; versions: {[p.manifest.version for p in matches]}")
+        raise PackageError(
+            f"model {name!r} has no version {version}; versions: {[p.manifest.version for p in matches]}"
+        )
 
     def default_for_task(self, task: str) -> ModelPackage:
         """The model a request for ``task`` gets when it names none: the latest version of the

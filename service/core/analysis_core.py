@@ -26,10 +26,10 @@ from service.core.pipeline import Pipeline
 from service.core.report import AGGREGATE_WINDOW_FRAMES, AggregateSnapshot, Report, overall_verdict
 from service.core.request import AnalysisOptions, AnalysisRequest, RequestContext
 from service.core.streams import Streams
-from service.readiness import not_ready_reason
 from service.errors import AnalysisError, BadInput, DeadlineExceeded, InvalidRequest
 from service.media import MAX_SAMPLING_FPS, Sampling, decode_media
 from service.metrics import Metrics
+from service.readiness import not_ready_reason
 from service.settings import Settings
 
 log = logging.getLogger("fsfm.service")
@@ -227,5 +227,3 @@ def _threshold(manifest: Manifest, options: AnalysisOptions) -> tuple[float, str
         raise BadInput("unknown_operating_point", str(exc).strip("'\"")) from None
     except ValueError as exc:
         raise BadInput("bad_threshold", str(exc)) from None
-
-

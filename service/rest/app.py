@@ -14,8 +14,8 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service.auth import ApiKeys
 from service.core import AnalysisCore
-from service.rest.docs import add_offline_docs
 from service.rest.deps import ApiKeyDep, Probes
+from service.rest.docs import add_offline_docs
 from service.rest.errors import add_error_handlers
 from service.rest.routes import analysis, models, operations
 from service.settings import Settings
@@ -37,8 +37,11 @@ def create_app(core: AnalysisCore, settings: Settings) -> FastAPI:
     add_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-            allow_headers=["x-api-key", "content-type"], expose_headers=["x-request-id", "retry-after"],
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["x-api-key", "content-type"],
+            expose_headers=["x-request-id", "retry-after"],
         )
     return app
 

@@ -45,8 +45,14 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         responses[status] = {
             "model": ErrorResponse,
             "description": HTTPStatus(status).phrase,
-            "content": {"application/json": {"example": {"error": {"reason": reason, "message": message},
-                                                         "request_id": "9b2e4c6d8f0a1b3c5d7e9f1a2b4c6d8e"}}},
+            "content": {
+                "application/json": {
+                    "example": {
+                        "error": {"reason": reason, "message": message},
+                        "request_id": "9b2e4c6d8f0a1b3c5d7e9f1a2b4c6d8e",
+                    }
+                }
+            },
         }
     if 429 in responses:
         responses[429]["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}

@@ -47,14 +47,17 @@ class _MultipartForm:
         self.complete = False
         self._field = bytearray()
         self._value = bytearray()
-        self._parser = MultipartParser(boundary, {
-            "on_part_begin": lambda: self.parts.append(_Part()),
-            "on_header_field": lambda data, start, end: self._field.extend(data[start:end]),
-            "on_header_value": lambda data, start, end: self._value.extend(data[start:end]),
-            "on_header_end": self._header_end,
-            "on_part_data": lambda data, start, end: self.parts[-1].data.extend(data[start:end]),
-            "on_end": self._end,
-        })
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": lambda: self.parts.append(_Part()),
+                "on_header_field": lambda data, start, end: self._field.extend(data[start:end]),
+                "on_header_value": lambda data, start, end: self._value.extend(data[start:end]),
+                "on_header_end": self._header_end,
+                "on_part_data": lambda data, start, end: self.parts[-1].data.extend(data[start:end]),
+                "on_end": self._end,
+            },
+        )
 
     def _header_end(self) -> None:
         self.parts[-1].headers[bytes(self._field).lower()] = bytes(self._value)

@@ -19,21 +19,26 @@ class AnalysisParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(
-        default=None, max_length=200, description="model as `name` or `name:version` (default: the task's model)",
+        default=None,
+        max_length=200,
+        description="model as `name` or `name:version` (default: the task's model)",
         examples=["tiny-deepfake:1"],
     )
     threshold: float | None = Field(
         default=None, ge=0.0, le=1.0, description="attack-score threshold (default: the manifest's default)"
     )
     target_fpr: float | None = Field(
-        default=None, gt=0.0, lt=1.0,
+        default=None,
+        gt=0.0,
+        lt=1.0,
         description="use the manifest's operating point calibrated for this false-positive rate",
     )
     fps: float | None = Field(
         default=None, gt=0.0, le=MAX_SAMPLING_FPS, description="video only: frames sampled per second"
     )
     max_frames: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="video only: frames analysed, at most (default and ceiling: the server's max_video_frames)",
     )
 
@@ -98,8 +103,15 @@ _IMAGE_EXAMPLE = {
     "media": "image",
     "threshold": 0.5,
     "threshold_source": "default",
-    "faces": [_FACE_EXAMPLE, {**{k: _FACE_EXAMPLE[k] for k in ("box", "landmarks")}, "detection_score": 0.97,
-                             "judged": False, "reason": "face_too_small"}],
+    "faces": [
+        _FACE_EXAMPLE,
+        {
+            **{k: _FACE_EXAMPLE[k] for k in ("box", "landmarks")},
+            "detection_score": 0.97,
+            "judged": False,
+            "reason": "face_too_small",
+        },
+    ],
     "verdict": {"label": "real", "score": 0.031264},
     "timing_ms": {"decode": 3.1, "detect": 41.7, "queue": 4.9, "infer": 62.3, "total": 113.5},
 }

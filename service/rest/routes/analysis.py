@@ -65,12 +65,23 @@ def _upload_body_schema() -> dict[str, object]:
     """The multipart body, for OpenAPI: the route parses it itself (as a bounded stream), so FastAPI
     cannot derive it from the signature."""
     properties: dict[str, object] = {
-        UPLOAD_FIELD: {"type": "string", "format": "binary",
-                       "description": "JPEG, PNG or WebP image, or MP4/WebM video; the type is sniffed from the bytes"},
+        UPLOAD_FIELD: {
+            "type": "string",
+            "format": "binary",
+            "description": "JPEG, PNG or WebP image, or MP4/WebM video; the type is sniffed from the bytes",
+        },
     }
     properties.update(AnalysisParams.model_json_schema()["properties"])
-    return {"requestBody": {"required": True, "content": {"multipart/form-data": {
-        "schema": {"type": "object", "required": [UPLOAD_FIELD], "properties": properties}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": [UPLOAD_FIELD], "properties": properties}
+                }
+            },
+        }
+    }
 
 
 def _endpoint(task: str) -> Callable[..., Awaitable[JSONResponse]]:

@@ -14,7 +14,9 @@ router = APIRouter(tags=["models"])
 @router.get("/v1/models", response_model=ModelsResponse, responses=error_responses(401))
 async def list_models(core: CoreDep) -> ModelsResponse:
     """Every loaded model package with its manifest."""
-    return ModelsResponse(models=[
-        ModelEntry(ref=entry.manifest.ref, default_for_task=entry.default_for_task, manifest=entry.manifest)
-        for entry in core.listing()
-    ])
+    return ModelsResponse(
+        models=[
+            ModelEntry(ref=entry.manifest.ref, default_for_task=entry.default_for_task, manifest=entry.manifest)
+            for entry in core.listing()
+        ]
+    )

@@ -27,8 +27,11 @@ async def livez() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Readiness,
-            responses={503: {"model": Readiness, "description": "loading, draining, no model served, or a backend is down"}})
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "loading, draining, no model served, or a backend is down"}},
+)
 async def readyz(probes: ProbesDep) -> JSONResponse:
     """Models loaded and warmed up, queue reachable, not draining (readiness probe)."""
     ready, details = probes.readiness()
@@ -36,8 +39,11 @@ async def readyz(probes: ProbesDep) -> JSONResponse:
     return JSONResponse({"ready": ready, **details}, status_code=status)
 
 
-@router.get("/metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
+)
 async def metrics(probes: ProbesDep) -> Response:
     """Prometheus metrics (names in docs/api.md)."""
     return Response(probes.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
