@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 import importlib.util
+import os
+import subprocess
 import sys
 import textwrap
 import types
@@ -75,15 +77,14 @@ def test_torch_engine_matches_onnxruntime(package: ModelPackage) -> None:
     assert np.ptp(expected) > 0.1  # outputs that actually vary
 
 
-@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs the openvino extra")
-def test_openvino_engine_matches_onnxruntime(package: ModelPackage, tmp_path: Path, monkeypatch) -> None:
+def check_openvino_matches_onnxruntime(package: ModelPackage, home: Path) -> None:
     """Chosen by name through the registry, f32 as ONNX Runtime computes it, compiled once into the
-    fsfm cache; bf16 is the same graph under OpenVINO's precision hint (f32 where the CPU lacks bf16)."""
-    monkeypatch.setenv("FSFM_HOME", str(tmp_path))
+    fsfm cache (``home``); bf16 is the same graph under OpenVINO's precision hint (f32 where the CPU
+    lacks bf16)."""
     engine = open_engine(package, "openvino", "fp32")
     assert isinstance(engine, Engine) and (engine.name, engine.selection.path) == ("openvino", package.onnx_path)
     assert (engine.input_name, engine.output_names) == ("images", ("logits",))
-    assert any((tmp_path / "openvino").iterdir())  # the compiled model, cached
+    assert any((home / "openvino").iterdir())  # the compiled model, cached
     reference = OnnxRuntimeEngine(package.onnx_path)
     bf16 = open_engine(package, precision="bf16")  # no declared bf16 variant: OpenVINO derives it
     chosen = bf16.selection
@@ -97,6 +98,27 @@ def test_openvino_engine_matches_onnxruntime(package: ModelPackage, tmp_path: Pa
         np.testing.assert_allclose(bf16.run(x)["logits"], expected, atol=5e-2)
     engine.close()
     bf16.close()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs the openvino extra")
+def test_openvino_engine_matches_onnxruntime(package: ModelPackage, tmp_path: Path) -> None:
+    """Run in a process of its own: with OpenVINO's runtime loaded beside PyTorch in one process, a
+    later multiprocessing lock (tqdm's, in the pretraining tests) aborted the test process."""
+    code = (
+        "import sys; from pathlib import Path; from fsfm.package.repository import load_package; "
+        "from tests.test_engines import check_openvino_matches_onnxruntime as check; "
+        "check(load_package(Path(sys.argv[1])), Path(sys.argv[2]))"
+    )
+    env = {**os.environ, "FSFM_HOME": str(tmp_path), "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(package.path), str(tmp_path)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_torch_weights_must_be_the_packages(package: ModelPackage, tmp_path: Path) -> None:
