@@ -9,8 +9,9 @@ RESOURCE_EXHAUSTED, reason ``overloaded``) when it would exceed what the service
   ``max_waiting_requests`` more wait, first come first served, for one of those slots. A request past
   both is refused at once, before any of its work.
 - faces queued for inference: a request whose model's queue already holds ``max_queue_size`` faces is
-  refused at once too, rather than after its decode and detection (the batcher keeps its own check
-  for the faces a request brings: see docs/api.md).
+  refused at once too, and again when it gets its slot after waiting (``check_queue``), rather than
+  after its decode and detection (the batcher keeps its own check for the faces a request brings:
+  see docs/api.md).
 
 An admitted request holds a ``Ticket`` through three stages: ``waiting`` (for a slot),
 ``preprocessing`` (holding one) and ``inference`` (its slot given back, its faces in the batcher).
@@ -105,17 +106,21 @@ class Admission:
                 f"limits {self.max_concurrent} and {self.max_waiting}",
                 retry_after_s=self.retry_after_s(ahead),
             )
-        if queued_faces >= max_queued_faces:
-            raise Overloaded(
-                f"model {model}: {queued_faces} faces queued, limit {max_queued_faces}",
-                retry_after_s=self.retry_after_s(ahead),
-            )
+        self.check_queue(model, queued_faces, max_queued_faces)
         ticket = Ticket(self)
         self._tickets.add(ticket)
         self._idle.clear()
         self._counts["waiting"] += 1
         self._publish("waiting")
         return ticket
+
+    def check_queue(self, model: str, queued_faces: int, max_queued_faces: int) -> None:
+        """``Overloaded`` when ``model``'s queue is full: a request's work would be refused there."""
+        if queued_faces >= max_queued_faces:
+            raise Overloaded(
+                f"model {model}: {queued_faces} faces queued, limit {max_queued_faces}",
+                retry_after_s=self.retry_after_s(self._counts["waiting"] + self._counts["preprocessing"]),
+            )
 
     def release(self, ticket: Ticket) -> None:
         """The request has ended: its slot (if it holds one) goes to the next, its thread-pool work stops."""

@@ -203,6 +203,7 @@ class AnalysisCore:
         manifest = model.manifest
         watch(ticket.ended)  # this request's thread-pool work stops once it has ended
         await ticket.preprocessing()
+        self.admission.check_queue(model.label, model.backend.pending, self.settings.max_queue_size)
         decode_s = 0.0
         if request.media is not None:
             sampling = Sampling(self.settings.max_video_seconds, plan.max_frames, options.fps)
