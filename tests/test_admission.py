@@ -11,6 +11,7 @@ seconds frame by frame.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import statistics
 import threading
 import time
@@ -151,11 +152,15 @@ def test_thread_pool_work_stops_at_the_next_frame_once_its_request_has_ended() -
             assert len(frames_done) == stopped < 10  # it stopped within a frame of the end
 
     asyncio.run(scenario())
-    with pytest.raises(RequestEnded):
+
+    def ended_request() -> None:
         ended = threading.Event()
         ended.set()
         watch(ended)
         stop_if_ended()
+
+    with pytest.raises(RequestEnded):
+        contextvars.copy_context().run(ended_request)  # a context of its own: this one stays clean
 
 
 # ---- a real server ---------------------------------------------------------------------------------
