@@ -58,6 +58,12 @@ def serve(
     max_batch_size: int | None = option("max_batch_size", "Faces per engine call, at most."),
     max_queue_delay_ms: float | None = option("max_queue_delay_ms", "Longest wait for a batch to fill, in ms."),
     max_queue_size: int | None = option("max_queue_size", "Queued faces per model before 429."),
+    max_concurrent_requests: int | None = option(
+        "max_concurrent_requests", "Requests in decode, detect and crop at once."
+    ),
+    max_waiting_requests: int | None = option(
+        "max_waiting_requests", "Requests waiting for a preprocessing slot before 429."
+    ),
     detector: DetectorChoice | None = option("detector", "Face detector."),
     detector_weights: Path | None = option("detector_weights", "Detector ONNX weights (default: the fsfm cache)."),
     min_face_size: int | None = option("min_face_size", "Smallest face side searched for, in pixels."),

@@ -23,6 +23,7 @@ import av
 import numpy as np
 
 from fsfm.imaging import ImageError, ImageLimits, check_size, decode_image, sniff_image_type
+from service.cancellation import stop_if_ended
 from service.errors import AnalysisError, BadInput, TooLarge, UnsupportedMedia
 
 MediaKind = Literal["image", "video"]
@@ -167,6 +168,7 @@ def _pick_frames(container, stream, targets: list[float], limits: ImageLimits) -
     picked: list[Frame] = []
     next_target = 0
     for index, frame in enumerate(container.decode(stream)):
+        stop_if_ended()
         if next_target >= len(targets):
             break
         time_s = float(frame.time) if frame.time is not None else index / float(stream.average_rate or _FALLBACK_FPS)

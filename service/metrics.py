@@ -45,6 +45,13 @@ class Metrics:
         self.faces_per_input = Histogram(
             "fsfm_faces_per_input", "Faces detected per image or video frame.", buckets=_FACE_BUCKETS, registry=r
         )
+        self.admitted = Gauge(
+            "fsfm_admitted_requests",
+            "Requests admitted into the core, by stage: waiting (for a preprocessing slot), preprocessing "
+            "(decode, detect, crop), inference.",
+            ["stage"],
+            registry=r,
+        )
         self.active_streams = Gauge("fsfm_grpc_active_streams", "Open gRPC Analyze streams.", registry=r)
         self.model_ready = Gauge("fsfm_model_ready", "1 when the model is loaded and warmed up.", ["model"], registry=r)
 

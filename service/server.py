@@ -9,8 +9,11 @@ works and probes get answers at once), the line
 ``/readyz`` and gRPC health turn ready when that is done.
 
 Shutdown on SIGTERM or SIGINT: readiness goes false and new work is refused (``core.drain``), work
-in flight finishes within ``shutdown_grace_s``, then both servers stop (``STOP_BOUND_S`` at most)
-and the process exits. A second signal skips what is left of the grace period.
+in flight finishes within ``shutdown_grace_s``; what is still in the core then is ended
+(``core.abort_in_flight``), so each door answers it with its documented error (REST: JSON 503
+``shutting_down``; gRPC: UNAVAILABLE) before the servers stop. Then both servers stop
+(``STOP_BOUND_S`` at most) and the process exits. A second signal skips what is left of the grace
+period.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from service.startup import Startup, check_startup
 log = logging.getLogger("fsfm.service")
 
 STOP_BOUND_S = 5.0  # after the drain: the longest the servers may take to close
+ABORT_BOUND_S = 1.0  # after the grace: the longest the ended requests may take to leave the core
 
 
 class HttpServer(uvicorn.Server):
@@ -155,7 +159,8 @@ async def _shutdown(
     hurry.cancel()
     if not (drain.done() and drain.result()):
         drain.cancel()
-        log.warning("stopping with %d request(s) still in flight", core.in_flight)
+        log.warning("ending %d request(s) still in flight: shutting_down", core.abort_in_flight())
+        await core.drain(ABORT_BOUND_S)  # the doors answer them before the servers close
     rest.should_exit = True
     rest.force_exit = signals.second.is_set()
     stopping = [rest_task]

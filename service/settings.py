@@ -38,6 +38,14 @@ class Settings(BaseSettings):
     max_queue_delay_ms: float = Field(default=5.0, ge=0, description="longest wait for a batch to fill")
     max_queue_size: int = Field(default=256, ge=1, description="queued faces per model before 429 / RESOURCE_EXHAUSTED")
 
+    # Admission, decided before any decode or detection (docs/api.md).
+    max_concurrent_requests: int = Field(
+        default=4, ge=1, description="requests in decode, detect and crop at once (twice the preprocessing threads)"
+    )
+    max_waiting_requests: int = Field(
+        default=64, ge=0, description="admitted requests waiting for a preprocessing slot before 429"
+    )
+
     # Face detection.
     detector: Literal["mtcnn", "retinaface"] = "mtcnn"
     detector_weights: Path | None = Field(default=None, description="detector ONNX (default: the fsfm cache)")

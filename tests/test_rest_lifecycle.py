@@ -14,9 +14,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 
+from service.grpc_server import REASON_KEY
+from service.grpc_stubs import pb, pb_grpc
 from tests.no_torch import MESSAGE, torchless_env
 from tests.packages import make_tiny_package
 from tests.references import encode
@@ -104,6 +107,37 @@ def test_sigterm_drains_in_flight_work_refuses_new_work_and_exits(models, mtcnn_
     assert code == 0, server.log()
     assert took < QUEUE_DELAY_S + 3, took  # the in-flight batch, then a prompt exit
     assert "draining" in server.log() and "fsfm stopped" in server.log()
+
+
+def test_work_still_in_flight_when_the_grace_ends_gets_503_shutting_down(models, mtcnn_dir, astronaut_jpeg) -> None:
+    """More in flight than the grace allows (its batch waits 3 s, the grace is 1 s): every REST
+    client gets the JSON 503 ``shutting_down`` (not uvicorn's plain-text 500) and a gRPC call
+    UNAVAILABLE; then the process exits cleanly."""
+    grace_s = 1.0
+    rest_clients = 4
+    with running_server(models, {**SLOW_BATCHES, "shutdown_grace_s": grace_s}) as server:
+        channel = grpc.insecure_channel(server.grpc_target)
+        request = pb.AnalyzeImageRequest(
+            image=pb.Image(encoded=astronaut_jpeg), options=pb.AnalysisOptions(task=pb.TASK_DEEPFAKE)
+        )
+        with channel, ThreadPoolExecutor(rest_clients) as pool, httpx.Client(base_url=server.rest_url) as client:
+            client.timeout = 30
+            posts = [pool.submit(upload, client, "/v1/deepfake", astronaut_jpeg) for _ in range(rest_clients)]
+            call = pb_grpc.FaceSecurityStub(channel).AnalyzeImage.future(request, timeout=30)
+            wait_for_queued(server.rest_url, rest_clients + 1)
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            for post in posts:
+                error(post.result(timeout=grace_s + 5), 503, "shutting_down")
+            with pytest.raises(grpc.RpcError) as ended:
+                call.result(timeout=grace_s + 5)
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert dict(ended.value.trailing_metadata())[REASON_KEY] == "shutting_down"
+            answered = time.monotonic() - signalled
+        code = server.process.wait(timeout=server.stop_bound_s)
+    assert code == 0, server.log()
+    assert grace_s * 0.9 <= answered < QUEUE_DELAY_S, answered  # at the grace's end, before the batch would run
+    assert "ending 5 request(s) still in flight" in server.log()
 
 
 def test_the_service_runs_without_torch(tmp_path, models, mtcnn_dir, astronaut_jpeg) -> None:

@@ -7,6 +7,13 @@ and the per-stream aggregate (``report.py``, ``streams.py``). Every failure of a
 here once (``fsfm_request_failure``), those a door finds before calling ``analyze`` included
 (``refused``). The request's deadline is enforced here: the backends drop queued faces when it
 passes, and a backstop ``CORE_DEADLINE_SLACK_S`` later ends slower stages.
+
+Order of a request: the cheap checks (readiness, model, parameters), then admission (429 at once
+when the service is full), then a preprocessing slot, decode, detect and crop (the slot is given back
+before inference), then the batcher. Its work runs as a task of its own: cancelling the caller (a
+client gone, a gRPC call cancelled or past its deadline) cancels it, and its thread-pool work stops
+at the next frame (``service/cancellation.py``); ``abort_in_flight`` (the end of the shutdown's grace
+period) ends every admitted request with ``Unavailable("shutting_down")``.
 """
 
 from __future__ import annotations
@@ -14,19 +21,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from fsfm.face.detector import FaceDetector, create_detector
 from fsfm.package import ModelRepository
 from fsfm.package.manifest import Manifest
 from fsfm.scoring import resolve_threshold
-from service.core.admission import Admission
-from service.core.models import ModelListing, ServedModels
+from service.cancellation import ContextThreadPool, watch
+from service.core.admission import Admission, Ticket
+from service.core.models import ModelListing, ServedModel, ServedModels
 from service.core.pipeline import Pipeline
 from service.core.report import AGGREGATE_WINDOW_FRAMES, AggregateSnapshot, Report, overall_verdict
 from service.core.request import AnalysisOptions, AnalysisRequest, RequestContext
 from service.core.streams import Streams
-from service.errors import AnalysisError, BadInput, DeadlineExceeded, InvalidRequest
+from service.errors import AnalysisError, BadInput, DeadlineExceeded, InvalidRequest, Unavailable
 from service.media import MAX_SAMPLING_FPS, Sampling, decode_media
 from service.metrics import Metrics
 from service.readiness import not_ready_reason
@@ -43,10 +51,12 @@ class AnalysisCore:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.models = ServedModels(settings, self.metrics)
-        self.admission = Admission()
+        self.admission = Admission(
+            settings.max_concurrent_requests, settings.max_waiting_requests, self.metrics.admitted
+        )
         self.streams = Streams()
         self.detector: FaceDetector | None = None
-        self._cpu = ThreadPoolExecutor(max_workers=PREPROCESS_THREADS, thread_name_prefix="preprocess")
+        self._cpu = ContextThreadPool(max_workers=PREPROCESS_THREADS, thread_name_prefix="preprocess")
         self._pipeline: Pipeline | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -69,6 +79,11 @@ class AnalysisCore:
     async def drain(self, grace_s: float) -> bool:
         """Refuse new work, let in-flight requests finish (up to ``grace_s``). True if all finished."""
         return await self.admission.drain(grace_s)
+
+    def abort_in_flight(self) -> int:
+        """End every admitted request now: each is answered ``Unavailable("shutting_down")``, its
+        work stops at the next stage. Returns how many."""
+        return self.admission.abort()
 
     async def stop(self) -> None:
         self.admission.ready = False
@@ -133,20 +148,29 @@ class AnalysisCore:
         options, context = request.options, request.context
         try:
             self.admission.check()
+            plan = self._plan(options)
+            queued = plan.model.backend.pending
+            ticket = self.admission.admit(plan.model.label, queued, self.settings.max_queue_size)
         except AnalysisError as exc:
             raise await self.refused(options, context, exc) from None
         started = time.monotonic()
-        with self.admission.admitted():
-            try:
-                async with asyncio.timeout(max(0.0, context.deadline - started) + CORE_DEADLINE_SLACK_S):
-                    report = await self._analyze(request)
-            except TimeoutError:
-                raise await self.refused(options, context, DeadlineExceeded()) from None
-            except AnalysisError as exc:
-                raise await self.refused(options, context, exc) from None
-            except asyncio.CancelledError:
-                self._count_failure(options, context.transport, "cancelled")
-                raise
+        try:
+            work = ticket.work = asyncio.ensure_future(self._analyze(request, plan, ticket))
+            async with asyncio.timeout(max(0.0, context.deadline - started) + CORE_DEADLINE_SLACK_S):
+                report = await work
+        except TimeoutError:
+            raise await self.refused(options, context, DeadlineExceeded()) from None
+        except AnalysisError as exc:
+            raise await self.refused(options, context, exc) from None
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if ticket.aborted and current is not None and not current.cancelling():
+                shutting_down = Unavailable("shutting_down", "the service is shutting down")
+                raise await self.refused(options, context, shutting_down) from None
+            self._count_failure(options, context.transport, "cancelled")
+            raise
+        finally:
+            self.admission.release(ticket)
         total = time.monotonic() - started
         report.timing_ms["total"] = round(total * 1000, 2)
         self.metrics.stage_duration.labels("total", report.model.ref).observe(total)
@@ -166,15 +190,23 @@ class AnalysisCore:
     def _count_failure(self, options: AnalysisOptions, transport: str, reason: str) -> None:
         self.metrics.request_failure.labels(options.model or "default", options.task, transport, reason).inc()
 
-    async def _analyze(self, request: AnalysisRequest) -> Report:
-        options, context = request.options, request.context
+    def _plan(self, options: AnalysisOptions) -> _Plan:
+        """The checks that need no work: the model, the threshold, the video sampling parameters."""
         max_frames = self._max_frames(options)
         model = self.models.resolve(options)
+        threshold, source = _threshold(model.manifest, options)
+        return _Plan(model, threshold, source, max_frames)
+
+    async def _analyze(self, request: AnalysisRequest, plan: _Plan, ticket: Ticket) -> Report:
+        options, context = request.options, request.context
+        model, threshold, source = plan.model, plan.threshold, plan.threshold_source
         manifest = model.manifest
-        threshold, source = _threshold(manifest, options)
+        watch(ticket.ended)  # this request's thread-pool work stops once it has ended
+        await ticket.preprocessing()
+        self.admission.check_queue(model.label, model.backend.pending, self.settings.max_queue_size)
         decode_s = 0.0
         if request.media is not None:
-            sampling = Sampling(self.settings.max_video_seconds, max_frames, options.fps)
+            sampling = Sampling(self.settings.max_video_seconds, plan.max_frames, options.fps)
             started = time.monotonic()
             media = await asyncio.get_running_loop().run_in_executor(
                 self._cpu, decode_media, request.media, request.accept, self.settings.image_limits(), sampling
@@ -185,7 +217,7 @@ class AnalysisCore:
         else:
             frames, is_video = request.frames or [], len(request.frames or []) > 1
         assert self._pipeline is not None
-        result = await self._pipeline.run(model, frames, threshold, context.deadline)
+        result = await self._pipeline.run(model, frames, threshold, context.deadline, on_prepared=ticket.prepared)
         timing = {"decode": decode_s, **result.stage_s}
         report = Report(
             request_id=context.request_id,
@@ -218,6 +250,16 @@ class AnalysisCore:
             message = f"max_frames is {options.max_frames}; this server allows {ceiling}"
             raise InvalidRequest("invalid_parameter", message)
         return options.max_frames or ceiling
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the cheap checks before admission found."""
+
+    model: ServedModel
+    threshold: float
+    threshold_source: str
+    max_frames: int
 
 
 def _threshold(manifest: Manifest, options: AnalysisOptions) -> tuple[float, str]:

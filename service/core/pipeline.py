@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from fsfm.analysis import PreparedFace, judge, prepare_faces
 from fsfm.face.detector import FaceDetector
 from fsfm.package.manifest import Manifest
 from service.batcher import InferenceResult
+from service.cancellation import stop_if_ended
 from service.core.models import ServedModel
 from service.core.report import FrameReport
 from service.media import Frame
@@ -42,11 +44,22 @@ class Pipeline:
         self.executor = executor
         self.metrics = metrics
 
-    async def run(self, model: ServedModel, frames: list[Frame], threshold: float, deadline: float) -> PipelineResult:
+    async def run(
+        self,
+        model: ServedModel,
+        frames: list[Frame],
+        threshold: float,
+        deadline: float,
+        on_prepared: Callable[[], None] | None = None,
+    ) -> PipelineResult:
+        """``on_prepared`` is called once detection and cropping are done, before inference (admission
+        gives the request's preprocessing slot to the next one)."""
         manifest = model.manifest
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         prepared = await loop.run_in_executor(self.executor, self._detect_and_prepare, frames, manifest)
+        if on_prepared is not None:
+            on_prepared()
         stage_s = {"detect": time.monotonic() - started, "queue": 0.0, "infer": 0.0}
         tensors = [p.tensor for faces in prepared for p in faces if p.tensor is not None]
         logits = np.zeros((0, manifest.architecture.num_classes), np.float32)
@@ -68,6 +81,7 @@ class Pipeline:
     def _detect_and_prepare(self, frames: list[Frame], manifest: Manifest) -> list[list[PreparedFace]]:
         prepared = []
         for frame in frames:
+            stop_if_ended()
             faces = self.detector.detect(frame.rgb)
             self.metrics.faces_per_input.observe(len(faces))
             prepared.append(prepare_faces(frame.rgb, faces, manifest))

@@ -2,7 +2,9 @@
 upload and parameters become an ``AnalysisRequest``, the core's ``Report`` becomes JSON.
 
 A task without a loaded model answers 404 ``task_not_served`` before the upload is read. Failures
-before the core (upload, parameters) are counted by ``core.refused``, like the core's own.
+before the core (upload, parameters) are counted by ``core.refused``, like the core's own. A client
+that disconnects while the core works on its request cancels the core call (its work stops at the
+next stage); the answer nobody reads is ``CLIENT_CLOSED_REQUEST``, for the access log.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from fsfm.package.manifest import TASKS
-from service.core import AnalysisOptions, AnalysisRequest, RequestContext
+from service.core import AnalysisOptions, AnalysisRequest, Report, RequestContext
 from service.errors import AnalysisError, DeadlineExceeded, InvalidRequest, ModelNotFound
 from service.rest.deps import CoreDep, SettingsDep
 from service.rest.errors import error_responses, validation_message
@@ -25,6 +27,7 @@ from service.rest.multipart import UPLOAD_FIELD, read_upload
 from service.rest.schemas import AnalysisParams, AnalysisResponse, report_json
 
 TRANSPORT = "rest"
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client went away before its answer
 
 router = APIRouter(tags=["analysis"])
 
@@ -44,8 +47,29 @@ async def analyze(
         raise await core.refused(options, context, DeadlineExceeded()) from None
     except AnalysisError as exc:
         raise await core.refused(options, context, exc) from None
-    report = await core.analyze(AnalysisRequest(options, context, media=upload.data))
+    analysis = asyncio.ensure_future(core.analyze(AnalysisRequest(options, context, media=upload.data)))
+    if (report := await _unless_disconnected(request, analysis)) is None:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     return JSONResponse(report_json(report), headers={"x-request-id": report.request_id})
+
+
+async def _unless_disconnected(request: Request, analysis: asyncio.Future[Report]) -> Report | None:
+    """The core's report, or None once the client has disconnected: then the core call is cancelled."""
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait((analysis, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not analysis.done():  # the client has gone, or this handler is being cancelled
+            analysis.cancel()
+            await asyncio.gather(analysis, return_exceptions=True)
+    return None if analysis.cancelled() else analysis.result()
+
+
+async def _disconnect(request: Request) -> None:
+    """Until the client disconnects (the body has been read: the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def merge_params(query: AnalysisParams, form: dict[str, str]) -> AnalysisParams:
