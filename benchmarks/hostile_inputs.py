@@ -4,7 +4,7 @@ the hostile-load benchmark and the tests that bound a request's cost.
 ``hostile_inputs()`` builds them in memory, deterministically (a few seconds):
 
 - ``png_zeros_6000``: an 8-bit RGB PNG of 6000x6000 black pixels, about 100 KB (36 MP decoded).
-- ``jpeg_6000``: a smooth 6000x6000 JPEG, about 0.5 MB.
+- ``jpeg_6000``: a smooth 6000x6000 JPEG (colour gradients), about 1.4 MB.
 - ``mp4_64x2000``: an H.264 MP4 of 64 frames at 2000x2000 (a still picture with a moving bar), about 0.1 MB.
 - ``png_truncated_4000``: a 196-byte PNG declaring 4000x4000 whose compressed stream ends after 10 rows;
   a strict decoder refuses it (400 ``corrupt``) instead of filling the missing rows with zeros.

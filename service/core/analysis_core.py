@@ -178,7 +178,7 @@ class AnalysisCore:
             sampling = Sampling(settings.max_video_seconds, max_frames, options.fps, settings.max_video_pixels)
             started = time.monotonic()
             media = await asyncio.get_running_loop().run_in_executor(
-                self._cpu, decode_media, request.media, request.accept, self.settings.image_limits(), sampling
+                self._cpu, decode_media, request.media, request.accept, settings.image_limits(), sampling
             )
             decode_s = time.monotonic() - started
             frames, is_video = media.frames, media.kind == "video"

@@ -50,10 +50,12 @@ class PreparedFrame:
 
 @dataclass
 class Prepared:
-    frames: list[PreparedFrame]
-    decode_s: float
-    detect_s: float
-    pixels: int
+    """A request's prepared frames, the time spent decoding and detecting them, and their pixels."""
+
+    frames: list[PreparedFrame] = field(default_factory=list)
+    decode_s: float = 0.0
+    detect_s: float = 0.0
+    pixels: int = 0
 
 
 def class_logits(result: InferenceResult, manifest: Manifest) -> np.ndarray:
@@ -92,27 +94,29 @@ class Pipeline:
         return PipelineResult(reports, stage_s)
 
     def _prepare(self, frames: Iterator[Frame], manifest: Manifest) -> Prepared:
-        prepared = self._detect_and_crop(frames, manifest)
-        if prepared.pixels > RELEASE_AFTER_PIXELS:
-            release_memory()  # the frames are gone by now
+        prepared = Prepared()
+        try:
+            self._detect_and_crop(frames, manifest, prepared)
+        finally:
+            if prepared.pixels > RELEASE_AFTER_PIXELS:
+                release_memory()  # the frames are gone by now, decoded to the end or not
         return prepared
 
-    def _detect_and_crop(self, frames: Iterator[Frame], manifest: Manifest) -> Prepared:
-        """Take the frames one by one (decoding them, for a video), keep their faces and the crops of
-        the request's ``max_faces`` largest."""
+    def _detect_and_crop(self, frames: Iterator[Frame], manifest: Manifest, prepared: Prepared) -> None:
+        """Take the frames one by one (decoding them, for a video) into ``prepared``: their faces, and the
+        crops of the request's ``max_faces`` largest."""
         largest = LargestFaces(self.max_faces)
-        prepared = Prepared([], 0.0, 0.0, 0)
         while True:
             started = time.monotonic()
             frame = next(frames, None)
             detecting = time.monotonic()
             prepared.decode_s += detecting - started
             if frame is None:
-                return prepared
+                return
+            prepared.pixels += frame.rgb.shape[0] * frame.rgb.shape[1]
             faces = self.detector.detect(frame.rgb)
             self.metrics.faces_per_input.observe(len(faces))
             crops = prepare_faces(frame.rgb, faces, manifest, largest)
             prepared.frames.append(PreparedFrame(frame.index, frame.time_s, crops))
-            prepared.pixels += frame.rgb.shape[0] * frame.rgb.shape[1]
             del frame  # before the next one is decoded
             prepared.detect_s += time.monotonic() - detecting
