@@ -58,6 +58,22 @@ def test_an_image_within_the_bound_is_searched_as_it_is(mtcnn_dir: Path, astrona
     assert [f.box.tolist() for f in bounded] == [f.box.tolist() for f in plain]
 
 
+def test_r_net_and_o_net_in_batches_find_what_one_run_finds(
+    mtcnn_dir: Path, group_photo_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fsfm.face import mtcnn
+
+    group = decode_image(group_photo_path.read_bytes())  # about 900 R-Net candidates
+    detector = MtcnnDetector(mtcnn_dir, threads=1)
+    batched = detector.detect(group)
+    monkeypatch.setattr(mtcnn, "NET_BATCH", 1_000_000)
+    whole = detector.detect(group)
+    assert len(batched) == len(whole) == 6
+    for a, b in zip(batched, whole, strict=True):
+        np.testing.assert_allclose(a.box, b.box, atol=1e-3)
+        np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-3)
+
+
 def test_the_service_and_prepare_detect_alike() -> None:
     from training.prepare import PrepareConfig
 
