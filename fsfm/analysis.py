@@ -1,12 +1,17 @@
 """The analysis steps around the model, free of the service: crop and normalise the detected faces
 (``prepare_faces``), attach scores and labels to them (``judge``), and decide (``verdict``).
 
+Faces that are not judged stay in the answer with a reason: ``face_too_small`` (under the model's
+``min_face_size``) and ``face_limit`` (beyond a request's face cap, ``LargestFaces``: the largest
+faces of a request are judged, across all its frames).
+
 The service's pipeline (``service/core/pipeline.py``, behind ``fsfm serve`` and ``fsfm analyze``) runs
 them with detection before and its inference backend in between; ``fsfm bench pipeline`` times them.
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +22,7 @@ from fsfm.package.manifest import Manifest
 from fsfm.scoring import attack_scores, label_for
 
 FACE_TOO_SMALL = "face_too_small"
+FACE_LIMIT = "face_limit"
 
 
 @dataclass
@@ -64,16 +70,50 @@ class Verdict:
         return out
 
 
-def prepare_faces(image: np.ndarray, faces: list[DetectedFace], manifest: Manifest) -> list[PreparedFace]:
-    """Crop and normalise each face with the model's own crop convention; too-small faces are kept
-    in the answer but not judged."""
+class LargestFaces:
+    """The ``limit`` largest faces (box area) offered so far, over any number of ``prepare_faces`` calls
+    (a request's frames): only those keep their tensors. A face that does not make it, or is pushed
+    out by a larger one later, loses its tensor and is marked ``face_limit``; of equal faces the
+    first offered stays. Holds at most ``limit`` tensors, whatever the number of faces offered."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be positive, got {limit}")
+        self.limit = limit
+        self._kept: list[tuple[float, int, PreparedFace]] = []  # min-heap of (area, -order, face)
+        self._offered = 0
+
+    def admits(self, face: DetectedFace) -> bool:
+        """Whether ``face`` would be kept now (so that the caller crops only faces that are)."""
+        return len(self._kept) < self.limit or face.width * face.height > self._kept[0][0]
+
+    def keep(self, prepared: PreparedFace) -> None:
+        """Keep ``prepared`` (which ``admits``), marking the face it pushes out, if any."""
+        self._offered += 1
+        entry = (prepared.face.width * prepared.face.height, -self._offered, prepared)
+        if len(self._kept) < self.limit:
+            heapq.heappush(self._kept, entry)
+            return
+        pushed_out = heapq.heapreplace(self._kept, entry)[2]
+        pushed_out.tensor, pushed_out.skip_reason = None, FACE_LIMIT
+
+
+def prepare_faces(
+    image: np.ndarray, faces: list[DetectedFace], manifest: Manifest, largest: LargestFaces | None = None
+) -> list[PreparedFace]:
+    """Crop and normalise each face with the model's own crop convention; too-small faces, and with
+    ``largest`` the faces beyond its limit, are kept in the answer but not judged."""
     prepared: list[PreparedFace] = []
     for face in faces:
         if min(face.width, face.height) < manifest.crop.min_face_size:
             prepared.append(PreparedFace(face, None, FACE_TOO_SMALL))
-            continue
-        crop = crop_face(image, face.box, manifest.crop)
-        prepared.append(PreparedFace(face, normalize(crop, manifest.normalization)))
+        elif largest is not None and not largest.admits(face):
+            prepared.append(PreparedFace(face, None, FACE_LIMIT))
+        else:
+            crop = crop_face(image, face.box, manifest.crop)
+            prepared.append(PreparedFace(face, normalize(crop, manifest.normalization)))
+            if largest is not None:
+                largest.keep(prepared[-1])
     return prepared
 
 

@@ -256,7 +256,8 @@ async def detect_faces(settings: Settings, options: AnalysisOptions, inputs: lis
         face_detector = create_detector(settings.detector_config())
     except (FileNotFoundError, ValueError) as exc:
         setup_error(exc)
-    sampling = Sampling(settings.max_video_seconds, options.max_frames or settings.max_video_frames, options.fps)
+    max_frames = options.max_frames or settings.max_video_frames
+    sampling = Sampling(settings.max_video_seconds, max_frames, options.fps, settings.max_video_pixels)
 
     async def one(data: bytes) -> Entry:
         media = decode_media(data, MEDIA_KINDS, settings.image_limits(), sampling)

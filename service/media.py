@@ -5,7 +5,11 @@ an image or a video means the same over REST and gRPC. The type is sniffed from 
 from a file name or a header): JPEG, PNG or WebP images (``fsfm.imaging``); MP4/MOV or WebM/Matroska
 videos, decoded from memory with PyAV (nothing on disk). Limits, all checked before pixels are
 decoded where the container allows: ``ImageLimits`` per image or frame, the video's duration, and
-the number of frames sampled, evenly (``max_frames``, FSFM's ``linspace`` sampling) or at ``fps``.
+the number of frames sampled, evenly (``max_frames``, FSFM's ``linspace`` sampling) or at ``fps``,
+and the pixels of the sampled frames in all (``max_pixels``: fewer frames are sampled, at least one).
+
+``Media.frames`` is an iterator, consumed once: a video's frames are decoded as it is iterated, so a
+consumer that keeps only what it needs of each frame holds one frame at a time, never the video.
 
 Every failure is an ``AnalysisError`` with a stable reason: ``empty``, ``unsupported_type``,
 ``corrupt``, ``too_large`` (images); ``no_video_stream``, ``unsupported_codec``, ``video_too_long``,
@@ -15,7 +19,8 @@ Every failure is an ``AnalysisError`` with a stable reason: ``empty``, ``unsuppo
 from __future__ import annotations
 
 import io
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -44,17 +49,21 @@ class Frame(NamedTuple):
 
 @dataclass(frozen=True)
 class Sampling:
-    """How a video is read: its longest duration, the frames sampled at most, and an optional rate."""
+    """How a video is read: its longest duration, the frames sampled at most, an optional rate, and
+    the pixels of all sampled frames at most (``None``: no budget)."""
 
     max_seconds: float
     max_frames: int
     fps: float | None = None
+    max_pixels: int | None = None
 
 
 @dataclass
 class Media:
+    """An image's one frame or a video's sampled frames, decoded as ``frames`` is iterated (once)."""
+
     kind: MediaKind
-    frames: list[Frame]
+    frames: Iterator[Frame]
 
 
 _IMAGE_ERRORS: dict[str, type[AnalysisError]] = {
@@ -85,13 +94,14 @@ def decode_media(data: bytes, accept: Collection[MediaKind], limits: ImageLimits
         raise BadInput("empty", "the media is empty (0 bytes)")
     if "image" in accept and (sniff_image_type(data) is not None or "video" not in accept):
         try:
-            return Media("image", [Frame(0, 0.0, decode_image(data, limits))])
+            return Media("image", iter([Frame(0, 0.0, decode_image(data, limits))]))
         except ImageError as exc:
             raise image_error(exc) from None
     if sniff_video_type(data) is None:
         kinds = "a JPEG, PNG or WebP image, nor an MP4 or WebM video" if "image" in accept else "an MP4 or WebM video"
         raise UnsupportedMedia("unsupported_type", f"not {kinds}")
-    return Media("video", decode_video(data, limits, sampling.max_seconds, sampling.max_frames, sampling.fps))
+    frames = decode_video(data, limits, sampling.max_seconds, sampling.max_frames, sampling.fps, sampling.max_pixels)
+    return Media("video", frames)
 
 
 def raw_frame(width: int, height: int, rgb: bytes, limits: ImageLimits) -> np.ndarray:
@@ -127,24 +137,38 @@ def decode_video(
     max_seconds: float,
     max_frames: int,
     fps: float | None = None,
-) -> list[Frame]:
-    """Video bytes -> the sampled frames ``(frame_index, time_s, rgb uint8 (H, W, 3))``."""
+    max_pixels: int | None = None,
+) -> Iterator[Frame]:
+    """Video bytes -> the sampled frames ``(frame_index, time_s, rgb uint8 (H, W, 3))``, decoded one
+    at a time as the iterator is advanced. The header (stream, codec, duration, frame size) is checked
+    here; a frame that fails to decode raises while iterating. ``max_pixels`` caps the sampled frames'
+    pixels in all: fewer frames are sampled (at least one)."""
     if fps is not None and fps <= 0:
         raise BadInput("bad_fps", "fps must be positive")
+    with _video_errors():
+        container = av.open(io.BytesIO(data), mode="r")
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            if not container.streams.video:
-                raise UnsupportedMedia("no_video_stream", "the file has no video stream")
-            stream = container.streams.video[0]
-            if stream.codec_context is None:  # the demuxer knows the stream, FFmpeg has no decoder
-                raise UnsupportedMedia("unsupported_codec", "no decoder for this video's codec")
-            stream.thread_type = "AUTO"
+        with _video_errors():
+            stream = _video_stream(container)
             duration = _duration(container, stream)
             if duration > max_seconds:
                 raise TooLarge("video_too_long", f"video lasts {duration:.1f} s; the limit is {max_seconds:g} s")
-            check_size(stream.codec_context.width, stream.codec_context.height, limits)
+            width, height = stream.codec_context.width, stream.codec_context.height
+            check_size(width, height, limits)
+            if max_pixels is not None:
+                max_frames = max(1, min(max_frames, max_pixels // max(1, width * height)))
             targets = _sample_times(duration, max_frames, fps)
-            return _pick_frames(container, stream, targets, limits)
+    except BaseException:
+        container.close()
+        raise
+    return _decoded_frames(container, stream, targets, limits, max_pixels)
+
+
+@contextmanager
+def _video_errors() -> Iterator[None]:
+    """PyAV's and the limits' exceptions -> the service's errors."""
+    try:
+        yield
     except (UnsupportedMedia, TooLarge, BadInput):
         raise
     except ImageError as exc:
@@ -155,6 +179,16 @@ def decode_video(
         raise BadInput("corrupt_video", f"cannot decode the video: {exc}") from None
 
 
+def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        raise UnsupportedMedia("no_video_stream", "the file has no video stream")
+    stream = container.streams.video[0]
+    if stream.codec_context is None:  # the demuxer knows the stream, FFmpeg has no decoder
+        raise UnsupportedMedia("unsupported_codec", "no decoder for this video's codec")
+    stream.thread_type = "AUTO"
+    return stream
+
+
 def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
@@ -163,21 +197,32 @@ def _duration(container: av.container.InputContainer, stream: av.video.stream.Vi
     return 0.0
 
 
-def _pick_frames(container, stream, targets: list[float], limits: ImageLimits) -> list[Frame]:
-    """Decode sequentially and keep the first frame at or after each target time."""
-    picked: list[Frame] = []
-    next_target = 0
-    for index, frame in enumerate(container.decode(stream)):
-        stop_if_ended()
-        if next_target >= len(targets):
-            break
-        time_s = float(frame.time) if frame.time is not None else index / float(stream.average_rate or _FALLBACK_FPS)
-        if time_s + _SAME_TIME_S < targets[next_target]:
-            continue
-        check_size(frame.width, frame.height, limits)
-        picked.append(Frame(index, round(time_s, 3), frame.to_ndarray(format="rgb24")))
-        while next_target < len(targets) and targets[next_target] <= time_s + _SAME_TIME_S:
-            next_target += 1
-    if not picked:
-        raise BadInput("corrupt_video", "no decodable frame in the video")
-    return picked
+def _decoded_frames(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    targets: list[float],
+    limits: ImageLimits,
+    max_pixels: int | None,
+) -> Iterator[Frame]:
+    """Decode sequentially and yield the first frame at or after each target time, within the pixel
+    budget (a stream whose frames grow midway stops at it); the container closes when this ends."""
+    with container, _video_errors():
+        next_target = picked = pixels = 0
+        rate = float(stream.average_rate or _FALLBACK_FPS)
+        for index, frame in enumerate(container.decode(stream)):
+            stop_if_ended()
+            if next_target >= len(targets):
+                break
+            time_s = float(frame.time) if frame.time is not None else index / rate
+            if time_s + _SAME_TIME_S < targets[next_target]:
+                continue
+            check_size(frame.width, frame.height, limits)
+            pixels += frame.width * frame.height
+            if picked and max_pixels is not None and pixels > max_pixels:
+                break
+            yield Frame(index, round(time_s, 3), frame.to_ndarray(format="rgb24"))
+            picked += 1
+            while next_target < len(targets) and targets[next_target] <= time_s + _SAME_TIME_S:
+                next_target += 1
+        if not picked:
+            raise BadInput("corrupt_video", "no decodable frame in the video")

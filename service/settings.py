@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fsfm.engines.registry import ENGINES, combination_error
 from fsfm.engines.select import AUTO
-from fsfm.face.detector import DetectorConfig
+from fsfm.face.detector import DETECT_MAX_SIDE, DetectorConfig
 from fsfm.imaging import ImageLimits
 from fsfm.package.manifest import PRECISIONS
 
@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     detector_weights: Path | None = Field(default=None, description="detector ONNX (default: the fsfm cache)")
     min_face_size: int = Field(default=20, ge=8, description="smallest face side searched for, in pixels")
     detection_threshold: float = Field(default=0.9, ge=0, le=1)
+    detect_max_side: int = Field(
+        default=DETECT_MAX_SIDE, ge=32, description="longest side of the copy faces are detected on (pixels)"
+    )
 
     # Limits and security.
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1, description="request body limit (413)")
@@ -58,6 +61,12 @@ class Settings(BaseSettings):
     max_side: int = Field(default=12_000, ge=1, description="longest image side in pixels")
     max_video_seconds: float = Field(default=60.0, gt=0, description="longest video accepted")
     max_video_frames: int = Field(default=64, ge=1, description="frames analysed per video, at most")
+    max_video_pixels: int = Field(
+        default=24_000_000, ge=1, description="pixels of a video's analysed frames in all; fewer frames past it"
+    )
+    max_faces_per_request: int = Field(
+        default=64, ge=1, description="faces judged per request, the largest first (at most max_queue_size)"
+    )
     max_grpc_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(default=30.0, gt=0, description="per-request deadline")
     api_keys: Annotated[list[str], NoDecode] = Field(
@@ -101,7 +110,13 @@ class Settings(BaseSettings):
             weights=self.detector_weights,
             min_face_size=self.min_face_size,
             score_threshold=self.detection_threshold,
+            max_side=self.detect_max_side,
         )
+
+    def faces_per_request(self) -> int:
+        """The faces a request may have judged: never more than the queue holds, so that no request is
+        refused for its size on an idle server."""
+        return min(self.max_faces_per_request, self.max_queue_size)
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_pixels=self.max_pixels, max_side=self.max_side)

@@ -231,7 +231,7 @@ def test_a_video_gets_its_frames_and_a_video_verdict(mtcnn_dir, astronaut_clip, 
     # The frames the service samples, decoded here by the same code, each judged locally.
     max_frames = int(sampling[1]) if sampling[0] == "--max-frames" else 64
     fps = float(sampling[1]) if sampling[0] == "--fps" else None
-    expected = decode_video(astronaut_clip.read_bytes(), ImageLimits(), 60, max_frames, fps)
+    expected = list(decode_video(astronaut_clip.read_bytes(), ImageLimits(), 60, max_frames, fps))
     assert [(f["index"], f["time_s"]) for f in entry["frames"]] == [(index, t) for index, t, _ in expected]
     reference = make_reference(models, "tiny-deepfake")
     worst_per_frame = []

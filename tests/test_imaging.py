@@ -84,3 +84,30 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
 def test_limits_are_configurable(photo) -> None:
     with pytest.raises(ImageError, match="too_large|limits"):
         decode_image(encode(photo, "PNG"), ImageLimits(max_side=32))
+
+
+def test_pixel_data_that_ends_early_is_refused_not_zero_filled() -> None:
+    from benchmarks.hostile_inputs import truncated_png
+
+    data = truncated_png(side=4000, rows=10)  # a finished zlib stream: only the row count shows the cut
+    assert len(data) < 300
+    with pytest.raises(ImageError) as info:
+        decode_image(data)
+    assert info.value.code == "corrupt"
+    assert "<" not in str(info.value) and "0x" not in str(info.value)  # no reprs, no addresses
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_a_cut_off_image_is_corrupt_whatever_its_format(photo, fmt) -> None:
+    data = encode(np.tile(photo, (8, 8, 1)), fmt)
+    with pytest.raises(ImageError) as info:
+        decode_image(data[: len(data) * 2 // 3])
+    assert info.value.code == "corrupt" and fmt in str(info.value)
+
+
+def test_exif_orientation_is_applied(photo) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, format="PNG", exif=exif.tobytes())
+    assert np.array_equal(decode_image(buffer.getvalue()), np.rot90(photo, k=-1))

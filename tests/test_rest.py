@@ -248,7 +248,7 @@ def test_a_video_gets_per_frame_results_and_a_video_verdict(
     body = answer(client.post("/v1/deepfake", data=sampling, files={"file": ("clip", video)}))
     assert body["media"] == "video" and "faces" not in body
     # The frames the server should have sampled, decoded here by the same code.
-    expected = decode_video(video, ImageLimits(), 60, sampling.get("max_frames", 8), sampling.get("fps"))
+    expected = list(decode_video(video, ImageLimits(), 60, sampling.get("max_frames", 8), sampling.get("fps")))
     assert [(f["index"], f["time_s"]) for f in body["frames"]] == [(index, t) for index, t, _ in expected]
     worst_per_frame = []
     for frame, (_, _, image) in zip(body["frames"], expected, strict=False):

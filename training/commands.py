@@ -56,6 +56,9 @@ def prepare(
     score_threshold: float | None = _prepare_flag("score_threshold", "Detection score a face needs.", min=0.0, max=1.0),
     detector: Detector | None = _prepare_flag("detector", "Face detector."),
     detector_weights: Path | None = _prepare_flag("detector_weights", "Detector ONNX weights (folder for MTCNN)."),
+    detect_max_side: int | None = _prepare_flag(
+        "detect_max_side", "Longest side of the copy faces are detected on (fsfm serve's FSFM_DETECT_MAX_SIDE).", min=32
+    ),
     region_maps: RegionMaps | None = _prepare_flag(
         "region_maps",
         "Facial-region maps for CRFR-P: drawn from the detector's landmarks, or read from --parsing-dir "

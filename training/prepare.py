@@ -46,6 +46,7 @@ from PIL import Image
 from pydantic import BaseModel, Field, model_validator
 
 from fsfm.face.crop import CropSpec, Normalization, crop_face, crop_region
+from fsfm.face.detector import DETECT_MAX_SIDE
 from fsfm.imaging import ImageError, read_image_file
 from training.regions import LaPa, ParsingMapRegions, RegionSource, landmark_regions
 
@@ -75,6 +76,9 @@ class PrepareConfig(BaseModel):
     score_threshold: float = Field(default=0.9, ge=0, le=1)
     detector: Literal["mtcnn", "retinaface"] = "mtcnn"
     detector_weights: Path | None = None
+    detect_max_side: int = Field(
+        default=DETECT_MAX_SIDE, ge=32, description="longest side of the copy detection runs on (as fsfm serve's)"
+    )
     region_maps: Literal["landmarks", "parsing"] = "landmarks"
     parsing_dir: Path | None = Field(default=None, description="<name>.npy maps for region_maps=parsing")
     shard_size: int = Field(default=1024, ge=1, description="faces per shard (at least; shards end at file boundaries)")
@@ -169,6 +173,7 @@ class _Worker:
                     min_face_size=config.min_face_size,
                     score_threshold=config.score_threshold,
                     threads=1,
+                    max_side=config.detect_max_side,
                 )
             )
             self.regions = (

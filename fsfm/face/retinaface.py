@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from fsfm.engines.onnxruntime import OnnxRuntimeEngine, available_providers
+from fsfm.face.bounded import downscale
 from fsfm.face.boxes import nms
 from fsfm.face.types import DetectedFace
 
@@ -96,13 +96,13 @@ class RetinaFaceDetector:
         self.min_face_size = min_face_size
         self.score_threshold = score_threshold
         self.max_side = max_side
-        self._engine = OnnxRuntimeEngine(onnx_path, providers=providers, threads=threads)
+        self._engine = OnnxRuntimeEngine(onnx_path, providers=providers, threads=threads, memory_arena=False)
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         """Faces in an RGB uint8 (H, W, 3) image, highest score first; boxes may extend past the edges."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {image.dtype} {image.shape}")
-        resized, scale = self._resize(image)
+        resized, scale = downscale(image, self.max_side)
         out = self._engine.run(resized.astype(np.float32).transpose(2, 0, 1)[None])
         priors = prior_boxes(*resized.shape[:2])
         scores = out["conf"][0, :, 1]
@@ -119,13 +119,3 @@ class RetinaFaceDetector:
             DetectedFace(box=boxes[i], landmarks=landmarks[i], score=float(scores[i]))
             for i in nms(boxes, scores, NMS_THRESHOLD)
         ]
-
-    def _resize(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The image with its longer side at most ``max_side``, and the (x, y) scale applied."""
-        height, width = image.shape[:2]
-        factor = self.max_side / max(height, width)
-        if factor >= 1:
-            return image, np.ones(2)
-        size = (max(1, round(width * factor)), max(1, round(height * factor)))
-        resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        return resized, np.array([size[0] / width, size[1] / height])

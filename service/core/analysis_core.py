@@ -69,7 +69,7 @@ class AnalysisCore:
         if detector is None:
             detector = await loop.run_in_executor(self._cpu, create_detector, self.settings.detector_config())
         self.detector = detector
-        self._pipeline = Pipeline(self.detector, self._cpu, self.metrics)
+        self._pipeline = Pipeline(self.detector, self._cpu, self.metrics, self.settings.faces_per_request())
         await loop.run_in_executor(self._cpu, self.models.load, repository)
         self.models.start()
         self.admission.ready = True
@@ -206,19 +206,21 @@ class AnalysisCore:
         self.admission.check_queue(model.label, model.backend.pending, self.settings.max_queue_size)
         decode_s = 0.0
         if request.media is not None:
-            sampling = Sampling(self.settings.max_video_seconds, plan.max_frames, options.fps)
+            settings = self.settings
+            sampling = Sampling(settings.max_video_seconds, plan.max_frames, options.fps, settings.max_video_pixels)
             started = time.monotonic()
             media = await asyncio.get_running_loop().run_in_executor(
-                self._cpu, decode_media, request.media, request.accept, self.settings.image_limits(), sampling
+                self._cpu, decode_media, request.media, request.accept, settings.image_limits(), sampling
             )
             decode_s = time.monotonic() - started
-            self.metrics.stage_duration.labels("decode", model.label).observe(decode_s)
             frames, is_video = media.frames, media.kind == "video"
         else:
-            frames, is_video = request.frames or [], len(request.frames or []) > 1
+            frames, is_video = iter(request.frames or []), len(request.frames or []) > 1
         assert self._pipeline is not None
         result = await self._pipeline.run(model, frames, threshold, context.deadline, on_prepared=ticket.prepared)
-        timing = {"decode": decode_s, **result.stage_s}
+        timing = {**result.stage_s, "decode": decode_s + result.stage_s["decode"]}  # a video decodes as it goes
+        if request.media is not None:
+            self.metrics.stage_duration.labels("decode", model.label).observe(timing["decode"])
         report = Report(
             request_id=context.request_id,
             model=manifest,

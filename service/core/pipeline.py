@@ -4,19 +4,25 @@ backend), judge (per-face scores, labels) -> frame reports.
 The steps are ``fsfm/analysis.py``'s ``prepare_faces`` and ``judge``, the same ones ``fsfm analyze``
 runs, with the backend's batching in between; the faces of all a request's frames share one
 ``infer`` call, so they can share batches. Stage times go to ``fsfm_stage_duration_seconds``.
+
+Bounded work: the frames are taken one at a time from their iterator (a video is decoded as it goes,
+``service/media.py``), each is detected on a bounded copy (``fsfm.face.bounded``) and cropped, and
+only its crops and face boxes are kept, never its pixels. At most ``max_faces`` faces of a request
+are judged, its largest (``LargestFaces``); the others are reported with the reason ``face_limit``.
+After a request that decoded many pixels the freed memory goes back to the system (``service/memory.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from fsfm.analysis import PreparedFace, judge, prepare_faces
+from fsfm.analysis import LargestFaces, PreparedFace, judge, prepare_faces
 from fsfm.face.detector import FaceDetector
 from fsfm.package.manifest import Manifest
 from service.batcher import InferenceResult
@@ -24,13 +30,33 @@ from service.cancellation import stop_if_ended
 from service.core.models import ServedModel
 from service.core.report import FrameReport
 from service.media import Frame
+from service.memory import RELEASE_AFTER_PIXELS, release_memory
 from service.metrics import Metrics
 
 
 @dataclass
 class PipelineResult:
     frames: list[FrameReport]
-    stage_s: dict[str, float] = field(default_factory=dict)  # detect, queue, infer
+    stage_s: dict[str, float] = field(default_factory=dict)  # decode (of frames decoded as taken), detect, queue, infer
+
+
+@dataclass
+class PreparedFrame:
+    """What is kept of a frame once detected and cropped: its place, its faces, their crops."""
+
+    index: int
+    time_s: float
+    faces: list[PreparedFace]
+
+
+@dataclass
+class Prepared:
+    """A request's prepared frames, the time spent decoding and detecting them, and their pixels."""
+
+    frames: list[PreparedFrame] = field(default_factory=list)
+    decode_s: float = 0.0
+    detect_s: float = 0.0
+    pixels: int = 0
 
 
 def class_logits(result: InferenceResult, manifest: Manifest) -> np.ndarray:
@@ -39,15 +65,16 @@ def class_logits(result: InferenceResult, manifest: Manifest) -> np.ndarray:
 
 
 class Pipeline:
-    def __init__(self, detector: FaceDetector, executor: Executor, metrics: Metrics) -> None:
+    def __init__(self, detector: FaceDetector, executor: Executor, metrics: Metrics, max_faces: int) -> None:
         self.detector = detector
         self.executor = executor
         self.metrics = metrics
+        self.max_faces = max_faces
 
     async def run(
         self,
         model: ServedModel,
-        frames: list[Frame],
+        frames: Iterator[Frame],
         threshold: float,
         deadline: float,
         on_prepared: Callable[[], None] | None = None,
@@ -55,34 +82,52 @@ class Pipeline:
         """``on_prepared`` is called once detection and cropping are done, before inference (admission
         gives the request's preprocessing slot to the next one)."""
         manifest = model.manifest
-        loop = asyncio.get_running_loop()
-        started = time.monotonic()
-        prepared = await loop.run_in_executor(self.executor, self._detect_and_prepare, frames, manifest)
+        prepared = await asyncio.get_running_loop().run_in_executor(self.executor, self._prepare, frames, manifest)
         if on_prepared is not None:
             on_prepared()
-        stage_s = {"detect": time.monotonic() - started, "queue": 0.0, "infer": 0.0}
-        tensors = [p.tensor for faces in prepared for p in faces if p.tensor is not None]
+        stage_s = {"decode": prepared.decode_s, "detect": prepared.detect_s, "queue": 0.0, "infer": 0.0}
+        tensors = [p.tensor for frame in prepared.frames for p in frame.faces if p.tensor is not None]
         logits = np.zeros((0, manifest.architecture.num_classes), np.float32)
         if tensors:
             result = await model.backend.infer(np.stack(tensors), deadline)
             logits, stage_s["queue"], stage_s["infer"] = class_logits(result, manifest), result.queue_s, result.infer_s
-        for stage, seconds in stage_s.items():
+        for stage in ("detect", "queue", "infer"):
             if stage == "detect" or tensors:
-                self.metrics.stage_duration.labels(stage, model.label).observe(seconds)
+                self.metrics.stage_duration.labels(stage, model.label).observe(stage_s[stage])
         reports: list[FrameReport] = []
         offset = 0
-        for frame, faces in zip(frames, prepared, strict=True):
-            judged = sum(p.tensor is not None for p in faces)
-            results = judge(faces, logits[offset : offset + judged], manifest, threshold)
+        for frame in prepared.frames:
+            judged = sum(p.tensor is not None for p in frame.faces)
+            results = judge(frame.faces, logits[offset : offset + judged], manifest, threshold)
             offset += judged
             reports.append(FrameReport(frame.index, frame.time_s, results))
         return PipelineResult(reports, stage_s)
 
-    def _detect_and_prepare(self, frames: list[Frame], manifest: Manifest) -> list[list[PreparedFace]]:
-        prepared = []
-        for frame in frames:
-            stop_if_ended()
+    def _prepare(self, frames: Iterator[Frame], manifest: Manifest) -> Prepared:
+        prepared = Prepared()
+        try:
+            self._detect_and_crop(frames, manifest, prepared)
+        finally:
+            if prepared.pixels > RELEASE_AFTER_PIXELS:
+                release_memory()  # the frames are gone by now, decoded to the end or not
+        return prepared
+
+    def _detect_and_crop(self, frames: Iterator[Frame], manifest: Manifest, prepared: Prepared) -> None:
+        """Take the frames one by one (decoding them, for a video) into ``prepared``: their faces, and the
+        crops of the request's ``max_faces`` largest."""
+        largest = LargestFaces(self.max_faces)
+        while True:
+            stop_if_ended()  # the request ended: no more decoding or detection
+            started = time.monotonic()
+            frame = next(frames, None)
+            detecting = time.monotonic()
+            prepared.decode_s += detecting - started
+            if frame is None:
+                return
+            prepared.pixels += frame.rgb.shape[0] * frame.rgb.shape[1]
             faces = self.detector.detect(frame.rgb)
             self.metrics.faces_per_input.observe(len(faces))
-            prepared.append(prepare_faces(frame.rgb, faces, manifest))
-        return prepared
+            crops = prepare_faces(frame.rgb, faces, manifest, largest)
+            prepared.frames.append(PreparedFrame(frame.index, frame.time_s, crops))
+            del frame  # before the next one is decoded
+            prepared.detect_s += time.monotonic() - detecting
