@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import ssl
 from dataclasses import dataclass, field
 
 from fsfm.face.detector import FaceDetector, create_detector
@@ -55,11 +56,19 @@ def check_tls(settings: Settings) -> tuple[bytes, bytes] | None:
         missing = "FSFM_GRPC_TLS_KEY" if key is None else "FSFM_GRPC_TLS_CERT"
         raise StartupError(f"gRPC TLS needs both FSFM_GRPC_TLS_CERT and FSFM_GRPC_TLS_KEY; {missing} is not set")
     try:
-        return key.read_bytes(), cert.read_bytes()
+        pair = key.read_bytes(), cert.read_bytes()
     except OSError as exc:
         raise StartupError(
             f"cannot read the gRPC TLS file {exc.filename and str(exc.filename)}: {exc.strerror}"
         ) from None
+    try:  # gRPC itself would only fail to bind, with a traceback that does not say why
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise StartupError(
+            f"FSFM_GRPC_TLS_CERT ({cert.resolve()}) and FSFM_GRPC_TLS_KEY ({key.resolve()}) are not a PEM "
+            f"certificate and its private key ({exc.reason or 'unreadable'})"
+        ) from None
+    return pair
 
 
 def check_startup(settings: Settings, grpc: bool = True) -> Startup:

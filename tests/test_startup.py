@@ -53,6 +53,24 @@ def test_a_tls_certificate_without_its_key_is_one_line(tmp_path, mtcnn_dir) -> N
     assert "Traceback" not in result.stderr
 
 
+def test_a_tls_key_that_is_not_the_certificates_is_one_line(tmp_path, mtcnn_dir) -> None:
+    """A key file that holds no private key (here: the certificate again) fails the checks in one line,
+    not with gRPC's bind-failure traceback."""
+    (tmp_path / "models").mkdir()
+    cert = tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-days", "1"]
+        + ["-keyout", str(tmp_path / "key.pem"), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    env = {"FSFM_GRPC_TLS_CERT": str(cert), "FSFM_GRPC_TLS_KEY": str(cert)}
+    result = serve_fails("--models", str(tmp_path / "models"), env=env)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: FSFM_GRPC_TLS_CERT") and "private key" in last, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_warnings_name_demo_models_and_a_public_address_without_keys(tmp_path, mtcnn_dir, caplog) -> None:
     make_tiny_package(tmp_path, name="tiny-deepfake", task="deepfake", demo=True)
     with caplog.at_level(logging.WARNING, logger="fsfm.service"):
