@@ -291,7 +291,8 @@ async def _abandon(url: str, data: bytes, clients: int) -> int:
 def measure_abandoned(server: RunningServer, face_jpeg: bytes, scale: Scale) -> AbandonedResult:
     with httpx.Client(base_url=server.rest_url, timeout=CLIENT_TIMEOUT_S) as client:
         idle = [_post(client, face_jpeg)[1] for _ in range(IDLE_REQUESTS)]
-        gave_up = asyncio.run(_abandon(server.rest_url, face_jpeg, scale.abandoning_clients))
+    gave_up = asyncio.run(_abandon(server.rest_url, face_jpeg, scale.abandoning_clients))
+    with httpx.Client(base_url=server.rest_url, timeout=CLIENT_TIMEOUT_S) as client:  # kept-alive ones expired
         response, seconds = _post(client, face_jpeg)
     return AbandonedResult(
         scale.abandoning_clients, gave_up, 1000 * float(np.median(idle)), 1000 * seconds, response.status_code
@@ -324,7 +325,12 @@ async def _random_names(url: str, data: bytes, requests: int) -> list[int]:
 
 
 def measure_model_names(server: RunningServer, face_jpeg: bytes, scale: Scale) -> ModelNamesResult:
-    before = len(httpx.get(server.rest_url + "/metrics").content)
+    """After one answered request and one naming an unknown model (every series a request can make
+    exists then), ``scale.model_names`` requests naming random models."""
+    with httpx.Client(base_url=server.rest_url, timeout=CLIENT_TIMEOUT_S) as client:
+        _post(client, face_jpeg)
+        _post(client, face_jpeg, model="warm-up")
+        before = len(client.get("/metrics").content)
     statuses = asyncio.run(_random_names(server.rest_url, face_jpeg, scale.model_names))
     after = len(httpx.get(server.rest_url + "/metrics").content)
     return ModelNamesResult(scale.model_names, {str(k): v for k, v in sorted(Counter(statuses).items())}, before, after)
