@@ -52,7 +52,7 @@ from service.grpc_messages import (
 from service.grpc_stubs import SERVICE_NAME, pb, pb_grpc
 from service.media import IMAGE_REASONS
 from service.settings import Settings
-from service.startup import check_tls
+from service.startup import StartupError, check_tls
 
 log = logging.getLogger("fsfm.service.grpc")
 
@@ -356,9 +356,12 @@ async def start_grpc_server(core: AnalysisCore, settings: Settings) -> tuple[grp
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     address = f"{host}:{settings.grpc_port}"
     credentials = _credentials(settings)
-    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    try:  # grpcio raises RuntimeError, older versions returned 0
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"cannot bind the gRPC server to {address}")
+        raise StartupError(f"cannot bind the gRPC server to {address}: the address is in use or not available")
     await server.start()
     follower = asyncio.create_task(_follow_readiness(core, health_servicer, server), name="grpc-health")
     _background.add(follower)

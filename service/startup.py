@@ -2,8 +2,10 @@
 
 Cheap, local checks whose failure would otherwise surface only after the service said it was serving:
 the model repository (read once here and handed to the core, which then loads the engines), the
-detector's weights, the gRPC TLS pair. Each failure is a ``StartupError`` with one line that names
-absolute paths; the command prints it and exits 2, without a traceback.
+detector's weights, the gRPC TLS pair (both files read, and checked to be a certificate and its
+private key). Each failure is a ``StartupError`` with one line that names absolute paths; the command
+prints it and exits 2, without a traceback. Binding a port that is taken fails the same way
+(``service/server.py``, ``service/grpc_server.py``).
 
 Warnings, logged before the service announces itself: a demo model among the packages (its verdicts
 are not fit for decisions), an empty repository (``/readyz`` stays 503 ``no_models``), and a
