@@ -1,4 +1,4 @@
-"""``fsfm bench engine | pipeline | serve | report``, mounted by ``fsfm_cli``. Heavy imports
+"""``fsfm bench engine | pipeline | serve | hostile | report``, mounted by ``fsfm_cli``. Heavy imports
 live in the command bodies."""
 
 from __future__ import annotations
@@ -235,6 +235,33 @@ def serve(
         typer.echo(engine_table(engine_report.runs))
         typer.echo(checks_table(service_checks(engine_report.runs, results, baseline_engine, max_queue_delay_ms)))
     _write_json(json_out, {"engine": engine_report, "levels": results})
+
+
+@bench_app.command("hostile")
+def hostile(
+    model: str = typer.Option("vit-b16", help=MODEL_HELP.removesuffix(".") + " (for the services this starts)."),
+    package: Path | None = typer.Option(None, exists=True, file_okay=False, help=PACKAGE_HELP),
+    quick: bool = typer.Option(False, "--quick", help="Every section at reduced sizes (a check of the run)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the results as JSON."),
+) -> None:
+    """Measure the service under hostile and heavy load, on services it starts on loopback.
+
+    Huge and truncated images and a long high-resolution video (status, seconds, the server's peak
+    memory growth), a flood against a small admission limit, abandoned requests, random model names
+    (/metrics size) and a frozen Redis queue.
+    """
+    from benchmarks.hostile import hostile_json, hostile_tables, run_hostile
+    from benchmarks.inputs import one_face_jpeg
+    from service.local_server import ServerProcessError
+
+    chosen = _package(model, package)
+    face = one_face_jpeg(_detector(20))
+    try:
+        result = run_hostile(chosen, face, quick=quick, say=typer.echo)
+    except ServerProcessError as exc:
+        fail(f"the service did not start: {exc}")
+    typer.echo(hostile_tables(result))
+    _write_json(json_out, hostile_json(result))
 
 
 @bench_app.command("report")

@@ -29,7 +29,7 @@ import numpy as np
 from benchmarks.stats import Latency, latency, table
 from fsfm.imaging import decode_image
 from fsfm.package import ModelPackage
-from service.local_server import MetricSamples, metric, parse_metrics, running_server
+from service.local_server import MetricSamples, RunningServer, metric, parse_metrics, running_server
 
 PROTOCOLS = ("rest", "grpc", "stream")
 CLIENT_TIMEOUT_S = 600.0  # the server's own deadline answers first
@@ -372,13 +372,26 @@ def serve_table(results: Sequence[LevelResult]) -> str:
 
 
 @contextmanager
-def served(package: ModelPackage, settings: Mapping[str, object]) -> Iterator[Target]:
-    """``fsfm serve`` in a child process on free loopback ports, serving only ``package`` (through
-    a temporary repository that links to it), with ``settings`` as its ``FSFM_*`` variables."""
+def repository_of(package: ModelPackage) -> Iterator[Path]:
+    """A temporary model repository holding only ``package`` (a link to it)."""
     manifest = package.manifest
     with tempfile.TemporaryDirectory(prefix="fsfm-bench-") as tmp:
         link = Path(tmp) / manifest.name / str(manifest.version)
         link.parent.mkdir()
         link.symlink_to(package.path.resolve(), target_is_directory=True)
-        with running_server(Path(tmp), settings, startup_timeout_s=300) as server:
-            yield Target(server.rest_url, server.grpc_target, task=manifest.task, model=manifest.ref)
+        yield Path(tmp)
+
+
+@contextmanager
+def serving(package: ModelPackage, settings: Mapping[str, object]) -> Iterator[RunningServer]:
+    """``fsfm serve`` in a child process on free loopback ports, serving only ``package``
+    (``repository_of``), with ``settings`` as its ``FSFM_*`` variables."""
+    with repository_of(package) as repository, running_server(repository, settings, startup_timeout_s=300) as server:
+        yield server
+
+
+@contextmanager
+def served(package: ModelPackage, settings: Mapping[str, object]) -> Iterator[Target]:
+    """``serving``, as the ``Target`` that asks for ``package``'s model."""
+    with serving(package, settings) as server:
+        yield Target(server.rest_url, server.grpc_target, task=package.manifest.task, model=package.manifest.ref)

@@ -1,8 +1,29 @@
-"""Errors of the analysis core, each with the HTTP status and gRPC code that both doors use."""
+"""Errors of the analysis core, each with the HTTP status and gRPC code that both doors use.
+
+Messages go to clients as they are (REST JSON, gRPC details), so every message passes
+``public_message``: library exception texts woven into them (Pillow, PyAV, ONNX Runtime, Redis) lose
+object reprs, memory addresses, tracebacks and the directories of file paths.
+"""
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
+
+_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")  # <_io.BytesIO object at 0x7f3c...>
+_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")  # a bare heap address
+_PATH = re.compile(r"(?<![\w.:/])(?:/[\w.+-]+)+/([\w.+-]+)")  # /any/dirs/name -> name
+_TRACEBACK = "Traceback (most recent call last)"
+
+
+def public_message(text: str) -> str:
+    """``text`` without what a client must not see: the server's object reprs and addresses, the
+    directories of absolute paths (the file name stays), and any traceback (cut off)."""
+    text = text.split(_TRACEBACK, 1)[0]
+    text = _REPR.sub("", text)
+    text = _ADDRESS.sub("(address)", text)
+    text = _PATH.sub(r"\1", text)
+    return " ".join(text.split()).rstrip(" :;,")
 
 
 class AnalysisError(Exception):
@@ -13,6 +34,7 @@ class AnalysisError(Exception):
     grpc_code: str = "INVALID_ARGUMENT"
 
     def __init__(self, reason: str, message: str) -> None:
+        message = public_message(message)
         super().__init__(message)
         self.reason = reason
         self.message = message

@@ -11,6 +11,7 @@ from fsfm.analysis import FaceResult, Verdict
 from fsfm.imaging import ImageLimits
 from fsfm.package.manifest import TASKS, Manifest
 from service.core import AggregateSnapshot, AnalysisOptions, Frame, ModelListing, Report
+from service.core.request import MAX_MODEL_NAME_CHARS
 from service.errors import AnalysisError, BadInput
 from service.grpc_stubs import pb
 from service.media import raw_frame
@@ -23,7 +24,7 @@ _TASK_NAMES: dict[int, str] = {value: task for task, value in _TASK_VALUES.items
 
 
 def analysis_options(message: pb.AnalysisOptions, fps: float | None = None, max_frames: int = 0) -> AnalysisOptions:
-    """The core's options; a missing task is refused by ``missing_task`` (see ``missing_task``)."""
+    """The core's options; what cannot be served is refused by ``options_error``."""
     return AnalysisOptions(
         task=_TASK_NAMES.get(message.task, "unspecified"),
         model=message.model or None,
@@ -34,12 +35,15 @@ def analysis_options(message: pb.AnalysisOptions, fps: float | None = None, max_
     )
 
 
-def missing_task(message: pb.AnalysisOptions) -> AnalysisError | None:
-    """The error of options without a task, or None."""
-    if message.task in _TASK_NAMES:
-        return None
-    names = ", ".join(name for name in pb.Task.keys() if name != "TASK_UNSPECIFIED")
-    return BadInput("missing_task", f"set options.task to one of {names}")
+def options_error(message: pb.AnalysisOptions) -> AnalysisError | None:
+    """The error of options without a task or with a model name longer than ``MAX_MODEL_NAME_CHARS``
+    (as REST refuses it), or None."""
+    if message.task not in _TASK_NAMES:
+        names = ", ".join(name for name in pb.Task.keys() if name != "TASK_UNSPECIFIED")
+        return BadInput("missing_task", f"set options.task to one of {names}")
+    if len(message.model) > MAX_MODEL_NAME_CHARS:
+        return BadInput("invalid_parameter", f"options.model is longer than {MAX_MODEL_NAME_CHARS} characters")
+    return None
 
 
 def image_input(image: pb.Image, limits: ImageLimits) -> bytes | list[Frame]:

@@ -45,14 +45,14 @@ from service.grpc_messages import (
     analysis_options,
     error_message,
     image_input,
-    missing_task,
     models_message,
+    options_error,
     video_message,
 )
 from service.grpc_stubs import SERVICE_NAME, pb, pb_grpc
 from service.media import IMAGE_REASONS
 from service.settings import Settings
-from service.startup import check_tls
+from service.startup import StartupError, check_tls
 
 log = logging.getLogger("fsfm.service.grpc")
 
@@ -68,6 +68,7 @@ VIDEOS_ONLY = ("video",)
 # A frame's own failures: the stream answers them in the frame's result and goes on.
 _FRAME_FAILURES = (DeadlineExceeded, Overloaded, InferenceFailed)
 _FRAME_REASONS = IMAGE_REASONS | {"missing_image"}
+INTERNAL_ERROR = InferenceFailed("internal_error", "the server failed to answer the request")  # as REST's 500
 
 
 def _frame_failure(error: AnalysisError) -> bool:
@@ -125,6 +126,9 @@ class FaceSecurityServicer(pb_grpc.FaceSecurityServicer):
                 slots.release()
         except AnalysisError as exc:
             await abort(context, exc)
+        except Exception:  # noqa: BLE001  as in ``_answer``
+            log.exception("Analyze failed")
+            await abort(context, INTERNAL_ERROR)
         finally:
             self.core.metrics.active_streams.dec()
             await _cancel(reader, item, queued)
@@ -199,7 +203,7 @@ class FaceSecurityServicer(pb_grpc.FaceSecurityServicer):
         self, message: pb.AnalysisOptions, context: RequestContext, fps: float | None = None, max_frames: int = 0
     ) -> AnalysisOptions:
         options = analysis_options(message, fps, max_frames)
-        if error := missing_task(message):
+        if error := options_error(message):
             raise await self.core.refused(options, context, error)
         return options
 
@@ -223,11 +227,15 @@ class FaceSecurityServicer(pb_grpc.FaceSecurityServicer):
 
 
 async def _answer(context: grpc.aio.ServicerContext, work: Awaitable[Report]) -> Report:
-    """A unary call's report; its failure ends the call with the error's status."""
+    """A unary call's report; its failure ends the call with the error's status (an unexpected one
+    with INTERNAL and a plain message, as REST's 500: never gRPC's own "Unexpected <class ...>")."""
     try:
         return await work
     except AnalysisError as exc:
         await abort(context, exc)
+    except Exception:  # noqa: BLE001  logged with its traceback; the client gets no internals
+        log.exception("a unary call failed")
+        await abort(context, INTERNAL_ERROR)
 
 
 async def _cancel(reader: asyncio.Task, current: asyncio.Future | None, queued: asyncio.Queue) -> None:
@@ -348,9 +356,12 @@ async def start_grpc_server(core: AnalysisCore, settings: Settings) -> tuple[grp
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     address = f"{host}:{settings.grpc_port}"
     credentials = _credentials(settings)
-    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    try:  # grpcio raises RuntimeError, older versions returned 0
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"cannot bind the gRPC server to {address}")
+        raise StartupError(f"cannot bind the gRPC server to {address}: the address is in use or not available")
     await server.start()
     follower = asyncio.create_task(_follow_readiness(core, health_servicer, server), name="grpc-health")
     _background.add(follower)

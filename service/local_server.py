@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,13 +78,25 @@ def running_server(
     env: Mapping[str, str] | None = None,
     startup_timeout_s: float = 60.0,
     wait_ready: bool = True,
+    wrapper: Sequence[str] = (),
 ) -> Iterator[RunningServer]:
     """Serve ``models``; ``settings`` are Settings fields (host, ports and a short drain grace are
-    preset), ``env`` the whole environment of the process (default: this one's). Yields once
-    ``/readyz`` answers 200, or with ``wait_ready=False`` once the process is live (``/livez``)."""
+    preset), ``env`` the whole environment of the process (default: this one's), ``wrapper`` a
+    command that runs the server (e.g. ``strace -f -o FILE``; it is what the yielded process is).
+    Yields once ``/readyz`` answers 200, or with ``wait_ready=False`` once the process is live
+    (``/livez``)."""
     chosen = {"host": "127.0.0.1", "port": 0, "grpc_port": 0, "shutdown_grace_s": 5, **(settings or {})}
     process_env = {**(env if env is not None else os.environ), **settings_env(chosen), "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "fsfm_cli", "serve", "--models", str(models), *([] if grpc else ["--no-grpc"])]
+    command = [
+        *wrapper,
+        sys.executable,
+        "-m",
+        "fsfm_cli",
+        "serve",
+        "--models",
+        str(models),
+        *([] if grpc else ["--no-grpc"]),
+    ]
     process = subprocess.Popen(command, env=process_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     server = RunningServer(process, "", None, float(chosen["shutdown_grace_s"]) + STOP_MARGIN_S)
     serving = _follow(server)

@@ -42,7 +42,7 @@ import socket
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -66,6 +66,11 @@ log = logging.getLogger("fsfm.queue")
 GROUP = "workers"
 COMMAND_TIMEOUT_S = 2.0  # one Redis command; a slow or partitioned Redis fails requests, never hangs them
 CONNECT_TIMEOUT_S = 1.0
+# An API node's commands (enqueue, withdrawal, health probe) answer clients that wait: a frozen or
+# unreachable Redis must give them a 503, and /readyz must say so, within 1 s; so a command gets
+# this long, is not retried after a timeout, and the probe runs every ``API_MONITOR_INTERVAL_S``.
+API_COMMAND_TIMEOUT_S = 0.5
+API_MONITOR_INTERVAL_S = 0.25
 MAX_CONNECTIONS = 32  # per client; pipelining makes each request's use of one brief
 REPLY_BLOCK_MS = 1000  # how long the reply listener's XREAD waits before asking again
 REPLY_MAXLEN = 10_000  # replies kept per API node stream (read at once; this only bounds a dead node's)
@@ -94,17 +99,20 @@ def stream_maxlen(max_queue_size: int) -> int:
     return max(10 * max_queue_size, 1000)
 
 
-def connect(url: str, timeout_s: float = COMMAND_TIMEOUT_S) -> Redis:
+def connect(url: str, timeout_s: float = COMMAND_TIMEOUT_S, retry_timeouts: bool = True) -> Redis:
     """A client that fails fast: bounded timeouts, and one immediate retry (a pooled connection that
-    died with a restarted Redis is replaced, not reported). Concurrent requests share at most
-    ``MAX_CONNECTIONS`` connections, waiting (up to the command timeout) for a free one."""
+    died with a restarted Redis is replaced, not reported; with ``retry_timeouts=False`` a command
+    that timed out is not tried again). Concurrent requests share at most ``MAX_CONNECTIONS``
+    connections, waiting for a free one no longer than a command or a connection may take."""
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=MAX_CONNECTIONS,
-        timeout=COMMAND_TIMEOUT_S,
+        timeout=min(timeout_s, COMMAND_TIMEOUT_S),
         socket_timeout=timeout_s,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 1),
+        socket_connect_timeout=min(timeout_s, CONNECT_TIMEOUT_S),
+        retry=Retry(
+            NoBackoff(), 1, (RedisConnectionError, RedisTimeoutError) if retry_timeouts else (RedisConnectionError,)
+        ),
     )
     return Redis.from_pool(pool)
 
@@ -385,14 +393,21 @@ class QueueHealth:
 
 
 async def monitor_streams(
-    redis: Redis, health: QueueHealth, models: Mapping[str, QueueMetrics], interval_s: float = MONITOR_INTERVAL_S
+    redis: Redis,
+    health: QueueHealth,
+    models: Mapping[str, QueueMetrics],
+    interval_s: float = MONITOR_INTERVAL_S,
+    on_down: Callable[[str], None] | None = None,
 ) -> None:
-    """Forever: probe Redis, publish each model's depth and pending faces, keep ``health`` current."""
+    """Forever: probe Redis, publish each model's depth and pending faces, keep ``health`` current;
+    ``on_down`` gets the error of each failed probe."""
     while True:
         try:
             stats = await read_stream_stats(redis, models)
         except RedisError as exc:
-            health.down(exc)
+            error = health.down(exc)
+            if on_down is not None:
+                on_down(error)
         else:
             health.up()
             for model, stat in stats.items():
@@ -454,7 +469,7 @@ class _ApiNode:
     def __init__(self, url: str) -> None:
         self.url = url
         self.reply_stream = reply_stream(node_name())
-        self.redis = connect(url)
+        self.redis = connect(url, API_COMMAND_TIMEOUT_S, retry_timeouts=False)
         self._listener_redis = connect(url, REPLY_BLOCK_MS / 1000 + COMMAND_TIMEOUT_S)
         self.models: dict[str, QueueMetrics] = {}  # the monitored streams, and whose gauges they feed
         self.health = QueueHealth(url, self.models)
@@ -465,7 +480,7 @@ class _ApiNode:
     def attach(self, model: str, metrics: QueueMetrics) -> None:
         if not self._clients:
             self._spawn(self._listen())
-            self._spawn(monitor_streams(self.redis, self.health, self.models))
+            self._spawn(monitor_streams(self.redis, self.health, self.models, API_MONITOR_INTERVAL_S, self._down))
         self._clients += 1
         self.models[model] = metrics
 
@@ -499,6 +514,10 @@ class _ApiNode:
         error = Unavailable("queue_unreachable", self.health.down(exc))
         self.fail_all(error)
         return error
+
+    def _down(self, error: str) -> None:
+        """The health probe failed: the requests in flight would wait for replies that cannot come."""
+        self.fail_all(Unavailable("queue_unreachable", error))
 
     def fail_all(self, error: AnalysisError) -> None:
         for waiting in self.waiting.values():

@@ -30,7 +30,7 @@ import uvicorn
 from service.core import AnalysisCore
 from service.rest.app import create_app
 from service.settings import Settings
-from service.startup import Startup, check_startup
+from service.startup import Startup, StartupError, check_startup
 
 log = logging.getLogger("fsfm.service")
 
@@ -74,9 +74,9 @@ def listen(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(socket.SOMAXCONN)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise StartupError(f"cannot listen on {_url_host(host)}:{port} for REST: {exc.strerror or exc}") from None
     return sock
 
 

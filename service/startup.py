@@ -2,8 +2,10 @@
 
 Cheap, local checks whose failure would otherwise surface only after the service said it was serving:
 the model repository (read once here and handed to the core, which then loads the engines), the
-detector's weights, the gRPC TLS pair. Each failure is a ``StartupError`` with one line that names
-absolute paths; the command prints it and exits 2, without a traceback.
+detector's weights, the gRPC TLS pair (both files read, and checked to be a certificate and its
+private key). Each failure is a ``StartupError`` with one line that names absolute paths; the command
+prints it and exits 2, without a traceback. Binding a port that is taken fails the same way
+(``service/server.py``, ``service/grpc_server.py``).
 
 Warnings, logged before the service announces itself: a demo model among the packages (its verdicts
 are not fit for decisions), an empty repository (``/readyz`` stays 503 ``no_models``), and a
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import ssl
 from dataclasses import dataclass, field
 
 from fsfm.face.detector import FaceDetector, create_detector
@@ -55,11 +58,19 @@ def check_tls(settings: Settings) -> tuple[bytes, bytes] | None:
         missing = "FSFM_GRPC_TLS_KEY" if key is None else "FSFM_GRPC_TLS_CERT"
         raise StartupError(f"gRPC TLS needs both FSFM_GRPC_TLS_CERT and FSFM_GRPC_TLS_KEY; {missing} is not set")
     try:
-        return key.read_bytes(), cert.read_bytes()
+        pair = key.read_bytes(), cert.read_bytes()
     except OSError as exc:
         raise StartupError(
             f"cannot read the gRPC TLS file {exc.filename and str(exc.filename)}: {exc.strerror}"
         ) from None
+    try:  # gRPC itself would only fail to bind, with a traceback that does not say why
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise StartupError(
+            f"FSFM_GRPC_TLS_CERT ({cert.resolve()}) and FSFM_GRPC_TLS_KEY ({key.resolve()}) are not a PEM "
+            f"certificate and its private key ({exc.reason or 'unreadable'})"
+        ) from None
+    return pair
 
 
 def check_startup(settings: Settings, grpc: bool = True) -> Startup:

@@ -68,6 +68,15 @@ class RedisServer:
                 time.sleep(0.02)
         client.close()
 
+    def freeze(self) -> None:
+        """SIGSTOP: the port still accepts connections, nothing answers (a hung or swapped-out Redis)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Gone at once, like a crashed or partitioned Redis (and, with no persistence, its data too)."""
         if self.process is not None:

@@ -293,3 +293,27 @@ def test_bench_report_writes_markdown_and_json(mtcnn_dir, tmp_path) -> None:
     assert all(level["requests"] > 0 and level["errors"] == {} for level in model["load"])
     assert {c["target"].split(" ")[0] for c in model["checks"]} >= {"service", "dynamic", "p99", "ONNX"}
     assert numbers["machine"]["cores"] >= 1 and numbers["machine"]["fp32_matmul_peak_gflops"] > 0
+
+
+def test_bench_hostile_quick_prints_every_section_and_writes_json(mtcnn_dir, tmp_path) -> None:
+    out = tmp_path / "hostile.json"
+    result = fsfm("hostile", "--model", "test-tiny", "--quick", "--json", str(out), timeout=600)
+    assert result.returncode == 0, result.stderr
+    for heading in ("Hostile inputs", "Flood", "Abandoned requests", "Random model names", "Frozen Redis"):
+        assert heading in result.stdout
+    report = json.loads(out.read_text())
+    assert report["quick"] is True
+    assert [i["expected_status"] for i in report["inputs"]] == [200, 200, 200, 400]
+    for item in report["inputs"]:
+        assert item["bytes"] > 0 and item["status"] in (200, 400, 413, 429, 504)
+        assert item["seconds"] > 0 and item["rss_growth_mib"] >= 0
+    flood = report["flood"]
+    assert flood["skipped"] or sum(flood["statuses"].values()) == flood["requests"] > 0
+    abandoned = report["abandoned"]
+    assert abandoned["clients"] == 12 and 0 <= abandoned["gave_up"] <= 12 and abandoned["next_status"] == 200
+    assert abandoned["ratio"] == pytest.approx(abandoned["next_ms"] / abandoned["idle_ms"])
+    names = report["model_names"]
+    assert names["statuses"] == {"404": names["requests"]} and names["growth"] < 0.1
+    redis = report["frozen_redis"]
+    assert redis["skipped"] or (redis["status_before"] == 200 and redis["refused_status"] == 503)
+    assert redis["skipped"] or (redis["status_after"] == 200 and redis["not_ready_s"] is not None)

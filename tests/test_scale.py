@@ -242,6 +242,54 @@ def test_redis_outage_gives_fast_503s_and_the_service_recovers(api, worker_b, re
     assert the_score(response) == pytest.approx(expected, abs=1e-5)
 
 
+def test_a_frozen_redis_gives_503_and_not_ready_within_a_second_and_recovers(
+    api, worker_b, redis_server, images
+) -> None:
+    """Redis is frozen (SIGSTOP: connections are accepted, nothing answers) while requests flow: every
+    request is answered correctly or refused with 503 within a second, /readyz says 503 within a
+    second of the freeze, and after SIGCONT the service serves again without a restart."""
+    data, expected = images[0]
+    outcomes: list[tuple[httpx.Response, float]] = []
+
+    async def traffic_across_the_freeze() -> float:
+        stop = asyncio.Event()
+
+        async def keep_sending(client: httpx.AsyncClient) -> None:
+            while not stop.is_set():
+                started = time.monotonic()
+                response = await post(client, data)
+                outcomes.append((response, time.monotonic() - started))
+
+        async with httpx.AsyncClient(base_url=api.rest_url, timeout=60) as client:
+            senders = [asyncio.create_task(keep_sending(client)) for _ in range(4)]
+            await asyncio.sleep(0.5)
+            redis_server.freeze()
+            frozen = time.monotonic()
+            while (await client.get("/readyz")).status_code == 200 and time.monotonic() - frozen < 5:
+                await asyncio.sleep(0.02)
+            not_ready_after = time.monotonic() - frozen
+            await asyncio.sleep(1.5)
+            stop.set()
+            await asyncio.gather(*senders)
+        return not_ready_after
+
+    try:
+        not_ready_after = asyncio.run(traffic_across_the_freeze())
+    finally:
+        redis_server.thaw()
+    assert not_ready_after < 1.0
+    refused = [(r, seconds) for r, seconds in outcomes if r.status_code == 503]
+    assert refused and all(r.json()["error"]["reason"] == "queue_unreachable" for r, _ in refused)
+    assert max(seconds for _, seconds in refused) < 1.0, sorted(seconds for _, seconds in refused)
+    for response, seconds in outcomes:
+        assert seconds < 1.5, (response.status_code, seconds)
+        if response.status_code != 503:
+            assert the_score(response) == pytest.approx(expected, abs=1e-5)
+    wait_for(lambda: httpx.get(api.rest_url + "/readyz").status_code == 200, "the API did not recover")
+    response = httpx.post(api.rest_url + "/v1/deepfake", files={"file": ("f.png", data)}, timeout=30)
+    assert the_score(response) == pytest.approx(expected, abs=1e-5)
+
+
 def wait_for(condition, message: str, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -50,6 +51,37 @@ def test_a_tls_certificate_without_its_key_is_one_line(tmp_path, mtcnn_dir) -> N
     assert result.stderr.strip().splitlines()[-1] == (
         "error: gRPC TLS needs both FSFM_GRPC_TLS_CERT and FSFM_GRPC_TLS_KEY; FSFM_GRPC_TLS_KEY is not set"
     )
+    assert "Traceback" not in result.stderr
+
+
+def test_a_tls_key_that_is_not_the_certificates_is_one_line(tmp_path, mtcnn_dir) -> None:
+    """A key file that holds no private key (here: the certificate again) fails the checks in one line,
+    not with gRPC's bind-failure traceback."""
+    (tmp_path / "models").mkdir()
+    cert = tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-days", "1"]
+        + ["-keyout", str(tmp_path / "key.pem"), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    env = {"FSFM_GRPC_TLS_CERT": str(cert), "FSFM_GRPC_TLS_KEY": str(cert)}
+    result = serve_fails("--models", str(tmp_path / "models"), env=env)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: FSFM_GRPC_TLS_CERT") and "private key" in last, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("door", ["--port", "--grpc-port"])
+def test_a_port_in_use_is_one_line(tmp_path, mtcnn_dir, door: str) -> None:
+    (tmp_path / "models").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = serve_fails("--models", str(tmp_path / "models"), door, str(port))
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot ") and f"127.0.0.1:{port}" in last, result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -59,6 +59,7 @@ class OnnxRuntimeEngine:
     ) -> None:
         import onnxruntime as ort
 
+        ort.disable_telemetry_events()  # no usage events from this process (fsfm/__init__.py)
         self.path = Path(path)
         if not self.path.is_file():
             raise EngineError(f"ONNX file not found: {self.path}")

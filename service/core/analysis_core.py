@@ -188,7 +188,8 @@ class AnalysisCore:
         return error
 
     def _count_failure(self, options: AnalysisOptions, transport: str, reason: str) -> None:
-        self.metrics.request_failure.labels(options.model or "default", options.task, transport, reason).inc()
+        label = self.models.metric_label(options.model)
+        self.metrics.request_failure.labels(label, options.task, transport, reason).inc()
 
     def _plan(self, options: AnalysisOptions) -> _Plan:
         """The checks that need no work: the model, the threshold, the video sampling parameters."""

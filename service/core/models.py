@@ -25,6 +25,9 @@ from service.settings import Settings
 
 log = logging.getLogger("fsfm.service")
 
+DEFAULT_MODEL_LABEL = "default"  # the metrics' model label of a request that names no model
+UNKNOWN_MODEL_LABEL = "unknown"  # ... of a request naming a model that is not served (one series for all)
+
 
 class InferenceBackend(Protocol):
     """Where a model's faces go to be inferred: the in-process ``DynamicBatcher`` (``queue=local``)
@@ -134,6 +137,15 @@ class ServedModels:
         repository = self.repository
         defaults = {repository.default_for_task(t).manifest.ref for t in self.tasks()} if repository else set()
         return [ModelListing(served.manifest, ref in defaults) for ref, served in sorted(self.models.items())]
+
+    def metric_label(self, name: str | None) -> str:
+        """The ``model`` label of a request naming ``name``: the name itself when it is a served model's
+        ``name`` or ``name:version``, ``default`` when it names none, else ``unknown``, so that names a
+        client makes up never add Prometheus series."""
+        if name is None:
+            return DEFAULT_MODEL_LABEL
+        served = {ref for model in self.models.values() for ref in (model.manifest.name, model.label)}
+        return name if name in served else UNKNOWN_MODEL_LABEL
 
     def resolve(self, options: AnalysisOptions) -> ServedModel:
         """The model a request gets: the one it names, else its task's default."""

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from service.media import MEDIA_KINDS, Frame, MediaKind
 
+MAX_MODEL_NAME_CHARS = 200  # a request's model name, at most (both doors): far above any real ``name:version``
+
 
 @dataclass(frozen=True)
 class AnalysisOptions:

@@ -2,13 +2,18 @@
 on disk), with exactly one ``file`` part (the media) and short parameter fields.
 
 The declared ``Content-Length`` is checked first and the received bytes are counted as they arrive,
-so an oversized body is refused (413 ``body_too_large``) without being buffered. Failures:
-``not_multipart`` (415), ``bad_multipart`` (400), ``missing_file``, ``several_files``,
-``bad_form_field`` (422).
+so an oversized body is refused (413 ``body_too_large``) without being buffered. The parser (pure
+Python) never runs on the event loop: the chunks are handed to it on a thread, ``PARSE_BATCH_BYTES``
+at a time, so the REST and gRPC requests that share the loop (and ``/livez``) are not held up by a
+slow body. A body is refused at its ``MAX_PARTS + 1``-th part or at a part whose headers pass
+``MAX_PART_HEADER_BYTES``, before the rest is parsed. Failures: ``not_multipart`` (415),
+``bad_multipart`` (400), ``missing_file``, ``several_files``, ``bad_form_field``, ``too_many_parts``
+(422).
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
@@ -19,6 +24,9 @@ from service.errors import BadInput, InvalidRequest, TooLarge, UnsupportedMedia
 
 UPLOAD_FIELD = "file"
 MAX_FORM_FIELD_BYTES = 1024  # the parameters are short strings; only ``file`` carries data
+MAX_PARTS = 16  # the file and the parameters (six today) with room to spare; more is a hostile body
+MAX_PART_HEADER_BYTES = 8192  # a part's header names and values together; real parts have two short headers
+PARSE_BATCH_BYTES = 1 << 20  # received bytes handed to the parser's thread at once
 
 
 @dataclass
@@ -47,17 +55,30 @@ class _MultipartForm:
         self.complete = False
         self._field = bytearray()
         self._value = bytearray()
+        self._header_bytes = 0
         self._parser = MultipartParser(
             boundary,
             {
-                "on_part_begin": lambda: self.parts.append(_Part()),
-                "on_header_field": lambda data, start, end: self._field.extend(data[start:end]),
-                "on_header_value": lambda data, start, end: self._value.extend(data[start:end]),
+                "on_part_begin": self._part_begin,
+                "on_header_field": lambda data, start, end: self._header(self._field, data[start:end]),
+                "on_header_value": lambda data, start, end: self._header(self._value, data[start:end]),
                 "on_header_end": self._header_end,
                 "on_part_data": lambda data, start, end: self.parts[-1].data.extend(data[start:end]),
                 "on_end": self._end,
             },
         )
+
+    def _part_begin(self) -> None:
+        if len(self.parts) == MAX_PARTS:
+            raise InvalidRequest("too_many_parts", f"the multipart body has more than {MAX_PARTS} parts")
+        self.parts.append(_Part())
+        self._header_bytes = 0
+
+    def _header(self, into: bytearray, data: bytes) -> None:
+        self._header_bytes += len(data)
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
+            raise BadInput("bad_multipart", f"a part's headers exceed {MAX_PART_HEADER_BYTES} bytes")
+        into.extend(data)
 
     def _header_end(self) -> None:
         self.parts[-1].headers[bytes(self._field).lower()] = bytes(self._value)
@@ -87,11 +108,17 @@ async def read_upload(request: Request, max_bytes: int) -> Upload:
         raise too_large
     form = _MultipartForm(options[b"boundary"])
     received = 0
+    batch = bytearray()
     async for chunk in request.stream():
         received += len(chunk)
         if received > max_bytes:
             raise too_large
-        form.write(chunk)
+        batch += chunk
+        if len(batch) >= PARSE_BATCH_BYTES:
+            await asyncio.to_thread(form.write, bytes(batch))
+            batch.clear()
+    if batch:
+        await asyncio.to_thread(form.write, bytes(batch))
     if not form.complete:
         raise BadInput("bad_multipart", "the multipart body ends before its closing boundary")
     return _form_upload(form.parts)

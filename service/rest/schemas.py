@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fsfm.package.manifest import TASKS, Manifest
 from service.core import FrameReport, Report
+from service.core.request import MAX_MODEL_NAME_CHARS
 from service.media import MAX_SAMPLING_FPS
 from service.readiness import NotReadyReason
 
@@ -20,7 +21,7 @@ class AnalysisParams(BaseModel):
 
     model: str | None = Field(
         default=None,
-        max_length=200,
+        max_length=MAX_MODEL_NAME_CHARS,
         description="model as `name` or `name:version` (default: the task's model)",
         examples=["tiny-deepfake:1"],
     )
