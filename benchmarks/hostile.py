@@ -24,26 +24,21 @@ the run, not the service's limits.
 from __future__ import annotations
 
 import asyncio
-import io
 import shutil
-import struct
 import tempfile
 import threading
 import time
 import uuid
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
-import cv2
 import httpx
 import numpy as np
-from PIL import Image
 
+from benchmarks.hostile_inputs import smooth_jpeg, still_mp4, truncated_png, zero_png
 from benchmarks.serve import repository_of, serving
 from benchmarks.stats import latency, table
 from fsfm.package import ModelPackage
@@ -78,56 +73,13 @@ QUICK = Scale(1200, 1000, 8, 480, 24, 12, 12, 100)
 # ---- the hostile inputs ------------------------------------------------------------------------
 
 
-def zero_png(side: int) -> bytes:
-    """A side x side black PNG: ~100 KB at 6000, 108 MB of pixels."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (side, side)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def smooth_jpeg(side: int) -> bytes:
-    """A side x side JPEG of a soft gradient: ~0.5 MB at 6000."""
-    ramp = np.linspace(0, 255, side, dtype=np.float32)
-    gray = ((ramp[None, :] + ramp[:, None]) / 2).astype(np.uint8)
-    ok, encoded = cv2.imencode(".jpg", np.repeat(gray[:, :, None], 3, axis=2), [cv2.IMWRITE_JPEG_QUALITY, 90])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return encoded.tobytes()
-
-
-def black_mp4(frames: int, side: int, fps: int = 8) -> bytes:
-    """``frames`` black frames of side x side in H.264 (MPEG-4 Part 2 without libx264): ~0.1 MB."""
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mp4") as output:
-        stream = output.add_stream(codec, rate=fps)
-        stream.width = stream.height = side
-        stream.pix_fmt = "yuv420p"
-        black = av.VideoFrame.from_ndarray(np.zeros((side, side, 3), np.uint8), format="rgb24")
-        for _ in range(frames):
-            output.mux(stream.encode(black))
-        output.mux(stream.encode())
-    return buffer.getvalue()
-
-
-def truncated_png(side: int, rows: int = 10) -> bytes:
-    """A valid PNG header declaring side x side RGB whose pixel data holds only ``rows`` rows."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    pixels = zlib.compress((b"\0" + b"\0" * 3 * side) * rows, 9)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-
-
 def hostile_inputs(scale: Scale) -> dict[str, tuple[bytes, int]]:
     """name -> (bytes, the designed status)."""
     s = scale
     return {
         f"zero PNG {s.image_side}x{s.image_side}": (zero_png(s.image_side), 200),
         f"JPEG {s.image_side}x{s.image_side}": (smooth_jpeg(s.image_side), 200),
-        f"MP4 {s.video_frames} x {s.video_side}x{s.video_side}": (black_mp4(s.video_frames, s.video_side), 200),
+        f"MP4 {s.video_frames} x {s.video_side}x{s.video_side}": (still_mp4(s.video_side, s.video_frames), 200),
         f"truncated PNG {s.truncated_side}x{s.truncated_side}": (truncated_png(s.truncated_side), 400),
     }
 
