@@ -96,9 +96,8 @@ class Admission:
         if self.draining:
             raise Unavailable("draining", "the service is shutting down")
 
-    def admit(self, model: str, queued_faces: int, max_queued_faces: int) -> Ticket:
-        """A ticket for one more request, or ``Overloaded`` (with its Retry-After) if it cannot be taken:
-        every slot and waiting place is held, or ``model`` already has ``max_queued_faces`` queued."""
+    def check_room(self) -> None:
+        """``Overloaded`` (with its Retry-After) when every slot and waiting place is held."""
         ahead = self._counts["waiting"] + self._counts["preprocessing"]
         if ahead >= self.max_concurrent + self.max_waiting:
             raise Overloaded(
@@ -106,6 +105,11 @@ class Admission:
                 f"limits {self.max_concurrent} and {self.max_waiting}",
                 retry_after_s=self.retry_after_s(ahead),
             )
+
+    def admit(self, model: str, queued_faces: int, max_queued_faces: int) -> Ticket:
+        """A ticket for one more request, or ``Overloaded`` (with its Retry-After) if it cannot be taken:
+        every slot and waiting place is held, or ``model`` already has ``max_queued_faces`` queued."""
+        self.check_room()
         self.check_queue(model, queued_faces, max_queued_faces)
         ticket = Ticket(self)
         self._tickets.add(ticket)

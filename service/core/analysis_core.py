@@ -143,6 +143,14 @@ class AnalysisCore:
 
     # ---- analysis --------------------------------------------------------------------------
 
+    def gate(self) -> None:
+        """What a door asks before it even reads a request's body: raise the refusal ``analyze`` would
+        give now for readiness or a full admission line (the door counts it through ``refused``).
+        ``analyze`` decides again; this only spares reading an upload that would be refused, so an
+        overloaded service answers 429 at once."""
+        self.admission.check()
+        self.admission.check_room()
+
     async def analyze(self, request: AnalysisRequest) -> Report:
         """Admit, analyse and count one request; raises ``AnalysisError`` (counted) when it fails."""
         options, context = request.options, request.context
