@@ -1,4 +1,5 @@
-"""Shared fixtures: the MTCNN weights the package ships and the scikit-image astronaut test picture."""
+"""Shared fixtures: the MTCNN weights the package ships, the scikit-image astronaut test picture, and a
+repository with one tiny deepfake model."""
 
 from __future__ import annotations
 
@@ -44,3 +45,22 @@ def sample_photos() -> Path:
 @pytest.fixture(scope="session")
 def group_photo_path(sample_photos: Path) -> Path:
     return sample_photos / "group.jpg"
+
+
+@pytest.fixture(scope="session")
+def astronaut_jpeg(astronaut_rgb) -> bytes:
+    """The astronaut as a JPEG upload."""
+    from tests.references import encode
+
+    return encode(astronaut_rgb)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    """A model repository with one tiny random deepfake package, ``tiny-deepfake:1`` (test files that
+    need other packages define their own ``models``)."""
+    from tests.packages import make_tiny_package
+
+    repository = tmp_path_factory.mktemp("models")
+    make_tiny_package(repository, name="tiny-deepfake")
+    return repository

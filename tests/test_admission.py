@@ -15,7 +15,6 @@ import contextvars
 import statistics
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import httpx
@@ -27,26 +26,12 @@ from service.core.admission import Admission
 from service.errors import Overloaded
 from service.grpc_stubs import pb, pb_grpc
 from service.metrics import Metrics
-from tests.packages import make_tiny_package
-from tests.references import encode
 from tests.servers import metric, running_server, scrape
 from tests.test_rest import answer, error, make_video, upload
 
 MODEL = "tiny-deepfake:1"
 ENDED = ("cancelled", "deadline_exceeded")  # failure reasons of requests whose callers gave up
 SLOW_FRAMES = 64  # frames of the slow video: detection on each, seconds in all
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("models")
-    make_tiny_package(repo, name="tiny-deepfake")
-    return repo
-
-
-@pytest.fixture(scope="module")
-def astronaut_jpeg(astronaut_rgb) -> bytes:
-    return encode(astronaut_rgb)
 
 
 @pytest.fixture(scope="module")

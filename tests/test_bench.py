@@ -35,11 +35,6 @@ def package(tmp_path_factory) -> ModelPackage:
     return package
 
 
-@pytest.fixture(scope="module")
-def astronaut_jpeg(astronaut_rgb) -> bytes:
-    return encode(astronaut_rgb)
-
-
 def fsfm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fsfm_cli", "bench", *args],

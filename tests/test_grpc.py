@@ -103,11 +103,6 @@ def reference(models, mtcnn_dir) -> Reference:
     return make_reference(models, DEEPFAKE)
 
 
-@pytest.fixture(scope="module")
-def astronaut_jpeg(astronaut_rgb) -> bytes:
-    return encode(astronaut_rgb)
-
-
 def options(task: int = pb.TASK_DEEPFAKE, **fields: object) -> pb.AnalysisOptions:
     return pb.AnalysisOptions(task=task, **fields)
 

@@ -81,11 +81,6 @@ def reference(models, mtcnn_dir) -> Reference:
     return make_reference(models, DEFAULT_DEEPFAKE)
 
 
-@pytest.fixture(scope="module")
-def astronaut_jpeg(astronaut_rgb) -> bytes:
-    return encode(astronaut_rgb)
-
-
 def upload(client: httpx.Client, path: str, data: bytes, field: str = "file", **params: object) -> httpx.Response:
     return client.post(path, files={field: ("upload.bin", data, "application/octet-stream")}, params=params)
 

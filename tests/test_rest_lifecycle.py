@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import httpx
@@ -21,26 +20,12 @@ import pytest
 from service.grpc_server import REASON_KEY
 from service.grpc_stubs import pb, pb_grpc
 from tests.no_torch import MESSAGE, torchless_env
-from tests.packages import make_tiny_package
-from tests.references import encode
 from tests.servers import metric, running_server, scrape
 from tests.test_rest import answer, error, upload
 
 QUEUE_DELAY_S = 3.0
 SLOW_BATCHES = {"max_batch_size": 64, "max_queue_delay_ms": QUEUE_DELAY_S * 1000}
 MODEL = "tiny-deepfake:1"
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("models")
-    make_tiny_package(repo, name="tiny-deepfake")
-    return repo
-
-
-@pytest.fixture(scope="module")
-def astronaut_jpeg(astronaut_rgb) -> bytes:
-    return encode(astronaut_rgb)
 
 
 def wait_for_queued(rest_url: str, faces: int, timeout_s: float = 10) -> None:

@@ -196,6 +196,16 @@ def test_a_poison_face_is_dead_lettered_and_the_others_succeed(api, worker_b, re
     assert metric(scrape(worker_b.http_url), "fsfm_queue_dead_letters_total", model=ref) == 1
 
 
+async def keep_sending(
+    client: httpx.AsyncClient, data: bytes, outcomes: list[tuple[httpx.Response, float]], stop: asyncio.Event
+) -> None:
+    """Post ``data`` again and again until ``stop``, recording each answer and how long it took."""
+    while not stop.is_set():
+        started = time.monotonic()
+        response = await post(client, data)
+        outcomes.append((response, time.monotonic() - started))
+
+
 def test_redis_outage_gives_fast_503s_and_the_service_recovers(api, worker_b, redis_server, images) -> None:
     """Redis is killed while requests flow: each request is answered correctly or refused with 503
     quickly, none hangs, and /readyz says why; once Redis is back (empty: streams and consumer group
@@ -206,14 +216,8 @@ def test_redis_outage_gives_fast_503s_and_the_service_recovers(api, worker_b, re
     async def traffic_across_the_outage() -> dict:
         stop = asyncio.Event()
 
-        async def keep_sending(client: httpx.AsyncClient) -> None:
-            while not stop.is_set():
-                started = time.monotonic()
-                response = await post(client, data)
-                outcomes.append((response, time.monotonic() - started))
-
         async with httpx.AsyncClient(base_url=api.rest_url, timeout=60) as client:
-            senders = [asyncio.create_task(keep_sending(client)) for _ in range(8)]
+            senders = [asyncio.create_task(keep_sending(client, data, outcomes, stop)) for _ in range(8)]
             await asyncio.sleep(1.0)
             redis_server.stop()
             await asyncio.sleep(1.5)
@@ -254,14 +258,8 @@ def test_a_frozen_redis_gives_503_and_not_ready_within_a_second_and_recovers(
     async def traffic_across_the_freeze() -> float:
         stop = asyncio.Event()
 
-        async def keep_sending(client: httpx.AsyncClient) -> None:
-            while not stop.is_set():
-                started = time.monotonic()
-                response = await post(client, data)
-                outcomes.append((response, time.monotonic() - started))
-
         async with httpx.AsyncClient(base_url=api.rest_url, timeout=60) as client:
-            senders = [asyncio.create_task(keep_sending(client)) for _ in range(4)]
+            senders = [asyncio.create_task(keep_sending(client, data, outcomes, stop)) for _ in range(4)]
             await asyncio.sleep(0.5)
             redis_server.freeze()
             frozen = time.monotonic()

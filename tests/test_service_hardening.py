@@ -25,19 +25,11 @@ from service.core.request import MAX_MODEL_NAME_CHARS
 from service.errors import public_message
 from service.grpc_stubs import pb, pb_grpc
 from service.rest.multipart import MAX_PARTS
-from tests.packages import make_tiny_package
 from tests.references import encode
 from tests.servers import RunningServer, running_server
 
 LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|::1|::ffff:127\.\d+\.\d+\.\d+)$")
 INTERNALS = re.compile(r"0x[0-9a-fA-F]{4,}|object at|<_io|Traceback|/tmp/|/usr/|/work/|site-packages")
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> Path:
-    repository = tmp_path_factory.mktemp("models")
-    make_tiny_package(repository, name="tiny-deepfake")
-    return repository
 
 
 @pytest.fixture(scope="module")
