@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from fsfm.engines.base import Engine
 from fsfm.face.crop import Normalization, normalize
 from fsfm.models.checkpoints import classifier_from_state, load_checkpoint, model_state
 from fsfm.models.config import ViTConfig
@@ -59,18 +60,26 @@ class Scorer(Protocol):
 
 
 class PackageScorer:
-    """A model package through ONNX Runtime, with its manifest's normalisation and class semantics."""
+    """A model package through ONNX Runtime (or the engine given), with its manifest's normalisation
+    and class semantics."""
 
     mode: EvalMode = "resize"
 
-    def __init__(self, package: ModelPackage, threads: int | None = None, onnx_path: Path | None = None) -> None:
-        """``onnx_path``: another graph of the package (e.g. its int8 variant) instead of ``model.onnx``."""
+    def __init__(
+        self,
+        package: ModelPackage,
+        threads: int | None = None,
+        onnx_path: Path | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        """``onnx_path``: another graph of the package (e.g. its int8 variant) instead of ``model.onnx``;
+        ``engine``: any engine made for the package (e.g. OpenVINO in bf16) instead of ONNX Runtime."""
         from fsfm.engines.onnxruntime import OnnxRuntimeEngine
 
         self.manifest = package.manifest
         self.name = self.manifest.ref
         self.size = self.manifest.architecture.vit.img_size
-        self.engine = OnnxRuntimeEngine(onnx_path or package.onnx_path, threads=threads)
+        self.engine = engine or OnnxRuntimeEngine(onnx_path or package.onnx_path, threads=threads)
         self.threshold, self.threshold_source = self.manifest.thresholds.default, "default"
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:

@@ -84,6 +84,24 @@ def cpu_features(cpuinfo: str | None = None) -> frozenset[str]:
     return frozenset()
 
 
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The first processor's model name and its ``CPU_FEATURES`` flags, as reports state the host."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "unknown CPU"
+    name = next(
+        (
+            v.strip()
+            for k, _, v in map(lambda line: line.partition(":"), cpuinfo.splitlines())
+            if k.strip() == "model name"
+        ),
+        "unknown CPU",
+    )
+    return f"{name} ({' '.join(sorted(cpu_features(cpuinfo))) or 'no AVX2'})"
+
+
 def cuda_present() -> bool:
     """Whether an NVIDIA GPU's device node exists (the driver's /dev/nvidia0, ...); no CUDA call."""
     return any(p.name[len("nvidia") :].isdigit() for p in Path("/dev").glob("nvidia*"))
@@ -176,12 +194,16 @@ def select_variant(
         return chosen(spec, variant, why)
 
     passed_over: list[str] = []
+    def lacks_file(spec: EngineSpec) -> bool:
+        """Whether an engine not asked for by name lacks a file it needs (asked for, it says so itself)."""
+        return engine == AUTO and spec.needs_file is not None and not (package.path / spec.needs_file).is_file()
+
     for row in preferences:
         spec = ENGINES.get(row.engine)
         if spec is None or engine not in (AUTO, row.engine) or precision not in (AUTO, row.precision):
             continue
-        if spec.needs_file and not (package.path / spec.needs_file).is_file():
-            continue  # asked for by name, the engine says what is missing when it loads
+        if lacks_file(spec):
+            continue
         if row.fits(host) and host.cannot_run(spec) is None and (variant := carried(spec, row.precision)):
             if (problem := variant.drift_problem(tolerance)) is None:
                 why = f"preferred on this host: {row.engine} {row.precision}"
@@ -190,7 +212,7 @@ def select_variant(
                 return asked_for(spec, variant)
             passed_over.append(f"passed over {row.engine} {row.precision}: {problem}")
     specs = [ENGINES[engine]] if engine != AUTO else list(ENGINES.values())
-    for spec in specs:
+    for spec in (s for s in specs if not lacks_file(s)):
         for wanted in [precision] if precision != AUTO else spec.precisions:
             if host.cannot_run(spec) is None and (variant := carried(spec, wanted)) is not None:
                 if precision == AUTO and variant.drift_problem(tolerance) is not None:

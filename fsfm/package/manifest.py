@@ -199,6 +199,8 @@ class Variant(BaseModel):
 
 INT8_FILE = "model.int8.onnx"
 OPENVINO_INT8_FILE = "model.int8.openvino.xml"  # with its weights beside it, .bin
+# The variants `fsfm quantize` makes (``training.quantize.VARIANTS`` holds how), named here for light imports.
+QUANTIZE_VARIANTS: tuple[str, ...] = ("onnxruntime-int8", "openvino-int8", "openvino-bf16")
 PLAN_FILE = "model.plan"
 
 
