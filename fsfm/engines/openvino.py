@@ -8,8 +8,8 @@ bf16 is not a separate file: OpenVINO lowers the fp32 graph itself when compilin
 declares a bf16 variant naming that graph to record its drift from fp32 (``fsfm quantize``). The int8
 IR is compiled with the runtime's default hint: its quantised matrix products run in int8 (VNNI,
 AMX), the layers left in floating point in bf16 where the CPU has bf16 instructions, else in f32.
-Compiled models are cached under the fsfm cache (``<cache>/openvino``, OpenVINO's ``CACHE_DIR``), so
-a restart does not compile again. References: OpenVINO's "Precision Control" and "Model Caching
+Compiled models are cached under the fsfm cache (``<cache>/openvino/<precision>``, OpenVINO's
+``CACHE_DIR``), so a restart does not compile again. References: OpenVINO's "Precision Control" and "Model Caching
 Overview" guides (docs.openvino.ai).
 """
 
@@ -64,6 +64,9 @@ class OpenVinoEngine:
         self.path = path
         core = openvino.Core()
         if cache is not None:
+            # One folder per precision: OpenVINO 2026.4's cache key leaves the precision hint out, and
+            # a graph compiled in f32 and then loaded from the cache for bf16 answers NaN.
+            cache = cache / precision
             cache.mkdir(parents=True, exist_ok=True)
             core.set_property({"CACHE_DIR": str(cache)})
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
