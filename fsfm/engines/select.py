@@ -194,6 +194,7 @@ def select_variant(
         return chosen(spec, variant, why)
 
     passed_over: list[str] = []
+
     def lacks_file(spec: EngineSpec) -> bool:
         """Whether an engine not asked for by name lacks a file it needs (asked for, it says so itself)."""
         return engine == AUTO and spec.needs_file is not None and not (package.path / spec.needs_file).is_file()
