@@ -81,8 +81,8 @@ def serve(
 ) -> None:
     """Serve every model of the repository over REST and gRPC.
 
-    Embedded mode by default: an in-process queue, and for each package the engine that `--engine auto`
-    chooses (ONNX Runtime on CPU unless a TensorRT plan can run). SIGTERM drains in-flight work, then exits.
+    Embedded mode by default: an in-process queue, and for each package the engine and precision that
+    `--engine auto` chooses for this CPU or GPU (docs/engines.md). SIGTERM drains in-flight work, then exits.
     API keys come from FSFM_API_KEYS (comma-separated), never from the command line.
     """
     flags = {name: plain(value) for name, value in locals().items() if name not in _NOT_SETTINGS and value is not None}
