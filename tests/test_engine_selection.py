@@ -348,7 +348,7 @@ def test_a_registered_engine_is_chosen_alike_by_service_worker_analyze_and_bench
     assert score == pytest.approx(float(attack_scores(expected, package.manifest)[0]), abs=1e-6)
 
     # fsfm bench.
-    (run,) = run_engines(package, ["test-recording:int8"], [1], 100.0, min_seconds=0.01).runs
+    (run,) = run_engines(package, ["test-recording:int8"], [1], {"int8": 100.0}, min_seconds=0.01).runs
     assert (run.engine, run.precision) == ("test-recording:int8", "int8")
 
     assert recording == [int8_path] * 4
