@@ -25,6 +25,7 @@ from service.cancellation import ContextThreadPool, RequestEnded, stop_if_ended,
 from service.core.admission import Admission
 from service.errors import Overloaded
 from service.grpc_stubs import pb, pb_grpc
+from service.local_server import parse_metrics
 from service.metrics import Metrics
 from tests.servers import metric, running_server, scrape
 from tests.test_rest import answer, error, make_video, upload
@@ -146,6 +147,32 @@ def test_thread_pool_work_stops_at_the_next_frame_once_its_request_has_ended() -
 
     with pytest.raises(RequestEnded):
         contextvars.copy_context().run(ended_request)  # a context of its own: this one stays clean
+
+
+def test_the_gate_refuses_before_routing_and_leaves_unauthenticated_requests_to_the_app(tmp_path) -> None:
+    """The admission gate (``service/rest/gate.py``) answers a refusable request itself, even one
+    whose parameters FastAPI would refuse, and counts it; a request without an accepted key gets the
+    route's 401, so the load is never told to a client without a key."""
+    from service.core import AnalysisCore
+    from service.rest.app import create_app
+    from service.settings import Settings
+
+    settings = Settings(models=tmp_path, api_keys=["k3y"])
+    core = AnalysisCore(settings)  # not started: models still loading, admission refuses (503 not_ready)
+    app = create_app(core, settings)
+
+    async def ask(headers: dict[str, str], query: str = "") -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://fsfm") as client:
+            return await client.post(f"/v1/deepfake{query}", headers=headers, files={"file": ("a.jpg", b"x")})
+
+    refused = asyncio.run(ask({"x-api-key": "k3y"}, "?threshold=not-a-number&model=fsfm-dfd"))
+    error(refused, 503, "not_ready")
+    assert refused.headers["x-request-id"]
+    samples = parse_metrics(core.metrics.exposition().decode())
+    assert metric(samples, "fsfm_request_failure_total", reason="not_ready", model="unknown") == 1
+    error(asyncio.run(ask({})), 401, "missing_api_key")
+    error(asyncio.run(ask({"x-api-key": "wrong"})), 401, "invalid_api_key")
 
 
 # ---- a real server ---------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from service.core import AnalysisCore
 from service.rest.deps import ApiKeyDep, Probes
 from service.rest.docs import add_offline_docs
 from service.rest.errors import add_error_handlers
+from service.rest.gate import AdmissionGate
 from service.rest.routes import analysis, models, operations
 from service.settings import Settings
 
@@ -35,6 +36,7 @@ def create_app(core: AnalysisCore, settings: Settings) -> FastAPI:
     app.include_router(models.router, dependencies=guarded)
     app.include_router(operations.router)
     add_error_handlers(app)
+    app.add_middleware(AdmissionGate, core=core, api_keys=app.state.api_keys)  # refusals before any routing
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -75,10 +75,15 @@ def _error(status: int, reason: str, message: str, headers: dict[str, str] | Non
     return JSONResponse(body, status_code=status, headers={**(headers or {}), "x-request-id": request_id})
 
 
-async def _analysis_error(request: Request, exc: AnalysisError) -> JSONResponse:
-    log.info("%s %s -> %d %s", request.method, request.url.path, exc.http_status, exc.reason)
+def analysis_error_response(exc: AnalysisError, method: str, path: str) -> JSONResponse:
+    """The answer to a failed request (logged), for the exception handler and the admission gate."""
+    log.info("%s %s -> %d %s", method, path, exc.http_status, exc.reason)
     headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if isinstance(exc, Overloaded) else None
     return _error(exc.http_status, exc.reason, exc.message, headers)
+
+
+async def _analysis_error(request: Request, exc: AnalysisError) -> JSONResponse:
+    return analysis_error_response(exc, request.method, request.url.path)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,8 +1,9 @@
 """``POST /v1/{task}`` for every task (deepfake, liveness, diffusion), all through one handler: the
 upload and parameters become an ``AnalysisRequest``, the core's ``Report`` becomes JSON.
 
-A task without a loaded model answers 404 ``task_not_served`` before the upload is read, and so does a
-refusal that admission would give now (``core.gate``: 503 not ready or draining, 429 overloaded). Failures
+A task without a loaded model answers 404 ``task_not_served`` before the upload is read; a refusal
+that admission would give now (503 not ready or draining, 429 overloaded) never reaches this route:
+the admission gate in front of the app answers it (``service/rest/gate.py``). Failures
 before the core (upload, parameters) are counted by ``core.refused``, like the core's own. A client
 that disconnects while the core works on its request cancels the core call (its work stops at the
 next stage); the answer nobody reads is ``CLIENT_CLOSED_REQUEST``, for the access log.
@@ -42,7 +43,6 @@ async def analyze(
         async with asyncio.timeout(settings.request_timeout_s):
             if core.ready and task not in core.tasks():
                 raise ModelNotFound("task_not_served", f"no {task} model is loaded; served tasks: {core.tasks()}")
-            core.gate()
             upload = await read_upload(request, settings.max_upload_bytes)
             options = AnalysisOptions(task=task, **merge_params(query, upload.fields).model_dump())
     except TimeoutError:
