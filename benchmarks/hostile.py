@@ -38,7 +38,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.hostile_inputs import smooth_jpeg, still_mp4, truncated_png, zero_png
+from benchmarks.hostile_inputs import cut_closed_jpeg, smooth_jpeg, still_mp4, truncated_png, zero_png
 from benchmarks.serve import repository_of, serving
 from benchmarks.stats import latency, table
 from fsfm.package import ModelPackage
@@ -81,6 +81,10 @@ def hostile_inputs(scale: Scale) -> dict[str, tuple[bytes, int]]:
         f"JPEG {s.image_side}x{s.image_side}": (smooth_jpeg(s.image_side), 200),
         f"MP4 {s.video_frames} x {s.video_side}x{s.video_side}": (still_mp4(s.video_side, s.video_frames), 200),
         f"truncated PNG {s.truncated_side}x{s.truncated_side}": (truncated_png(s.truncated_side), 400),
+        f"JPEG {s.truncated_side}x{s.truncated_side} cut, closed with an end marker": (
+            cut_closed_jpeg(s.truncated_side),
+            400,
+        ),
     }
 
 

@@ -8,8 +8,10 @@ the hostile-load benchmark and the tests that bound a request's cost.
 - ``mp4_64x2000``: an H.264 MP4 of 64 frames at 2000x2000 (a still picture with a moving bar), about 0.1 MB.
 - ``png_truncated_4000``: a 196-byte PNG declaring 4000x4000 whose compressed stream ends after 10 rows;
   a strict decoder refuses it (400 ``corrupt``) instead of filling the missing rows with zeros.
+- ``jpeg_cut_closed_4000``: a 4000x4000 JPEG cut in half and closed with an end-of-image marker;
+  libjpeg only warns and fills the rest with grey, a strict decoder refuses it (400 ``corrupt``).
 
-The designed answers: 200, 200, 200 and 400 (``HOSTILE_STATUS``).
+The designed answers: 200, 200, 200, 400 and 400 (``HOSTILE_STATUS``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ import av
 import cv2
 import numpy as np
 
-HOSTILE_STATUS = {"png_zeros_6000": 200, "jpeg_6000": 200, "mp4_64x2000": 200, "png_truncated_4000": 400}
+HOSTILE_STATUS = {
+    "png_zeros_6000": 200,
+    "jpeg_6000": 200,
+    "mp4_64x2000": 200,
+    "png_truncated_4000": 400,
+    "jpeg_cut_closed_4000": 400,
+}
 JPEG_QUALITY = 90
 VIDEO_FPS = 25
 
@@ -61,6 +69,12 @@ def smooth_jpeg(side: int = 6000, seed: int = 0) -> bytes:
     return encoded.tobytes()
 
 
+def cut_closed_jpeg(side: int = 4000) -> bytes:
+    """``smooth_jpeg(side)`` cut in half and closed with an end-of-image marker (FF D9)."""
+    data = smooth_jpeg(side)
+    return data[: len(data) // 2] + b"\xff\xd9"
+
+
 def still_mp4(side: int = 2000, frames: int = 64) -> bytes:
     """An H.264 MP4 of ``frames`` side x side frames: a grey gradient with a bar that moves."""
     gradient = np.linspace(0, 255, side, dtype=np.float32).astype(np.uint8)
@@ -81,10 +95,11 @@ def still_mp4(side: int = 2000, frames: int = 64) -> bytes:
 
 
 def hostile_inputs() -> dict[str, bytes]:
-    """The four hostile uploads by name (see the module docstring); their answers are ``HOSTILE_STATUS``."""
+    """The hostile uploads by name (see the module docstring); their answers are ``HOSTILE_STATUS``."""
     return {
         "png_zeros_6000": zero_png(),
         "jpeg_6000": smooth_jpeg(),
         "mp4_64x2000": still_mp4(),
         "png_truncated_4000": truncated_png(),
+        "jpeg_cut_closed_4000": cut_closed_jpeg(),
     }

@@ -3,12 +3,15 @@ before any pixel is decoded (decompression bombs), and every failure is an ``Ima
 short machine-readable code.
 
 Decoding is strict: pixel data that ends early (a PNG whose compressed rows stop short of its
-height, a JPEG cut off) is ``corrupt``, never filled in with zeros; Pillow's
-``ImageFile.LOAD_TRUNCATED_IMAGES`` stays off. Pillow reads the header only; OpenCV (libpng,
-libjpeg-turbo, libwebp) decodes the pixels straight into one RGB uint8 array, with the EXIF
-orientation applied, so a decoded image costs about twice its array at its peak (OpenCV's buffer and
-the array it is copied into), not the five copies of a Pillow decode and conversion. Error messages
-are plain sentences: never an exception's repr, an object address or a path.
+height, a JPEG cut off, or cut off and closed with an end marker) is ``corrupt``, never filled in
+with zeros or grey; Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays off. Pillow reads the header
+only. JPEG pixels are decoded by libjpeg-turbo through simplejpeg with ``strict=True``, which makes
+libjpeg's corrupt-data warnings errors (OpenCV and Pillow only print them and fill the rest with
+grey), and the EXIF orientation from the header is applied; a CMYK JPEG, which simplejpeg cannot
+turn into RGB, and PNG and WebP go through OpenCV (libpng, libwebp), EXIF orientation applied.
+Either way the pixels land straight in one RGB uint8 array, so a decoded image costs about twice its
+array at its peak, not the five copies of a Pillow decode and conversion. Error messages are plain
+sentences: never an exception's repr, an object address or a path.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageFile
 from pydantic import BaseModel, Field
 
@@ -33,6 +37,7 @@ IMAGE_SIGNATURES: dict[str, tuple[tuple[int, bytes], ...]] = {
     "webp": ((0, b"RIFF"), (8, b"WEBP")),
 }
 _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+_ORIENTATION = 0x0112  # the EXIF tag
 
 
 class ImageError(ValueError):
@@ -78,17 +83,40 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> np.ndarray:
             warnings.simplefilter("ignore")  # PIL warns on odd-but-readable metadata
             with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[kind]]) as img:
                 width, height = img.size
+                strict_jpeg = kind == "jpeg" and img.mode != "CMYK"
+                orientation = img.getexif().get(_ORIENTATION, 1) if strict_jpeg else 1
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         raise ImageError("corrupt", f"cannot read the {kind.upper()} header") from None
     check_size(width, height, limits)
-    try:
-        rgb = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
-    except cv2.error:
-        rgb = None
-    if rgb is None:
-        raise ImageError("corrupt", f"the {kind.upper()} pixel data is truncated or corrupt")
+    corrupt = ImageError("corrupt", f"the {kind.upper()} pixel data is truncated or corrupt")
+    if strict_jpeg:
+        try:
+            rgb = _oriented(simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True), orientation)
+        except ValueError:  # simplejpeg's error for any libjpeg error or warning
+            raise corrupt from None
+    else:
+        try:
+            rgb = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
+        except cv2.error:
+            rgb = None
+        if rgb is None:
+            raise corrupt
     check_size(rgb.shape[1], rgb.shape[0], limits)  # EXIF rotation swaps sides
     return rgb
+
+
+def _oriented(rgb: np.ndarray, orientation: object) -> np.ndarray:
+    """``rgb`` as the EXIF orientation (1-8) says to display it (Pillow's ``exif_transpose``)."""
+    turned = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }.get(orientation if isinstance(orientation, int) else 1)
+    return rgb if turned is None else np.ascontiguousarray(turned(rgb))
 
 
 def read_file(path: str | Path) -> bytes:

@@ -111,3 +111,34 @@ def test_exif_orientation_is_applied(photo) -> None:
     buffer = io.BytesIO()
     Image.fromarray(photo).save(buffer, format="PNG", exif=exif.tobytes())
     assert np.array_equal(decode_image(buffer.getvalue()), np.rot90(photo, k=-1))
+
+
+def test_a_jpeg_cut_off_and_closed_with_an_end_marker_is_corrupt_not_grey(photo) -> None:
+    """libjpeg only warns here ("premature end of data segment") and fills the rest with grey;
+    the strict decode makes the warning an error."""
+    data = encode(np.tile(photo, (8, 8, 1)), "JPEG")
+    with pytest.raises(ImageError) as info:
+        decode_image(data[: len(data) // 2] + b"\xff\xd9")
+    assert info.value.code == "corrupt" and "JPEG" in str(info.value)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_of_a_jpeg_is_applied_as_pillow_applies_it(photo, orientation) -> None:
+    from PIL import ImageOps
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(photo[:40, :56]).save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+    with Image.open(io.BytesIO(buffer.getvalue())) as img:
+        expected = np.asarray(ImageOps.exif_transpose(img).convert("RGB"), dtype=np.int16)
+    got = decode_image(buffer.getvalue())
+    assert got.shape == expected.shape and got.flags["C_CONTIGUOUS"]
+    assert np.abs(got.astype(np.int16) - expected).mean() < 2  # both libjpeg; rounding may differ
+
+
+def test_a_cmyk_jpeg_is_decoded_to_rgb(photo) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(photo).convert("CMYK").save(buffer, format="JPEG", quality=95)
+    rgb = decode_image(buffer.getvalue())
+    assert rgb.shape == photo.shape and np.abs(rgb.astype(int) - photo).mean() < 12
