@@ -4,12 +4,15 @@ would try it (the figures of issue 12), in one run against real ``fsfm serve`` p
 Sections, each a figure the service is held to:
 
 - ``inputs``: each hostile input once (``hostile_inputs``: a zero-filled PNG and a smooth JPEG of
-  6000x6000, a 64-frame 2000x2000 MP4, a PNG declaring 4000x4000 with only 10 rows of pixel data):
+  6000x6000, a 64-frame 2000x2000 MP4, a PNG declaring 4000x4000 with only 10 rows of pixel data, a
+  4000x4000 JPEG cut in half and closed with an end marker):
   its status and reason, seconds to the answer, and the server's peak RSS growth (Linux ``/proc``:
   the peak is reset through ``clear_refs`` before each request, else sampled).
 - ``flood``: a server with a small admission limit (``max_concurrent_requests=1``,
-  ``max_waiting_requests=1``) gets many one-face requests at once: counts per status and the p99
-  latency of the 429s. Skipped, saying so, where ``Settings`` has no such limits.
+  ``max_waiting_requests=1``) gets many one-face requests at once, each on a connection of its own:
+  counts per status and the p99 latency of the 429s, from connecting to the status line (the requests
+  are prepared bytes: an HTTP library's own work on the same 2 cores would be counted as the
+  server's). Skipped, saying so, where ``Settings`` has no such limits.
 - ``abandoned``: clients that give up after ``ABANDON_AFTER_S``, then the next request's latency
   against the idle latency (work nobody waits for should not delay it).
 - ``model_names``: ``/metrics`` size before and after requests naming random models.
