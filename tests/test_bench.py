@@ -332,7 +332,7 @@ def test_bench_hostile_quick_prints_every_section_and_writes_json(mtcnn_dir, tmp
         assert heading in result.stdout
     report = json.loads(out.read_text())
     assert report["quick"] is True
-    assert [i["expected_status"] for i in report["inputs"]] == [200, 200, 200, 400]
+    assert [i["expected_status"] for i in report["inputs"]] == [200, 200, 200, 400, 400]
     for item in report["inputs"]:
         assert item["bytes"] > 0 and item["status"] in (200, 400, 413, 429, 504)
         assert item["seconds"] > 0 and item["rss_growth_mib"] >= 0
