@@ -75,12 +75,33 @@ def official_args(**extra: object) -> argparse.Namespace:
     )
 
 
-def save_official(path: Path, state: dict[str, torch.Tensor], epoch: int = 400) -> Path:
+FIXED_EMBEDDINGS = ("pos_embed", "decoder_pos_embed", "rep_decoder_pos_embed")  # sin-cos, requires_grad=False
+
+
+def official_pretrain_optimizer(state: dict[str, torch.Tensor], steps: int = 2, seed: int = 0) -> dict:
+    """The pretraining AdamW's ``state_dict`` as the official loop saves it: parameters in the official
+    model's registration order (the ``model`` dict's key order), grouped as timm's ``add_weight_decay``
+    ([1-D and biases without decay, the rest with 0.05]), fixed position embeddings left out; moments from
+    ``steps`` steps on random gradients."""
+    torch.manual_seed(seed)
+    params = {k: torch.nn.Parameter(v.clone()) for k, v in state.items() if k not in FIXED_EMBEDDINGS}
+    no_decay = [p for k, p in params.items() if p.ndim <= 1 or k.endswith(".bias")]
+    decay = [p for k, p in params.items() if not (p.ndim <= 1 or k.endswith(".bias"))]
+    groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": 0.05}]
+    optimizer = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95))
+    for _ in range(steps):
+        for param in params.values():
+            param.grad = torch.randn_like(param)
+        optimizer.step()
+    return optimizer.state_dict()
+
+
+def save_official(path: Path, state: dict[str, torch.Tensor], epoch: int = 400, optimizer: dict | None = None) -> Path:
     """``{'model', 'optimizer', 'epoch', 'scaler', 'args'}`` as the official training loops save it."""
     torch.save(
         {
             "model": state,
-            "optimizer": {"state": {}, "param_groups": []},
+            "optimizer": optimizer or {"state": {}, "param_groups": []},
             "epoch": epoch,
             "scaler": {"scale": 65536.0},
             "args": official_args(),

@@ -13,6 +13,7 @@ import argparse
 import csv
 import inspect
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fsfm.cli import TaskName
-from fsfm.face.crop import Normalization
+from fsfm.face.crop import IMAGENET_MEAN, IMAGENET_STD, Normalization
 from fsfm.models.checkpoints import classifier_from_state, load_checkpoint
 from fsfm.models.config import vit_preset
 from fsfm.models.vit import ViTClassifier, ViTEncoder
@@ -31,11 +32,12 @@ from fsfm.package.manifest import TASKS, Manifest
 from fsfm.package.repository import load_package
 from tests.official_format import official_finetuned_state, official_pretrain_state, save_official
 from tests.packages import TINY_VIT
-from training.augment import TrainTransform, eval_pixels
+from training.augment import RAND_AUGMENT_OPS, TrainTransform, eval_pixels, fill_colour
+from training.calibrate import chance_verdict
 from training.demo import DEMO_ENCODER, build_demo_model, prepare_astronaut_faces
 from training.evaluate import PackageScorer, checkpoint_scorer, score_source
-from training.export import export_checkpoint
-from training.finetune import Finetuner, FinetuneResult, initial_model
+from training.export import ExportError, export_checkpoint
+from training.finetune import ChanceLevelError, Finetuner, FinetuneResult, initial_model
 from training.finetune_commands import Task, calibrate, evaluate, export, finetune, quantize
 from training.finetune_config import DataSpec, FinetuneConfig
 from training.finetune_data import (
@@ -51,6 +53,7 @@ from training.finetune_data import (
 from training.finetune_engine import Mixup, soft_target_ce
 from training.metrics import roc_auc
 from training.param_groups import layer_decay_groups
+from training.recipe import RecipeWarning
 
 SIZE = 64
 SBI_VIT = vit_preset("fsfm_vit_tiny_patch16", img_size=SIZE, embed_dim=64, depth=2, num_heads=2)
@@ -99,6 +102,7 @@ def sbi_run(faces: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
         iters_per_epoch=75,
         warmup_epochs=1,
         batch_size=32,
+        effective_batch=32,
         lr=2e-3,
         layer_decay=1.0,
         drop_path=0.0,
@@ -297,6 +301,7 @@ def test_official_checkpoints_load_into_finetuning_and_export(
             "0",
             "--val-fraction",
             "0.1",
+            "--force",  # one short epoch from a random head: its validation AUC may well be at chance
         ],
     )
     assert result.exit_code == 0, result.output
@@ -526,3 +531,109 @@ def test_augmentations_are_seeded_and_sized(astronaut_rgb: np.ndarray) -> None:
         assert torch.equal(first[3], transform(face, np.random.default_rng(3)))  # same seed, same augmentation
         assert len({float(x[:, :, :20].sum()) for x in first}) > 15 or kind == "none"  # they do vary
     assert eval_pixels(face[:, :100], 48, "center_crop").shape == (48, 48, 3)
+
+
+def test_randaugment_fills_with_the_normalisation_mean() -> None:
+    """The official fine-tuning calls timm with its normalisation mean: RandAugment's geometric ops fill with
+    255 x that mean, (140, 108, 93) for the VGGFace2 statistics, not ImageNet's (124, 116, 104)."""
+    assert fill_colour(Normalization()) == (140, 108, 93)
+    imagenet = Normalization(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert fill_colour(imagenet) == (124, 116, 104)
+    transform = TrainTransform("simple", 48, Normalization())
+    white = Image.new("RGB", (48, 48), (255, 255, 255))
+    for op in ("Rotate", "ShearX", "TranslateYRel"):
+        moved = np.asarray(RAND_AUGMENT_OPS[op](white, 10.0, np.random.default_rng(0), transform.fill))
+        corner_or_edge = {tuple(moved[0, 0]), tuple(moved[-1, -1]), tuple(moved[0, -1]), tuple(moved[-1, 0])}
+        assert (140, 108, 93) in corner_or_edge, op
+
+
+def _run_config(pretrained: Path, faces: dict[str, Path], output: Path, **fields: object) -> FinetuneConfig:
+    """A one-epoch SBI run of the tiny ViT on the prepared faces (20 iterations of 16)."""
+    return FinetuneConfig(
+        task="deepfake",
+        pretrained=pretrained,
+        output_dir=output,
+        train=[DataSpec(format="prepared", path=faces["train"], options={"label": "real"})],
+        sbi=True,
+        input_size=SIZE,
+        epochs=1,
+        iters_per_epoch=20,
+        batch_size=16,
+        effective_batch=16,
+        lr=2e-3,
+        layer_decay=1.0,
+        drop_path=0.0,
+        augment="none",
+        num_workers=0,
+        val_fraction=0.2,
+        **fields,
+    )
+
+
+def test_a_one_epoch_finetune_warns_about_the_warmup_and_learns(
+    faces: dict[str, Path], tmp_path: Path, one_thread: None
+) -> None:
+    """The recipe's 5 warm-up epochs would keep a 1-epoch run's lr below a fifth of its peak: the warm-up is
+    cut to the recipe's share of the run (half), with a warning, and the model moves off its initial loss."""
+    pretrained = save_official(tmp_path / "checkpoint-400.pth", official_pretrain_state(SBI_VIT))
+    with pytest.warns(RecipeWarning, match="warming up for 0.5"):
+        config = _run_config(pretrained, faces, tmp_path / "run")
+    assert config.warmup_epochs == 0.5
+    finetuner = Finetuner(config, progress=False, force=True)
+    initial = finetuner.validate()["metrics"]["val_loss"]
+    assert initial == pytest.approx(np.log(2), abs=0.01)  # a new head: 50/50 on every face
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RecipeWarning)  # a 1-epoch model may be near chance: forced
+        result = finetuner.run()
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert config.lr_schedule(2e-3).lr_at(0.5) == 2e-3 and log[0]["lr"] < 1e-4  # peaked mid-run, then decayed
+    assert abs(result.val_metrics["val_loss"] - initial) > 2e-3  # a run that learns nothing stays within 1e-4
+    assert {"val_genuine", "val_attacks"} <= result.val_metrics.keys()
+
+    # Explicit warm-ups are kept, with a warning; the recipe's effective batch 64 is made up by accumulation.
+    with pytest.warns(RecipeWarning, match="never reaches its peak"):
+        assert _run_config(pretrained, faces, tmp_path / "x", warmup_epochs=2).warmup_epochs == 2
+    recipe = FinetuneConfig(
+        task="deepfake", pretrained=pretrained, output_dir=tmp_path, train=[DataSpec(path=tmp_path)]
+    )
+    assert recipe.accumulation(world_size=1) == 2 and recipe.accumulation(world_size=2) == 1
+    assert recipe.peak_lr(world_size=1) == pytest.approx(2.5e-4 * 64 / 256)
+
+
+def test_a_model_at_chance_fails_the_run_and_is_not_exported(
+    faces: dict[str, Path], tmp_path: Path, astronaut_rgb: np.ndarray, one_thread: None
+) -> None:
+    """A validation set whose real and fake folders hold the same images: any model's AUC is exactly 0.5."""
+    val = tmp_path / "val"
+    for label in ("real", "fake"):
+        (val / label).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(astronaut_rgb[20 + 5 * i : 250 + 5 * i, 140:370]).save(val / label / f"{i}.png")
+    pretrained = save_official(tmp_path / "checkpoint-400.pth", official_pretrain_state(SBI_VIT))
+    config = _run_config(
+        pretrained, faces, tmp_path / "run", val=[DataSpec(format="folder", path=val)], warmup_epochs=0
+    )
+    with pytest.raises(ChanceLevelError, match="AUC 0.500 on 12 genuine"):
+        Finetuner(config, progress=False).run()
+    checkpoint = tmp_path / "run" / "checkpoint-min_val_loss.pth"
+    assert load_checkpoint(checkpoint)["fsfm"]["metrics"]["val_auc"] == 0.5  # the checkpoints stay
+    with pytest.raises(ExportError, match="near chance"):
+        export_checkpoint(checkpoint, tmp_path / "models", name="m", version=1, task="deepfake")
+    result = CliRunner().invoke(
+        _cli(export),
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--name",
+            "m",
+            "--task",
+            "deepfake",
+            "--models",
+            str(tmp_path / "models"),
+            "--force",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert chance_verdict({"val_auc": 0.9, "val_genuine": 12, "val_attacks": 12}) is None
+    assert chance_verdict({"val_auc": 0.7, "val_genuine": 6, "val_attacks": 6}) is not None  # 6 + 6 cannot tell
+    assert chance_verdict({"val_auc": 0.61, "val_genuine": 5000, "val_attacks": 5000}) is not None

@@ -6,10 +6,14 @@ Operating points: ``eer`` (the threshold where the false-positive and false-nega
 set is <= the target; FPR = share of genuine faces flagged). The package's default threshold is the
 EER point (or 0.5 on request). Each point records the FPR/TPR it achieved on the validation set; on
 new data they hold only as far as that data resembles the validation set.
+
+A model whose validation AUC stays near chance (``chance_verdict``) learned nothing worth serving: a
+fine-tuning run ending so fails, and ``fsfm export`` refuses its checkpoint, unless forced.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +25,31 @@ from training.metrics import binary_report, eer, threshold_for_fpr, video_scores
 
 if TYPE_CHECKING:
     from training.finetune_data import FaceSource
+
+
+CHANCE_MARGIN = 0.15  # an AUC below 0.65 is no detector, however many faces measured it
+CHANCE_SIGMAS = 2.0  # ... nor one a small validation set cannot tell from 0.5
+
+
+def chance_verdict(metrics: dict[str, float], prefix: str = "val") -> str | None:
+    """Why the recorded ``<prefix>_auc`` says the model learned nothing, or None when it does not (or no
+    AUC was recorded). Near chance = below 0.5 + max(``CHANCE_MARGIN``, ``CHANCE_SIGMAS`` x the AUC's
+    standard deviation for a chance model on that many genuine and attack faces, sqrt((n0 + n1 + 1) /
+    (12 n0 n1)), the Mann-Whitney null). An AUC far below 0.5 (labels learned the wrong way round) fails too."""
+    auc = metrics.get(f"{prefix}_auc")
+    if auc is None:
+        return None
+    samples = metrics.get(f"{prefix}_samples", 2.0)
+    genuine = metrics.get(f"{prefix}_genuine", samples / 2)
+    attacks = metrics.get(f"{prefix}_attacks", samples - genuine)
+    sigma = math.sqrt((genuine + attacks + 1) / (12 * max(genuine, 1) * max(attacks, 1)))
+    floor = 0.5 + max(CHANCE_MARGIN, CHANCE_SIGMAS * sigma)
+    if auc >= floor:
+        return None
+    return (
+        f"validation AUC {auc:.3f} on {genuine:.0f} genuine + {attacks:.0f} attack faces is near chance "
+        f"(needs >= {floor:.3f}): the model did not learn to tell them apart"
+    )
 
 
 def point_name(target_fpr: float) -> str:
@@ -65,7 +94,9 @@ def calibration_metrics(
     """AUC, EER, AP and counts at frame level (and video level when videos have several frames),
     finite values only (manifests hold numbers)."""
     metrics = {
-        f"{prefix}_{k}": v for k, v in binary_report(labels, scores).items() if k in ("samples", "auc", "eer", "ap")
+        f"{prefix}_{k}": v
+        for k, v in binary_report(labels, scores).items()
+        if k in ("samples", "genuine", "attacks", "auc", "eer", "ap")
     }
     if videos is not None:
         per_video = video_scores(labels, scores, videos)

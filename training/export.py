@@ -22,6 +22,7 @@ from fsfm.models.config import ViTConfig
 from fsfm.models.vit import ViTClassifier
 from fsfm.package.manifest import Architecture, Manifest, OnnxInfo, PackageInfo, Provenance, Thresholds
 from fsfm.package.repository import ModelPackage, load_package
+from training.calibrate import chance_verdict
 
 ONNX_OPSET = 17
 CHECK_BATCH_SIZES = (1, 7)
@@ -129,17 +130,22 @@ def export_checkpoint(
     tolerance: float = 1e-3,
     overwrite: bool = False,
     with_torch: bool = False,
+    force: bool = False,
     **info_overrides: object,
 ) -> ModelPackage:
     """A fine-tuned checkpoint (official DfD/DiFF layout, or ours with its ``fsfm`` metadata) ->
     a model package. ``info_overrides`` are ``PackageInfo`` fields (demo, description, crop, ...).
-    ``with_torch`` also writes ``model.pt`` for the development torch engine.
+    ``with_torch`` also writes ``model.pt`` for the development torch engine. A checkpoint whose recorded
+    validation AUC is near chance (``training.calibrate.chance_verdict``) is refused unless ``force``.
 
     Our checkpoints carry their crop convention; an official one gets FSFM's (1.3x square) around
     our boxes mapped onto dlib's, the boxes it was trained on."""
     checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
     meta: dict = checkpoint.get("fsfm", {}) if isinstance(checkpoint.get("fsfm"), dict) else {}
+    verdict = chance_verdict(meta.get("metrics", {}))
+    if verdict is not None and not force:
+        raise ExportError(f"{checkpoint_path}: {verdict}; --force exports it anyway")
     state = model_state(checkpoint)
     config = ViTConfig.model_validate(meta["vit"]) if "vit" in meta else None
     model = classifier_from_state(state, config=config, num_heads=num_heads)
@@ -161,7 +167,7 @@ def export_checkpoint(
         checkpoint_sha256=file_sha256(checkpoint_path),
         metrics=meta.get("metrics", {}),
         data=meta.get("data"),
-        notes=f"normalisation from {norm_source}",
+        notes="; ".join(filter(None, [f"normalisation from {norm_source}", verdict and f"exported anyway: {verdict}"])),
     )
     info = PackageInfo(
         name=name, version=version, task=task, normalization=normalization, provenance=provenance, **fields

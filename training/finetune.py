@@ -11,13 +11,17 @@ checkpoints; the step, epoch and prediction live in ``training.finetune_engine``
   token and the position embedding. Per-iteration linear warm-up, then half-cosine to ``min_lr`` (or
   constant), set on the first micro-step of each accumulation window; lr = blr * effective batch / 256.
 * Loss: mixup/cutmix (timm's batch mode) with label-smoothed soft targets and soft-target cross-entropy,
-  optionally weighted per class (``balance='loss'``); class-balanced or domain-balanced sampling
-  otherwise (``training.finetune_data.TrainBatchSampler``).
+  unweighted as the official runs, or weighted per class (``balance='loss'``); class-balanced or
+  domain-balanced sampling on request (``training.finetune_data.TrainBatchSampler``).
+* Accumulation: as given, else what reaches the recipe's effective batch on this many processes
+  (``training.recipe``).
 * AMP on CUDA only (bf16 when supported, else fp16 with a GradScaler); CPUs run fp32.
 * DDP under ``torchrun`` (NCCL on GPUs, gloo on CPU); validation is sharded across ranks and gathered.
 * Every epoch: validation loss and metrics, thresholds calibrated on the validation scores, and
   ``checkpoint-last.pth``; the best epoch by the selection metric (min val loss by default, as the
   paper) is also ``checkpoint-min_val_loss.pth`` (``-max_val_auc``, ``-min_val_hter``).
+* At the end: a selected model whose validation AUC is near chance (``training.calibrate.chance_verdict``)
+  fails the run with ``ChanceLevelError`` (the checkpoints stay), unless ``force``.
 
 Checkpoints use the official layout ``{'model', 'optimizer', 'epoch', 'scaler', 'args'}`` plus an
 ``fsfm`` dict (architecture, normalisation, crop, classes, calibrated thresholds, validation metrics,
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +61,7 @@ from fsfm.models.checkpoints import (
 from fsfm.models.config import VIT_PRESETS, ViTConfig
 from fsfm.models.vit import ViTClassifier
 from training.augment import EvalTransform, TrainTransform
-from training.calibrate import calibrated_thresholds, calibration_metrics
+from training.calibrate import calibrated_thresholds, calibration_metrics, chance_verdict
 from training.distributed import amp_dtype, setup_device
 from training.evaluate import ScoredSet, TorchScorer, evaluate_sets, set_report
 from training.export import MEAN_STD_FILE
@@ -78,7 +83,8 @@ from training.finetune_data import (
 from training.finetune_engine import FinetuneEngine, Mixup
 from training.param_groups import layer_decay_groups
 from training.prepare import write_mean_std
-from training.saving import save_atomic
+from training.recipe import RecipeWarning
+from training.saving import OPTIMIZER_NAMES, group_names, load_optimizer_by_name, save_atomic
 
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
@@ -91,6 +97,10 @@ BEST_CHECKPOINT = {
 OFFICIAL_LICENCE = (
     "CC-BY-NC-4.0 (inherited: fine-tuned from a checkpoint without fsfm metadata, such as the official FSFM weights)"
 )
+
+
+class ChanceLevelError(RuntimeError):
+    """The fine-tuned model's validation AUC is near chance: it learned nothing worth exporting."""
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -175,9 +185,13 @@ class FinetuneResult:
 class Finetuner:
     """One fine-tuning run: model, data, optimiser, schedule, validation, calibration, checkpoints."""
 
-    def __init__(self, config: FinetuneConfig, resume: bool = False, progress: bool = True) -> None:
-        self.config, self.progress = config, progress
+    def __init__(
+        self, config: FinetuneConfig, resume: bool = False, progress: bool = True, force: bool = False
+    ) -> None:
         device, self.dist = setup_device(config.device)
+        # config.json then says what ran: the accumulation this many processes need
+        config = config.model_copy(update={"accum_iter": config.accumulation(self.dist.world_size)})
+        self.config, self.progress, self.force = config, progress, force
         self.device = device
         torch.manual_seed(config.seed + self.dist.rank)
         self.output = Path(config.output_dir)
@@ -347,6 +361,7 @@ class Finetuner:
             {
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
+                OPTIMIZER_NAMES: group_names(self.optimizer, self.model),
                 "epoch": epoch,
                 "scaler": self.scaler.state_dict(),
                 "args": argparse.Namespace(**self.config.model_dump(mode="json")),
@@ -359,7 +374,7 @@ class Finetuner:
     def _resume(self) -> None:
         checkpoint = load_checkpoint(self.output / LAST_CHECKPOINT)
         self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        load_optimizer_by_name(self.optimizer, self.model, checkpoint["optimizer"], checkpoint[OPTIMIZER_NAMES])
         if checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.start_epoch = int(checkpoint["epoch"]) + 1
@@ -423,13 +438,19 @@ class Finetuner:
             self.dist.close()
         assert self.best is not None
         best_meta = load_checkpoint(best_path).get("fsfm", {}) if self.dist.is_main else {}
-        return FinetuneResult(
+        result = FinetuneResult(
             best_path,
             self.output / LAST_CHECKPOINT,
             int(self.best["epoch"]),
             best_meta.get("metrics", last_metrics),
             test_report,
         )
+        verdict = chance_verdict(result.val_metrics)
+        if verdict is not None and self.dist.is_main:
+            if not self.force:
+                raise ChanceLevelError(f"{verdict}; {best_path} is kept, --force accepts it")
+            warnings.warn(f"{verdict}; accepted (--force)", RecipeWarning, stacklevel=2)
+        return result
 
     def _log(self, row: dict[str, Any]) -> None:
         if not self.dist.is_main:
@@ -473,5 +494,7 @@ class Finetuner:
         )
 
 
-def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True) -> FinetuneResult:
-    return Finetuner(config, resume=resume, progress=progress).run()
+def finetune(
+    config: FinetuneConfig, resume: bool = False, progress: bool = True, force: bool = False
+) -> FinetuneResult:
+    return Finetuner(config, resume=resume, progress=progress, force=force).run()

@@ -28,6 +28,7 @@ from training.finetune_config import DataSpec, FinetuneConfig
 
 Task = choices("Task", TASKS)
 DefaultThreshold = literal_choices("DefaultThreshold", FinetuneConfig, "default_threshold")
+Balance = literal_choices("Balance", FinetuneConfig, "balance")
 
 
 def _flag(field: str, help: str, *param_decls: str, **kwargs: Any) -> Any:
@@ -71,7 +72,22 @@ def finetune(
     ),
     epochs: int | None = typer.Option(None, min=1, help="Epochs (default: the recipe's)."),
     batch_size: int | None = typer.Option(None, min=2, help="Batch per process (default: the recipe's)."),
-    accum_iter: int | None = _flag("accum_iter", "Gradient accumulation steps.", min=1),
+    accum_iter: int | None = _flag(
+        "accum_iter", "Gradient accumulation steps (default: those reaching the recipe's effective batch).", min=1
+    ),
+    effective_batch: int | None = typer.Option(
+        None, min=1, help="Batch x GPUs x accumulation to reach (default: the official run's, by the recipe)."
+    ),
+    warmup_epochs: float | None = typer.Option(
+        None,
+        min=0.0,
+        help="Warm-up epochs (default: the recipe's, cut to its share of the run when --epochs is shorter).",
+    ),
+    balance: Balance | None = typer.Option(
+        None,
+        help="Class balance (default: none, as the official runs; loss: inverse-frequency class weights; "
+        "sampler: class-balanced batches; domain: equal live/spoof per domain, the liveness recipe's).",
+    ),
     blr: float | None = typer.Option(None, help="Base lr; lr = blr * effective batch / 256."),
     lr: float | None = typer.Option(None, help="Absolute peak lr (overrides --blr)."),
     input_size: int | None = _flag("input_size", "Input side in pixels.", min=16),
@@ -89,14 +105,18 @@ def finetune(
     ),
     demo: bool | None = _flag("demo", "Mark the model as a demo, not fit for decisions.", "--demo/--no-demo"),
     resume: bool = typer.Option(False, help="Continue the run in --output-dir from its checkpoint-last.pth."),
+    force: bool = typer.Option(
+        False, help="Accept a model whose validation AUC ends near chance (the run fails otherwise)."
+    ),
 ) -> None:
     """Fine-tune a pretrained FSFM encoder into a deepfake, liveness or diffusion detector.
 
-    Follows the paper's recipe for the task. Single process, or DDP with
-    `torchrun -m training.finetune_commands finetune` and the same options.
+    Follows the paper's recipe for the task (every departure is a flag, docs/finetuning.md). Single process,
+    or DDP with `torchrun -m training.finetune_commands finetune` and the same options.
     """
     from pydantic import ValidationError
 
+    from training.finetune import ChanceLevelError
     from training.finetune import finetune as run_finetune
     from training.finetune_data import DataError
 
@@ -109,6 +129,9 @@ def finetune(
         "epochs": epochs,
         "batch_size": batch_size,
         "accum_iter": accum_iter,
+        "effective_batch": effective_batch,
+        "warmup_epochs": warmup_epochs,
+        "balance": balance.value if balance else None,
         "blr": blr,
         "lr": lr,
         "input_size": input_size,
@@ -125,8 +148,8 @@ def finetune(
         for key, texts in (("train", train), ("val", val), ("test", test)):
             if texts:
                 data[key] = [s.model_dump(mode="json") for s in _specs(texts)]
-        result = run_finetune(FinetuneConfig.model_validate(data), resume=resume)
-    except (ValidationError, DataError, ValueError, FileNotFoundError) as exc:
+        result = run_finetune(FinetuneConfig.model_validate(data), resume=resume, force=force)
+    except (ValidationError, DataError, ValueError, FileNotFoundError, ChanceLevelError) as exc:
         fail(str(exc))
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(
@@ -217,6 +240,7 @@ def export(
     demo: bool = typer.Option(False, help="Mark the package as a demo model, not fit for decisions."),
     overwrite: bool = typer.Option(False, help="Replace an existing package of the same version."),
     with_torch: bool = typer.Option(False, help="Also write model.pt for the development torch engine."),
+    force: bool = typer.Option(False, help="Export even when the checkpoint's validation AUC is near chance."),
     tensorrt: bool = typer.Option(
         False, help="Also build model.plan with TensorRT (needs TensorRT and an NVIDIA GPU)."
     ),
@@ -244,6 +268,7 @@ def export(
             tolerance=tolerance,
             overwrite=overwrite,
             with_torch=with_torch,
+            force=force,
             **overrides,
         )
         if tensorrt:
