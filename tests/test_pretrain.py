@@ -286,6 +286,10 @@ def test_the_official_recipe_is_the_default(tmp_path: Path) -> None:
         assert config.model_copy(update={"accum_iter": 2}).accumulation(world_size=1) == 2
     assert PretrainConfig(data=[tmp_path], output_dir=tmp_path, clip_grad=0).clip_grad == 0  # 0: off
     assert "(default 1.0)" in inspect.signature(pretrain).parameters["clip_grad"].default.help
+    assert tiny_config(tmp_path, tmp_path).model == "custom"  # config.json names what it holds, not ViT-B
+    assert PretrainConfig(data=[tmp_path], output_dir=tmp_path, model="fsfm_vit_small_patch16").model == (
+        "fsfm_vit_small_patch16"
+    )
 
 
 def test_checkpoints_have_the_official_layout_and_feed_finetuning(tiny_run: Path, faces: Path) -> None:

@@ -34,6 +34,7 @@ from training.finetune_data import FaceSource
 from training.metrics import (
     binary_report,
     error_rates,
+    fpr_point,
     grid_eer_threshold,
     roc_auc,
     roc_curve,
@@ -170,8 +171,11 @@ class ScoredSet:
 def set_report(
     scored: ScoredSet, task: str, threshold: float, target_fprs: Sequence[float] = (0.01,)
 ) -> dict[str, Any]:
-    """Frame- and video-level metrics of one scored set (see the module doc)."""
+    """Frame- and video-level metrics of one scored set (see the module doc), and the frame-level operating
+    point of each target FPR with its counts and intervals, or why the set cannot resolve it."""
     report: dict[str, Any] = {"frame": binary_report(scored.labels, scored.scores, threshold, target_fprs)}
+    if 0 < scored.labels.sum() < len(scored.labels):
+        report["fpr_points"] = [fpr_point(scored.labels, scored.scores, t).to_dict() for t in target_fprs]
     per_video = video_scores(scored.labels, scored.scores, scored.videos)
     if per_video.frames.max() > 1:
         report["video"] = binary_report(per_video.labels, per_video.scores, threshold, target_fprs)

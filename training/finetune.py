@@ -58,7 +58,7 @@ from fsfm.models.checkpoints import (
     model_state,
     resize_pos_embed,
 )
-from fsfm.models.config import VIT_PRESETS, ViTConfig
+from fsfm.models.config import ViTConfig
 from fsfm.models.vit import ViTClassifier
 from training.augment import EvalTransform, TrainTransform
 from training.calibrate import calibrated_thresholds, calibration_metrics, chance_verdict
@@ -83,6 +83,7 @@ from training.finetune_data import (
 from training.finetune_engine import FinetuneEngine, Mixup
 from training.param_groups import layer_decay_groups
 from training.prepare import write_mean_std
+from training.pretrain_config import preset_name
 from training.recipe import RecipeWarning
 from training.saving import OPTIMIZER_NAMES, group_names, load_optimizer_by_name, save_atomic
 
@@ -104,15 +105,6 @@ class ChanceLevelError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------ model
-def preset_name(config: ViTConfig) -> str | None:
-    """The VIT_PRESETS name with the same architecture (any input size), if one."""
-    keys = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
-    for name, preset in VIT_PRESETS.items():
-        if all(getattr(preset, k) == getattr(config, k) for k in keys):
-            return name
-    return None
-
-
 def _metadata(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return checkpoint["fsfm"] if isinstance(checkpoint.get("fsfm"), dict) else {}
 
@@ -262,8 +254,9 @@ class Finetuner:
         cache = config.faces_cache or cache_dir() / "faces"
         if not self.dist.is_main:  # rank 0 extracts faces first (video layouts); the others then read them
             dist.barrier()
-        opened = [open_source(spec, cache, config.real_frames) for spec in config.train]
-        val = [open_source(spec, cache, config.real_frames) for spec in config.val]
+        size = config.input_size
+        opened = [open_source(spec, cache, config.real_frames, input_size=size) for spec in config.train]
+        val = [open_source(spec, cache, config.real_frames, input_size=size) for spec in config.val]
         if self.dist.is_main and self.dist.world_size > 1:
             dist.barrier()
         train: FaceSource = ConcatSource(opened) if len(opened) > 1 else opened[0]
@@ -480,7 +473,7 @@ class Finetuner:
             self.device,
         )
         cache = self.config.faces_cache or cache_dir() / "faces"
-        sources = [open_source(spec, cache) for spec in self.config.test]
+        sources = [open_source(spec, cache, input_size=self.config.input_size) for spec in self.config.test]
         return evaluate_sets(
             scorer,
             sources,

@@ -23,7 +23,7 @@ import typer
 
 from fsfm.console import fail
 from fsfm.flags import choices, config_option, literal_choices
-from fsfm.package.manifest import TASKS
+from fsfm.package.manifest import TASKS, Thresholds
 from training.finetune_config import DataSpec, FinetuneConfig
 
 Task = choices("Task", TASKS)
@@ -161,6 +161,26 @@ def finetune(
         )
 
 
+def _rate(value: float | None, interval: tuple[float, float] | None, count: int | None) -> str:
+    low, high = interval or (float("nan"), float("nan"))
+    return f"{value:.4f} [{low:.4f}, {high:.4f}] of {count}"
+
+
+def operating_point_lines(thresholds: Thresholds) -> list[str]:
+    """Each calibrated point with its rates, their 95 % intervals and counts; then the unresolvable targets."""
+    from training.calibrate import point_name
+
+    lines = [
+        f"{p.name:12s} threshold {p.threshold:.4f}  fpr {_rate(p.fpr, p.fpr_interval, p.genuine)}  "
+        f"tpr {_rate(p.tpr, p.tpr_interval, p.attacks)}"
+        for p in thresholds.operating_points
+    ]
+    return lines + [
+        f"{point_name(u.target_fpr):12s} not resolvable: {u.genuine} genuine faces, {u.needed} needed"
+        for u in thresholds.unresolved
+    ]
+
+
 def _summary(report: dict[str, Any]) -> list[str]:
     def pct(value: Any) -> str:
         return "   -  " if value is None else f"{100 * value:6.2f}"
@@ -172,6 +192,18 @@ def _summary(report: dict[str, Any]) -> list[str]:
             f"{name[:32]:32s} {pct(frame.get('auc'))} {pct(frame.get('eer'))} {pct(video.get('auc'))} "
             f"{pct(video.get('eer'))} {pct(frame.get('hter'))}"
         )
+    for name, entry in report["sets"].items():
+        for point in entry.get("fpr_points", []):
+            target = f"TPR at {100 * point['target_fpr']:g}% FPR"
+            if point["resolvable"]:
+                low, high = point["tpr_interval"] or (None, None)
+                interval = "" if low is None else f" [{100 * low:.2f}, {100 * high:.2f}]"
+                lines.append(
+                    f"{name[:32]:32s} {target}: {100 * point['tpr']:.2f}{interval} ({point['genuine']} genuine)"
+                )
+            else:
+                why = f"{point['genuine']} genuine faces, {point['needed']} needed"
+                lines.append(f"{name[:32]:32s} {target}: not resolvable ({why})")
     return lines
 
 
@@ -213,7 +245,7 @@ def evaluate(
         scorer = open_scorer(model, models, task.value if task else "deepfake", num_heads, device)
         chosen_task = task.value if task else scorer.manifest.task if isinstance(scorer, PackageScorer) else "deepfake"
         cache = faces_cache or cache_dir() / "faces"
-        sources = [open_source(spec, cache) for spec in _specs(test)]
+        sources = [open_source(spec, cache, input_size=scorer.size) for spec in _specs(test)]
         report = evaluate_sets(scorer, sources, output_dir, chosen_task, threshold, target_fpr, batch_size, workers)
     except (PackageError, DataError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
@@ -318,8 +350,8 @@ def calibrate(
     except (PackageError, DataError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     typer.echo(f"{manifest.ref}: default threshold {manifest.thresholds.default:.4f}")
-    for point in manifest.thresholds.operating_points:
-        typer.echo(f"  {point.name:12s} threshold {point.threshold:.4f}  fpr {point.fpr:.4f}  tpr {point.tpr:.4f}")
+    for line in operating_point_lines(manifest.thresholds):
+        typer.echo(f"  {line}")
 
 
 def quantize(

@@ -15,13 +15,25 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from fsfm.models.config import ViTConfig, vit_preset
+from fsfm.models.config import VIT_PRESETS, ViTConfig, vit_preset
 from training.masking import MASKING_STRATEGIES
 from training.recipe import accumulation_steps, capped_warmup
 from training.schedules import CosineSchedule
 
 OFFICIAL_EFFECTIVE_BATCH = 4096
 OFFICIAL_WARMUP_SHARE = 40 / 400  # the recipe's warm-up share of its run, kept when a run is shorter
+
+
+CUSTOM_MODEL = "custom"  # ``model`` of a config whose architecture is no preset
+
+
+def preset_name(config: ViTConfig) -> str | None:
+    """The VIT_PRESETS name with the same architecture (any input size), if one."""
+    keys = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+    for name, preset in VIT_PRESETS.items():
+        if all(getattr(preset, k) == getattr(config, k) for k in keys):
+            return name
+    return None
 
 
 class PretrainArchitecture(BaseModel):
@@ -44,7 +56,8 @@ class PretrainConfig(BaseModel):
     data: list[Path] = Field(min_length=1, description="prepared face datasets (`fsfm prepare` outputs), concatenated")
     output_dir: Path
     model: str = Field(
-        default="fsfm_vit_base_patch16", description="encoder preset; ignored when `architecture` is given"
+        default="fsfm_vit_base_patch16",
+        description="encoder preset; with `architecture` given, the preset it is (or 'custom'), set by the config",
     )
     architecture: PretrainArchitecture | None = None
 
@@ -92,6 +105,8 @@ class PretrainConfig(BaseModel):
     def _fill_architecture(self) -> PretrainConfig:
         if self.architecture is None:
             self.architecture = PretrainArchitecture(encoder=vit_preset(self.model))
+        else:  # config.json names the encoder it holds, not a preset it is not
+            self.model = preset_name(self.architecture.encoder) or CUSTOM_MODEL
         if self.masking not in MASKING_STRATEGIES:
             raise ValueError(f"unknown masking {self.masking!r}; choose from {sorted(MASKING_STRATEGIES)}")
         from_default = "warmup_epochs" not in self.model_fields_set
