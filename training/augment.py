@@ -15,7 +15,7 @@ Recipes (``TrainTransform(kind=...)``):
 * ``none``: resize only.
 
 Evaluation (``eval_pixels``): plain resize to the input size (bicubic; the paper's DfD test run) or
-resize to size/0.875 + centre crop (the fine-tuning validation transform).
+resize to 256 + centre crop 224 (the official ``--apply_simple_augment`` validation and test transform).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from fsfm.face.crop import Normalization, normalize
+from fsfm.face.crop import Normalization, center_crop, center_crop_side, normalize
 
 AugmentKind = Literal["simple", "sbi", "fas", "none"]
 EvalMode = Literal["resize", "center_crop"]
@@ -216,18 +216,13 @@ def to_tensor(image: np.ndarray, norm: Normalization) -> torch.Tensor:
 
 
 def eval_pixels(image: np.ndarray, size: int, mode: EvalMode = "resize") -> np.ndarray:
-    """The evaluation crop of a uint8 (H, W, 3) face: (size, size, 3) uint8. ``center_crop`` resizes
-    the shorter side to size / 0.875 (256 for 224) first, as the fine-tuning validation transform."""
+    """The evaluation crop of a uint8 (H, W, 3) face: (size, size, 3) uint8. ``center_crop`` is the official
+    ``--apply_simple_augment`` test transform: the shorter side resized to ``center_crop_side(size)`` (256 for
+    224), then the centre ``size`` x ``size`` (``fsfm.face.crop.center_crop``, as a package's crop does)."""
+    if mode == "center_crop":
+        return center_crop(image, size, center_crop_side(size))
     pil = Image.fromarray(image)
-    if mode == "resize":
-        return np.asarray(pil.resize((size, size), _BICUBIC)) if pil.size != (size, size) else image
-    short = int(size / 0.875)
-    w, h = pil.size
-    scaled = pil.resize(
-        (short, max(short, round(h * short / w))) if w <= h else (max(short, round(w * short / h)), short), _BICUBIC
-    )
-    left, top = (scaled.size[0] - size) // 2, (scaled.size[1] - size) // 2
-    return np.asarray(scaled.crop((left, top, left + size, top + size)))
+    return np.asarray(pil.resize((size, size), _BICUBIC)) if pil.size != (size, size) else image
 
 
 class EvalTransform:

@@ -60,9 +60,8 @@ class Scorer(Protocol):
 
 
 class PackageScorer:
-    """A model package through ONNX Runtime, with its manifest's normalisation and class semantics."""
-
-    mode: EvalMode = "resize"
+    """A model package through ONNX Runtime, with its manifest's normalisation, class semantics and test
+    transform (the crop's ``center_crop_from``)."""
 
     def __init__(self, package: ModelPackage, threads: int | None = None, onnx_path: Path | None = None) -> None:
         """``onnx_path``: another graph of the package (e.g. its int8 variant) instead of ``model.onnx``."""
@@ -71,6 +70,7 @@ class PackageScorer:
         self.manifest = package.manifest
         self.name = self.manifest.ref
         self.size = self.manifest.architecture.vit.img_size
+        self.mode: EvalMode = "resize" if self.manifest.crop.center_crop_from is None else "center_crop"
         self.engine = OnnxRuntimeEngine(onnx_path or package.onnx_path, threads=threads)
         self.threshold, self.threshold_source = self.manifest.thresholds.default, "default"
 

@@ -16,15 +16,20 @@ import torch
 
 import fsfm
 from fsfm.engines.onnxruntime import OnnxRuntimeEngine
-from fsfm.face.crop import DLIB_BOX_TRANSFORM, CropSpec, Normalization
+from fsfm.face.crop import DLIB_BOX_TRANSFORM, CropSpec, Normalization, center_crop_side
 from fsfm.models.checkpoints import classifier_from_state, file_sha256, load_checkpoint, model_state
 from fsfm.models.config import ViTConfig
 from fsfm.models.vit import ViTClassifier
 from fsfm.package.manifest import Architecture, Manifest, OnnxInfo, PackageInfo, Provenance, Thresholds
 from fsfm.package.repository import ModelPackage, load_package
+from training.augment import EvalMode
 from training.calibrate import chance_verdict
 
 ONNX_OPSET = 17
+TEST_TRANSFORMS = {  # by whether the crop is centre-cropped after resizing
+    False: "plain resize of the face crop to the input size (the official paper's test log)",
+    True: "resize to 256 + centre crop (the official README's --apply_simple_augment)",
+}
 CHECK_BATCH_SIZES = (1, 7)
 
 
@@ -131,6 +136,7 @@ def export_checkpoint(
     overwrite: bool = False,
     with_torch: bool = False,
     force: bool = False,
+    test_transform: EvalMode | None = None,
     **info_overrides: object,
 ) -> ModelPackage:
     """A fine-tuned checkpoint (official DfD/DiFF layout, or ours with its ``fsfm`` metadata) ->
@@ -139,7 +145,9 @@ def export_checkpoint(
     validation AUC is near chance (``training.calibrate.chance_verdict``) is refused unless ``force``.
 
     Our checkpoints carry their crop convention; an official one gets FSFM's (1.3x square) around
-    our boxes mapped onto dlib's, the boxes it was trained on."""
+    our boxes mapped onto dlib's, the boxes it was trained on. ``test_transform`` sets the crop's test
+    transform (``resize``: the paper's plain resize, the default for official checkpoints; ``center_crop``:
+    the README's resize 256 + centre crop 224), recorded in the manifest's crop and provenance notes."""
     checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
     meta: dict = checkpoint.get("fsfm", {}) if isinstance(checkpoint.get("fsfm"), dict) else {}
@@ -158,6 +166,11 @@ def export_checkpoint(
     }
     if "crop" not in meta:  # an official checkpoint: trained on dlib boxes enlarged 1.3x
         fields["crop"] = CropSpec(box_transform=DLIB_BOX_TRANSFORM)
+    crop = CropSpec.model_validate(fields["crop"])
+    if test_transform is not None:
+        side = center_crop_side(model.config.img_size) if test_transform == "center_crop" else None
+        crop = crop.model_copy(update={"center_crop_from": side})
+    fields["crop"] = crop
     if "default_threshold" in info_overrides:  # keeps the calibrated operating points
         thresholds = Thresholds.model_validate(fields.get("thresholds", {}))
         fields["thresholds"] = thresholds.model_copy(update={"default": info_overrides.pop("default_threshold")})
@@ -167,7 +180,16 @@ def export_checkpoint(
         checkpoint_sha256=file_sha256(checkpoint_path),
         metrics=meta.get("metrics", {}),
         data=meta.get("data"),
-        notes="; ".join(filter(None, [f"normalisation from {norm_source}", verdict and f"exported anyway: {verdict}"])),
+        notes="; ".join(
+            filter(
+                None,
+                [
+                    f"normalisation from {norm_source}",
+                    f"test transform: {TEST_TRANSFORMS[crop.center_crop_from is not None]}",
+                    verdict and f"exported anyway: {verdict}",
+                ],
+            )
+        ),
     )
     info = PackageInfo(
         name=name, version=version, task=task, normalization=normalization, provenance=provenance, **fields

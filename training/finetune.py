@@ -49,7 +49,15 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from fsfm.face.crop import DLIB_BOX_TRANSFORM, IMAGENET_MEAN, IMAGENET_STD, BoxTransform, CropSpec, Normalization
+from fsfm.face.crop import (
+    DLIB_BOX_TRANSFORM,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BoxTransform,
+    CropSpec,
+    Normalization,
+    center_crop_side,
+)
 from fsfm.models.checkpoints import (
     classifier_from_pretrained,
     infer_vit_config,
@@ -312,10 +320,13 @@ class Finetuner:
 
     # -------------------------------------------------------------------------------- metadata
     def crop_spec(self) -> CropSpec:
-        """The crop the training faces were cut with, which the service must reproduce."""
+        """The crop the training faces were cut with, and the evaluation transform, which the service must
+        reproduce."""
         scale = self.config.crop_scale or self.train_source.crop_scale or 1.3
         box = DLIB_BOX_TRANSFORM if self.config.crop_box == "dlib" else BoxTransform()
-        return CropSpec(size=self.config.input_size, scale=scale, box_transform=box)
+        size = self.config.input_size
+        side = center_crop_side(size) if self.config.eval_resize == "center_crop" else None
+        return CropSpec(size=size, scale=scale, box_transform=box, center_crop_from=side)
 
     def metadata(self) -> dict[str, Any]:
         """What ``fsfm export`` needs beyond the weights (thresholds and metrics are added per epoch)."""

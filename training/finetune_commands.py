@@ -29,6 +29,7 @@ from training.finetune_config import DataSpec, FinetuneConfig
 Task = choices("Task", TASKS)
 DefaultThreshold = literal_choices("DefaultThreshold", FinetuneConfig, "default_threshold")
 Balance = literal_choices("Balance", FinetuneConfig, "balance")
+TestTransform = literal_choices("TestTransform", FinetuneConfig, "eval_resize")
 
 
 def _flag(field: str, help: str, *param_decls: str, **kwargs: Any) -> Any:
@@ -273,6 +274,12 @@ def export(
     overwrite: bool = typer.Option(False, help="Replace an existing package of the same version."),
     with_torch: bool = typer.Option(False, help="Also write model.pt for the development torch engine."),
     force: bool = typer.Option(False, help="Export even when the checkpoint's validation AUC is near chance."),
+    test_transform: TestTransform | None = typer.Option(
+        None,
+        help="The face crop's test transform: resize (the official paper's test log; the default for official "
+        "checkpoints) or center_crop (resize 256 + centre crop 224, the official README's commands). "
+        "Default for ours: what their fine-tuning evaluated with.",
+    ),
     tensorrt: bool = typer.Option(
         False, help="Also build model.plan with TensorRT (needs TensorRT and an NVIDIA GPU)."
     ),
@@ -301,6 +308,7 @@ def export(
             overwrite=overwrite,
             with_torch=with_torch,
             force=force,
+            test_transform=test_transform.value if test_transform else None,
             **overrides,
         )
         if tensorrt:
