@@ -24,6 +24,7 @@ from fsfm.package.manifest import Architecture, Manifest, OnnxInfo, PackageInfo,
 from fsfm.package.repository import ModelPackage, load_package
 from training.augment import EvalMode
 from training.calibrate import chance_verdict
+from training.flip import FlipClassifier, flip_classifier_from_state, is_flip_state
 
 ONNX_OPSET = 17
 TEST_TRANSFORMS = {  # by whether the crop is centre-cropped after resizing
@@ -99,7 +100,11 @@ def write_package(
             crop=info.crop.model_copy(update={"size": model.config.img_size}),  # crops are made for the input
             provenance=provenance,
             architecture=Architecture(
-                preset=preset, vit=model.config, global_pool=model.global_pool, num_classes=model.num_classes
+                preset=preset,
+                vit=model.config,
+                global_pool=model.global_pool,
+                num_classes=model.num_classes,
+                head="flip" if isinstance(model, FlipClassifier) else "linear",
             ),
             onnx=OnnxInfo(opset=ONNX_OPSET, max_abs_diff=diff, tolerance=tolerance, sha256=file_sha256(onnx_path)),
         )
@@ -139,8 +144,9 @@ def export_checkpoint(
     test_transform: EvalMode | None = None,
     **info_overrides: object,
 ) -> ModelPackage:
-    """A fine-tuned checkpoint (official DfD/DiFF layout, or ours with its ``fsfm`` metadata) ->
-    a model package. ``info_overrides`` are ``PackageInfo`` fields (demo, description, crop, ...).
+    """A fine-tuned checkpoint (official DfD/DiFF layout, official FAS layout with its FLIP-style head, or ours
+    with its ``fsfm`` metadata) -> a model package. ``info_overrides`` are ``PackageInfo`` fields (demo,
+    description, crop, ...).
     ``with_torch`` also writes ``model.pt`` for the development torch engine. A checkpoint whose recorded
     validation AUC is near chance (``training.calibrate.chance_verdict``) is refused unless ``force``.
 
@@ -156,7 +162,12 @@ def export_checkpoint(
         raise ExportError(f"{checkpoint_path}: {verdict}; --force exports it anyway")
     state = model_state(checkpoint)
     config = ViTConfig.model_validate(meta["vit"]) if "vit" in meta else None
-    model = classifier_from_state(state, config=config, num_heads=num_heads)
+    flip = is_flip_state(state)
+    model = (
+        flip_classifier_from_state(state, num_heads)
+        if flip
+        else classifier_from_state(state, config=config, num_heads=num_heads)
+    )
     if normalization is None:
         normalization, norm_source = normalization_for(checkpoint_path, meta)
     else:
@@ -171,6 +182,14 @@ def export_checkpoint(
         side = center_crop_side(model.config.img_size) if test_transform == "center_crop" else None
         crop = crop.model_copy(update={"center_crop_from": side})
     fields["crop"] = crop
+    official_note = None
+    if flip and isinstance(checkpoint.get("threshold"), float) and "default_threshold" not in info_overrides:
+        # the official run's EER threshold on the live probability, chosen on its target-domain test set
+        fields["thresholds"] = Thresholds(default=float(np.clip(1.0 - checkpoint["threshold"], 0.0, 1.0)))
+        official_note = (
+            f"default threshold: 1 - the official run's live-probability EER threshold {checkpoint['threshold']:.4f} "
+            "(chosen on its test domain: optimistic)"
+        )
     if "default_threshold" in info_overrides:  # keeps the calibrated operating points
         thresholds = Thresholds.model_validate(fields.get("thresholds", {}))
         fields["thresholds"] = thresholds.model_copy(update={"default": info_overrides.pop("default_threshold")})
@@ -186,6 +205,7 @@ def export_checkpoint(
                 [
                     f"normalisation from {norm_source}",
                     f"test transform: {TEST_TRANSFORMS[crop.center_crop_from is not None]}",
+                    official_note,
                     verdict and f"exported anyway: {verdict}",
                 ],
             )

@@ -1,6 +1,6 @@
 """``fsfm finetune``, ``fsfm evaluate``, and the commands that write model packages (``fsfm export``,
-``fsfm calibrate``, ``fsfm quantize``), as plain Typer-annotated functions (``fsfm_cli`` registers them with
-``app.command()(finetune)``); heavy imports happen inside the bodies. ``finetune``'s flags map onto
+``fsfm calibrate``, ``fsfm quantize``, ``fsfm pull``), as plain Typer-annotated functions (``fsfm_cli``
+registers them with ``app.command()(finetune)``); heavy imports happen inside the bodies. ``finetune``'s flags map onto
 ``FinetuneConfig`` fields (``fsfm.flags``): unset flags leave the ``--config`` file's values, the task's
 recipe or the configuration's defaults.
 
@@ -25,11 +25,13 @@ from fsfm.console import fail
 from fsfm.flags import choices, config_option, literal_choices
 from fsfm.package.manifest import TASKS, Thresholds
 from training.finetune_config import DataSpec, FinetuneConfig
+from training.pull import OFFICIAL
 
 Task = choices("Task", TASKS)
 DefaultThreshold = literal_choices("DefaultThreshold", FinetuneConfig, "default_threshold")
 Balance = literal_choices("Balance", FinetuneConfig, "balance")
 TestTransform = literal_choices("TestTransform", FinetuneConfig, "eval_resize")
+OfficialModel = choices("OfficialModel", OFFICIAL)
 
 
 def _flag(field: str, help: str, *param_decls: str, **kwargs: Any) -> Any:
@@ -398,6 +400,55 @@ def quantize(
             f"  {check.set}: {check.faces} faces, {auc}max |score diff| {check.max_abs_score_diff:.4f}, "
             f"labels agree on {check.label_agreement:.1%}"
         )
+
+
+def pull(
+    model: list[OfficialModel] | None = typer.Argument(
+        None, help="Official models to pull (default: all): the VGGFace2 pretraining checkpoint, the fine-tuned ones."
+    ),
+    accept_licence: bool = typer.Option(
+        False, "--accept-licence", help="Accept the weights' CC BY-NC 4.0 licence (non-commercial use only)."
+    ),
+    models: Path = typer.Option(Path("models"), envvar="FSFM_MODELS", help="Model repository folder."),
+    download_dir: Path | None = typer.Option(
+        None, help="Where the checkpoints are kept, in the repository's layout (default: the fsfm cache)."
+    ),
+    revision: str = typer.Option("main", help="Revision (branch, tag or commit) of the weights' repository."),
+    test_transform: TestTransform = typer.Option(
+        TestTransform.resize,
+        help="The packages' test transform: resize (the paper's numbers) or center_crop (the README's commands).",
+    ),
+) -> None:
+    """Download the official FSFM weights, verify them, and export the fine-tuned ones to model packages.
+
+    From the Hugging Face repository `Wolowolo/fsfm-3c` (`HF_ENDPOINT` to use a mirror). The weights are
+    CC BY-NC 4.0, non-commercial use only: nothing is downloaded without `--accept-licence`.
+    """
+    from fsfm.assets import cache_dir
+    from training.export import ExportError
+    from training.pull import LICENCE_NOTICE, PullError
+    from training.pull import pull as run_pull
+
+    if not accept_licence:
+        typer.echo(LICENCE_NOTICE, err=True)
+        fail("the licence was not accepted: nothing was downloaded")
+    try:
+        results = run_pull(
+            [m.value for m in model] if model else list(OFFICIAL),
+            models,
+            download_dir or cache_dir() / "official",
+            accept_licence,
+            revision,
+            test_transform.value,
+        )
+    except (PullError, ExportError, ValueError, OSError) as exc:
+        fail(str(exc))
+    for pulled in results:
+        if pulled.package is None:
+            typer.echo(f"{pulled.model.key}: {pulled.checkpoint} (fine-tune with --pretrained {pulled.checkpoint})")
+        else:
+            state = "already in the repository" if pulled.skipped else f"exported to {pulled.package.path}"
+            typer.echo(f"{pulled.model.key}: {pulled.package.manifest.ref} {state}")
 
 
 if __name__ == "__main__":  # torchrun --nproc-per-node N -m training.finetune_commands finetune --config run.json

@@ -111,6 +111,10 @@ class Architecture(BaseModel):
     vit: ViTConfig
     global_pool: bool = True
     num_classes: int = 2
+    head: Literal["linear", "flip"] = Field(
+        default="linear",
+        description="linear: fc_norm -> Linear (DfD/DiFF, ours); flip: the official FAS head (training/flip.py)",
+    )
 
     def flops_per_image(self) -> int:
         return self.vit.flops_per_image()
