@@ -34,7 +34,7 @@ else
 	$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) $(TRAIN_TORCH)
 endif
 endif
-	$(PY) -m pip install --quiet -e '.[serve,train,dev,openvino]'
+	$(PY) -m pip install --quiet -e '.[serve,train,dev]'
 ifeq ($(HAS_NVIDIA_GPU),)
 	@if $(PY) -m pip list 2>/dev/null | grep -qi '^nvidia-'; then \
 		echo "error: CUDA wheels (nvidia-*) were installed on a machine without an NVIDIA GPU" >&2; exit 1; fi

@@ -36,12 +36,19 @@ def _names(text: str) -> list[str]:
 
 
 def _package(model: str, package: Path | None):
-    from benchmarks.models import ensure_bench_package
+    """The package given, as it is; else the benchmark model with every variant this machine can
+    make, judged on the sample photos' faces (so that ``auto`` chooses as for a quantised package)."""
+    from benchmarks.inputs import sample_face_folder
+    from benchmarks.models import bench_repository, ensure_bench_package, with_measured_variants
     from fsfm.package import PackageError
     from fsfm.package.repository import load_package
 
     try:
-        return load_package(package) if package is not None else ensure_bench_package(model)
+        if package is not None:
+            return load_package(package)
+        made = ensure_bench_package(model)
+        faces = sample_face_folder(_detector(20), made.manifest, bench_repository() / f"faces-{model}")
+        return with_measured_variants(made, faces)
     except (PackageError, ValueError) as exc:
         fail(str(exc))
 
@@ -68,12 +75,13 @@ def engine(
     model: str = typer.Option("vit-b16", help=MODEL_HELP),
     package: Path | None = typer.Option(None, exists=True, file_okay=False, help=PACKAGE_HELP),
     engines: str = typer.Option(
-        "onnxruntime,torch",
+        "auto,onnxruntime",
         "--engines",
-        help="Comma-separated engine[:precision]: onnxruntime, onnxruntime:int8, torch, tensorrt, auto.",
+        help="Comma-separated engine[:precision]: auto (the service's choice), onnxruntime, onnxruntime:int8, "
+        "openvino, openvino:bf16, openvino:int8, torch, tensorrt.",
     ),
     precisions: str | None = typer.Option(
-        None, "--precisions", help="Comma-separated precisions (fp32, int8, fp16) to measure each engine at."
+        None, "--precisions", help="Comma-separated precisions (fp32, bf16, int8, fp16) to measure each engine at."
     ),
     max_batch: int = typer.Option(8, min=1, help="Batch sizes 1, 2, 4, ... up to this."),
     threads: int | None = typer.Option(None, min=1, help="ONNX Runtime intra-op threads (default: all cores)."),
@@ -82,12 +90,15 @@ def engine(
 ) -> None:
     """Measure the engines alone: faces/s and latency per batch size.
 
-    Also GFLOP/s against the model's FLOPs and the machine's matmul peak (measured first).
+    Also GFLOP/s against the model's FLOPs and the ceiling of the precision each engine ran, measured
+    first with the engines' own kernels (fp32, and bf16 and int8 where the CPU has them).
     """
-    from benchmarks.engine import batch_sizes, engine_specs, engine_table, matmul_peak_gflops, run_engines
+    from benchmarks.ceilings import ceilings_line, measure_ceilings
+    from benchmarks.engine import batch_sizes, engine_specs, engine_table, run_engines
     from benchmarks.inputs import sample_face_tensors
     from benchmarks.targets import checks_table, engine_checks
     from fsfm.engines.base import EngineError
+    from fsfm.engines.select import cpu_model
 
     try:
         kinds = engine_specs(_names(engines), _names(precisions) if precisions else None)
@@ -95,13 +106,12 @@ def engine(
         fail(str(exc))
     chosen = _package(model, package)
     faces = sample_face_tensors(_detector(20), chosen.manifest) if len(kinds) > 1 else None
-    peak = matmul_peak_gflops()
-    typer.echo(
-        f"{chosen.manifest.ref}: {chosen.manifest.architecture.vit.flops_per_image() / 1e9:.3g} GFLOP per face; "
-        f"fp32 matmul peak of this machine: {peak:.0f} GFLOP/s"
-    )
+    measured = measure_ceilings()
+    typer.echo(f"CPU: {cpu_model()}; ceilings: {ceilings_line(measured)}")
+    typer.echo(f"{chosen.manifest.ref}: {chosen.manifest.architecture.vit.flops_per_image() / 1e9:.3g} GFLOP per face")
+    ceilings = {precision: ceiling.gflops for precision, ceiling in measured.items()}
     try:
-        report = run_engines(chosen, kinds, batch_sizes(max_batch), peak, threads, min_seconds, faces)
+        report = run_engines(chosen, kinds, batch_sizes(max_batch), ceilings, threads, min_seconds, faces)
     except EngineError as exc:
         fail(str(exc))
     typer.echo(engine_table(report.runs))
@@ -109,7 +119,7 @@ def engine(
         typer.echo(f"{kind}: max |logit - onnxruntime's| on {len(faces)} real faces = {drift:.3g}")
     if checks := engine_checks(report.runs):
         typer.echo(checks_table(checks))
-    _write_json(json_out, report)
+    _write_json(json_out, {"cpu": cpu_model(), "ceilings": measured, "engines": report})
 
 
 @bench_app.command("pipeline")
@@ -185,10 +195,12 @@ def serve(
     """
     import asyncio
 
-    from benchmarks.engine import batch_sizes, matmul_peak_gflops, run_engines
+    from benchmarks.engine import batch_sizes, create_bench_engine, run_engines
     from benchmarks.inputs import one_face_jpeg
+    from benchmarks.pipeline import bench_pipeline, pipeline_table
     from benchmarks.serve import PROTOCOLS, Target, level_line, plan, serve_table, served, sweep
-    from benchmarks.targets import checks_table, service_checks
+    from benchmarks.targets import checks_table, service_checks, stage_checks
+    from fsfm.engines.base import EngineError
     from service.local_server import ServerProcessError
 
     task, precision = plain(task), plain(precision)
@@ -196,7 +208,8 @@ def serve(
     if unknown := [p for p in kinds if p not in PROTOCOLS]:
         fail(f"unknown protocols {unknown}; choose from {list(PROTOCOLS)}")
     levels = _int_list(concurrency, "--concurrency")
-    data = one_face_jpeg(_detector(20), image)
+    detector = _detector(20)
+    data = one_face_jpeg(detector, image)
 
     def show(level) -> None:
         typer.echo(level_line(level))
@@ -209,11 +222,16 @@ def serve(
         return
     chosen = _package(model, package)
     baseline_engine = f"{engine_kind}:{precision}"
-    engine_report = None
+    engine_report = stages = None
     if baseline:
-        engine_report = run_engines(
-            chosen, [baseline_engine], batch_sizes(max_batch_size), matmul_peak_gflops(), engine_threads
-        )
+        try:
+            sizes = batch_sizes(max_batch_size)
+            engine_report = run_engines(chosen, [baseline_engine], sizes, threads=engine_threads)
+            stages = bench_pipeline(
+                data, chosen, detector, create_bench_engine(baseline_engine, chosen, engine_threads)
+            )
+        except (EngineError, ValueError) as exc:
+            fail(str(exc))
     settings = {
         "max_batch_size": max_batch_size,
         "max_queue_delay_ms": max_queue_delay_ms,
@@ -229,12 +247,15 @@ def serve(
     except ServerProcessError as exc:
         fail(f"the service did not start: {exc}")
     typer.echo(serve_table(results))
-    if engine_report is not None:
+    if engine_report is not None and stages is not None:
         from benchmarks.engine import engine_table
 
         typer.echo(engine_table(engine_report.runs))
-        typer.echo(checks_table(service_checks(engine_report.runs, results, baseline_engine, max_queue_delay_ms)))
-    _write_json(json_out, {"engine": engine_report, "levels": results})
+        typer.echo(f"one request, stage by stage ({stages.faces} judged face(s)):")
+        typer.echo(pipeline_table(stages))
+        checks = service_checks(engine_report.runs, results, baseline_engine, max_queue_delay_ms)
+        typer.echo(checks_table(checks + stage_checks(stages, results)))
+    _write_json(json_out, {"engine": engine_report, "stages": stages, "levels": results})
 
 
 @bench_app.command("hostile")

@@ -1,28 +1,28 @@
 """``fsfm bench engine``: engine-only throughput and latency per batch size, and the achieved
-GFLOP/s against the model's FLOPs and the machine's measured matmul peak.
+GFLOP/s against the model's FLOPs and the ceiling of the precision that ran (``benchmarks.ceilings``:
+the CPU's matrix-product rate per precision, measured with the engines' own kernels).
 
-What runs is asked for as ``engine[:precision]`` (``onnxruntime``, ``onnxruntime:int8``, ``torch``,
-``tensorrt``, ``auto``; engines from ``fsfm.engines.registry``) and chosen by the same function as
-the service's, ``fsfm.engines.select.select_variant``. A package without an int8 variant is
-measured with the same quantisation as ``fsfm quantize`` makes, made once into the fsfm cache (the
-package folder is left as it is).
+What runs is asked for as ``engine[:precision]`` (``onnxruntime``, ``onnxruntime:int8``,
+``openvino:bf16``, ``torch``, ``tensorrt``, ``auto``; engines from ``fsfm.engines.registry``) and
+chosen by the same function as the service's, ``fsfm.engines.select.select_variant``, from the
+variants the package carries (``fsfm quantize``; the benchmark packages get every variant this
+machine can make, judged on the sample photos' faces).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 
 from benchmarks.stats import Latency, latency, table
 from fsfm.engines.base import Engine, EngineError
 from fsfm.engines.registry import ENGINES, EngineOptions, create_engine
-from fsfm.engines.select import AUTO, select_variant
+from fsfm.engines.select import AUTO, SelectionError, select_variant
 from fsfm.package import ModelPackage
-from fsfm.package.manifest import PRECISIONS, Variant
+from fsfm.package.manifest import PRECISIONS
 
 
 @dataclass
@@ -34,8 +34,9 @@ class EngineRun:
     faces_per_s: float  # batch_size / median batch time
     batch: Latency  # time per engine call
     gflops: float  # achieved: model FLOPs per face x faces/s
-    peak_share: float | None  # gflops / the matmul peak measured in the same run
+    peak_share: float | None  # gflops / the ceiling of ``precision`` measured in the same run (CPU engines)
     precision: str = "fp32"  # the variant that ran
+    selected: str = ""  # the engine that ran (what "auto" chose)
 
 
 def batch_sizes(max_batch: int) -> list[int]:
@@ -44,18 +45,6 @@ def batch_sizes(max_batch: int) -> list[int]:
     while sizes[-1] * 2 <= max_batch:
         sizes.append(sizes[-1] * 2)
     return sizes if sizes[-1] == max_batch else [*sizes, max_batch]
-
-
-def matmul_peak_gflops(sizes: Sequence[int] = (2048, 4096), repeats: int = 3) -> float:
-    """The CPU's float32 matmul rate with every core (numpy's BLAS): the best of ``repeats`` square
-    products of each size. The ceiling a ViT, which is almost all matmuls, can approach here."""
-    rng = np.random.default_rng(0)
-    best = 0.0
-    for n in sizes:
-        a = rng.standard_normal((n, n), dtype=np.float32)
-        a @ a  # threads up, pages touched
-        best = max(best, 2 * n**3 / min(_seconds(partial(np.matmul, a, a)) for _ in range(repeats)) / 1e9)
-    return best
 
 
 def _seconds(call: Callable[[], object]) -> float:
@@ -84,6 +73,7 @@ def sweep(
     peak_gflops: float | None = None,
     rounds: int = 3,
     precision: str = "fp32",
+    selected: str = "",
 ) -> list[EngineRun]:
     """Time ``engine`` at each batch size on random inputs of the model's shape. The sizes take
     turns over ``rounds`` rounds (each round a share of ``min_seconds`` and ``min_calls``), so a
@@ -101,7 +91,7 @@ def sweep(
         faces_per_s = size / float(np.median(measured))
         gflops = flops_per_face * faces_per_s / 1e9
         share = gflops / peak_gflops if peak_gflops else None
-        runs.append(EngineRun(label, size, faces_per_s, latency(measured), gflops, share, precision))
+        runs.append(EngineRun(label, size, faces_per_s, latency(measured), gflops, share, precision, selected))
     return runs
 
 
@@ -129,32 +119,19 @@ def engine_specs(engines: Sequence[str], precisions: Sequence[str] | None = None
     return specs
 
 
-def with_int8(package: ModelPackage) -> ModelPackage:
-    """``package`` itself when it has an int8 variant; else a view of it whose manifest lists the
-    quantisation ``fsfm quantize`` would make (unjudged), kept in the fsfm cache under the graph's
-    checksum. The package folder is left as it is."""
-    if package.manifest.variant("int8") is not None:
-        return package
-    import onnxruntime
-
-    from fsfm.assets import cache_dir
-    from training.quantize import INT8_METHOD, quantize_int8
-
-    path = cache_dir() / "bench-int8" / f"{package.manifest.onnx.sha256}.onnx"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        quantize_int8(package.onnx_path, path)
-    method = INT8_METHOD.format(version=onnxruntime.__version__) + ", made by fsfm bench"
-    variant = Variant(precision="int8", file=str(path), method=method)
-    return ModelPackage(package.manifest.with_variant(variant), package.path)
-
-
 def create_bench_engine(spec: str, package: ModelPackage, threads: int | None = None) -> Engine:
-    """The engine ``spec`` (``engine[:precision]``) for ``package``, chosen as the service chooses."""
+    """The engine ``spec`` (``engine[:precision]``) for ``package``, chosen as the service chooses.
+    A bare engine name is that engine's fp32 reference where it has one (``onnxruntime`` is plain
+    ONNX Runtime fp32, the baseline ``auto`` is compared with), else its own choice (a TensorRT plan)."""
     engine, precision = split_spec(spec)
-    if precision == "int8":
-        package = with_int8(package)
-    return create_engine(package, select_variant(package, engine, precision), EngineOptions(threads=threads))
+    if engine != AUTO and precision == AUTO:
+        try:
+            selection = select_variant(package, engine, "fp32")
+        except SelectionError:
+            selection = select_variant(package, engine, AUTO)
+    else:
+        selection = select_variant(package, engine, precision)
+    return create_engine(package, selection, EngineOptions(threads=threads))
 
 
 def output_drift(reference: Engine, other: Engine, inputs: np.ndarray, output_name: str) -> float:
@@ -166,10 +143,20 @@ def output_drift(reference: Engine, other: Engine, inputs: np.ndarray, output_na
 
 def engine_table(runs: Sequence[EngineRun]) -> str:
     return table(
-        ["engine", "batch", "faces/s", "batch p50 ms", "batch p99 ms", "GFLOP/s", "of matmul peak"],
+        [
+            "engine",
+            "runs on",
+            "batch",
+            "faces/s",
+            "batch p50 ms",
+            "batch p99 ms",
+            "GFLOP/s",
+            "of its precision's ceiling",
+        ],
         [
             [
                 r.engine,
+                r.selected or "-",
                 r.batch_size,
                 r.faces_per_s,
                 r.batch.p50_ms,
@@ -192,7 +179,7 @@ def best(runs: Sequence[EngineRun], engine: str | None = None) -> EngineRun | No
 class EngineReport:
     model: str
     flops_per_face: int
-    peak_gflops: float
+    ceilings: dict[str, float]  # precision -> the CPU's matrix-product GFLOP/s at it (benchmarks.ceilings)
     runs: list[EngineRun]
     drift: dict[str, float]  # engine[:precision] -> max |logit difference| from onnxruntime fp32 on real faces
     unavailable: dict[str, str]  # engine -> why it could not run here
@@ -202,7 +189,7 @@ def run_engines(
     package: ModelPackage,
     engines: Sequence[str],
     sizes: Sequence[int],
-    peak_gflops: float,
+    ceilings: Mapping[str, float] | None = None,
     threads: int | None = None,
     min_seconds: float = 2.0,
     faces: np.ndarray | None = None,
@@ -211,11 +198,11 @@ def run_engines(
     """Sweep each ``engine[:precision]`` over ``sizes``. ``faces`` (real face crops) measure how far
     the other engines' outputs drift from ONNX Runtime fp32's. An engine that cannot be made here (no
     GPU, no ``model.pt``, no variant) is recorded in ``unavailable`` when ``skip_unavailable``, else
-    its error raises."""
+    its error raises. Runs on the CPU get a share of their precision's ceiling where one was measured."""
     manifest = package.manifest
     flops = manifest.architecture.vit.flops_per_image()
-    report = EngineReport(manifest.ref, flops, peak_gflops, [], {}, {})
-    reference: Engine | None = None
+    report = EngineReport(manifest.ref, flops, dict(ceilings or {}), [], {}, {})
+    made: dict[str, Engine] = {}
     for spec in engines:
         try:
             engine = create_bench_engine(spec, package, threads)
@@ -225,21 +212,33 @@ def run_engines(
             report.unavailable[spec] = str(exc)
             continue
         chosen = engine.selection  # set by create_engine
-        peak = peak_gflops if chosen.precision == "fp32" and _on_cpu(engine) else None
+        peak = report.ceilings.get(chosen.precision) if _on_cpu(engine) else None
+        selected = f"{chosen.engine} {chosen.precision}"
         report.runs += sweep(
-            engine, spec, manifest.crop.size, flops, sizes, min_seconds, peak_gflops=peak, precision=chosen.precision
+            engine,
+            spec,
+            manifest.crop.size,
+            flops,
+            sizes,
+            min_seconds,
+            peak_gflops=peak,
+            precision=chosen.precision,
+            selected=selected,
         )
-        if reference is None and (chosen.engine, chosen.precision) == ("onnxruntime", "fp32"):
-            reference = engine
-        elif faces is not None and reference is not None:
-            report.drift[spec] = output_drift(reference, engine, faces, manifest.onnx.output_name)
+        made[spec] = engine
+    fp32 = [spec for spec, e in made.items() if (e.selection.engine, e.selection.precision) == ("onnxruntime", "fp32")]
+    for spec, engine in made.items():
+        if faces is not None and fp32 and spec != fp32[0]:
+            report.drift[spec] = output_drift(made[fp32[0]], engine, faces, manifest.onnx.output_name)
+    for engine in made.values():
+        engine.close()
     return report
 
 
 def _on_cpu(engine: Engine) -> bool:
-    """Whether the engine runs on the CPU, whose matmul peak the share is taken against."""
+    """Whether the engine runs on the CPU, whose ceilings the share is taken against."""
     if engine.name == "onnxruntime":
         return getattr(engine, "providers", [""])[0] == "CPUExecutionProvider"
     if engine.name == "torch":
         return getattr(engine, "device", None) is not None and engine.device.type == "cpu"
-    return False
+    return engine.name == "openvino"

@@ -52,3 +52,26 @@ def sample_face_tensors(detector: FaceDetector, manifest: Manifest) -> np.ndarra
     if not tensors:
         raise RuntimeError("no face of the sample group photo is large enough for the model")
     return np.stack(tensors)
+
+
+def sample_face_folder(detector: FaceDetector, manifest: Manifest, folder: Path) -> Path:
+    """``folder/real/*.png``: the faces of the sample photos, cut as ``manifest``'s model is served
+    them (a held-out set on which ``fsfm quantize`` judges a benchmark package's variants). Reused
+    when already there."""
+    from fsfm.assets import ensure_sample_photos
+    from fsfm.face.crop import crop_face
+
+    real = folder / "real"
+    if real.is_dir() and any(real.iterdir()):
+        return folder
+    real.mkdir(parents=True, exist_ok=True)
+    photos = ensure_sample_photos()
+    for photo in sorted(photos.iterdir()):
+        if photo.suffix.lower() not in (".jpg", ".png"):
+            continue
+        image = decode_image(photo.read_bytes())
+        for k, face in enumerate(detector.detect(image)):
+            if min(face.width, face.height) >= manifest.crop.min_face_size:
+                crop = crop_face(image, face.box, manifest.crop)
+                cv2.imwrite(str(real / f"{photo.stem}-{k}.png"), np.ascontiguousarray(crop[..., ::-1]))
+    return folder

@@ -1,6 +1,10 @@
 """The models the benchmarks run: random-weight FSFM classifiers of the standard presets, exported
 by our own export code (ONNX + ``model.pt`` for the torch engine) and cached, since exporting
-ViT-B/16 takes a while. Speed does not depend on the weights; the packages are marked as demos."""
+ViT-B/16 takes a while. Speed does not depend on the weights; the packages are marked as demos.
+
+The head is drawn wider than a fresh fine-tuning head (std ``HEAD_STD`` instead of 2e-5): at 2e-5
+every score sits at 0.5000 and the thinnest rounding flips a label, so the drift of a variant (which
+decides whether ``auto`` may run it) would measure the threshold, not the variant."""
 
 from __future__ import annotations
 
@@ -22,6 +26,14 @@ BENCH_MODELS: dict[str, tuple[str, dict[str, object]]] = {
 }
 
 
+HEAD_STD = 0.05
+
+
+def _description(name: str) -> str:
+    """Also what tells a cached package made by other code apart: it is made again."""
+    return f"random weights for benchmarks ({name}: {bench_config(name)}, head std {HEAD_STD}); not fit for decisions"
+
+
 def bench_config(name: str) -> ViTConfig:
     if name not in BENCH_MODELS:
         raise ValueError(f"unknown benchmark model {name!r}; choose from {sorted(BENCH_MODELS)}")
@@ -40,7 +52,8 @@ def ensure_bench_package(name: str, repository: Path | None = None) -> ModelPack
     package_name = f"bench-{name}"
     try:
         package = ModelRepository(repository).get(package_name)
-        if (package.path / TORCH_WEIGHTS_FILE).is_file() and package.manifest.architecture.vit == bench_config(name):
+        manifest = package.manifest
+        if (package.path / TORCH_WEIGHTS_FILE).is_file() and manifest.description == _description(name):
             return package
     except PackageError:
         pass
@@ -52,13 +65,22 @@ def ensure_bench_package(name: str, repository: Path | None = None) -> ModelPack
 
     torch.manual_seed(0)
     model = ViTClassifier(bench_config(name)).eval()
-    info = PackageInfo(
-        name=package_name,
-        version=1,
-        task="deepfake",
-        demo=True,
-        description=f"random weights for benchmarks ({name}); not fit for decisions",
-    )
+    torch.nn.init.normal_(model.head.weight, std=HEAD_STD)
+    info = PackageInfo(name=package_name, version=1, task="deepfake", demo=True, description=_description(name))
     package = write_package(model, info, repository, preset=BENCH_MODELS[name][0], overwrite=True)
     save_torch_weights(model, package)
     return package
+
+
+def with_measured_variants(package: ModelPackage, faces: Path) -> ModelPackage:
+    """A benchmark package with every variant this machine can make (``fsfm quantize``), judged on
+    the real faces of ``faces`` (a folder source), so that ``auto`` chooses for it as the service
+    would for a quantised package. Made once per machine kind; the package is the benchmarks' own."""
+    from fsfm.engines.select import cpu_model
+    from training.finetune_data import folder_source
+    from training.quantize import add_variants
+
+    here = cpu_model()
+    if any((check.measured_on or "").endswith(here) for v in package.manifest.variants for check in v.heldout):
+        return package
+    return add_variants(package, [folder_source(faces, "sample-faces")], batch_size=8)[0]

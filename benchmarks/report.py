@@ -1,10 +1,13 @@
 """``fsfm bench report``: every benchmark, for each model, in one run, written to
 ``docs/performance.md`` (and the numbers to ``docs/performance.json``).
 
-Per model: the engines alone (ONNX Runtime fp32 and dynamic int8, torch; TensorRT where a GPU and
-TensorRT are present), one request stage by stage, and the service started on loopback with its
-default batching, driven over REST, gRPC and gRPC streams; then the targets, evaluated on these
-numbers. The models have random weights: speed does not depend on them.
+First the machine: its CPU and features, and each precision's ceiling (``benchmarks.ceilings``).
+Per model: the engines alone (``auto``, the service's default; ONNX Runtime fp32 and int8; OpenVINO
+f32, bf16 where the CPU has bf16 instructions, int8; torch; TensorRT where a GPU and TensorRT are
+present), one request stage by stage, and the service started on loopback with its defaults,
+driven over REST, gRPC and gRPC streams; then the targets, evaluated on these numbers. The models
+have random weights (speed does not depend on them), with every variant this machine can make,
+judged on the sample photos' faces.
 """
 
 from __future__ import annotations
@@ -17,24 +20,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.engine import (
-    EngineReport,
-    batch_sizes,
-    create_bench_engine,
-    engine_table,
-    matmul_peak_gflops,
-    run_engines,
-)
-from benchmarks.inputs import one_face_jpeg, sample_face_tensors
-from benchmarks.models import BENCH_MODELS, ensure_bench_package
+from benchmarks.ceilings import ceilings_line, measure_ceilings
+from benchmarks.engine import EngineReport, batch_sizes, create_bench_engine, engine_table, run_engines
+from benchmarks.inputs import one_face_jpeg, sample_face_folder, sample_face_tensors
+from benchmarks.models import BENCH_MODELS, bench_repository, ensure_bench_package, with_measured_variants
 from benchmarks.pipeline import PipelineResult, bench_pipeline, pipeline_table
 from benchmarks.serve import LevelResult, level_line, serve_table, served, sweep
 from benchmarks.stats import table, write_json
-from benchmarks.targets import Check, checks_table, engine_checks, service_checks
+from benchmarks.targets import Check, checks_table, engine_checks, service_checks, stage_checks
+from fsfm.engines.select import BF16_MATH, Host, cpu_model
 from fsfm.face.detector import create_detector
 from fsfm.package import ModelPackage
 
-CPU_ENGINES = ("onnxruntime", "onnxruntime:int8", "torch")
+
+def cpu_engines(host: Host) -> list[str]:
+    """The CPU engines and precisions measured: bf16 only where the CPU has bf16 instructions (else
+    OpenVINO would run f32 under that name)."""
+    bf16 = ["openvino:bf16"] if BF16_MATH & host.cpu_features else []
+    return ["auto", "onnxruntime", "onnxruntime:int8", "openvino", *bf16, "openvino:int8", "torch"]
+
+
 # The service as it ships (its batching defaults), driven at these levels.
 SERVICE_SETTINGS: dict[str, object] = {"max_batch_size": 8, "max_queue_delay_ms": 5.0}
 LOAD_PLAN: list[tuple[str, int]] = [("rest", 1), ("rest", 8), ("rest", 32), ("grpc", 32), ("stream", 8)]
@@ -71,7 +76,7 @@ def machine() -> dict[str, object]:
 
     info: dict[str, object] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": len(os.sched_getaffinity(0)),
         "memory_gib": round(_mem_total_kib() / 2**20, 1),
         "os": platform.platform(),
@@ -79,6 +84,7 @@ def machine() -> dict[str, object]:
         "numpy": numpy.__version__,
         "onnxruntime": onnxruntime.__version__,
         "onnxruntime_providers": onnxruntime.get_available_providers(),
+        "openvino": _version("openvino"),
         "gpu": gpu_name(),
     }
     try:
@@ -90,11 +96,13 @@ def machine() -> dict[str, object]:
     return info
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+def _version(module: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return None
 
 
 def _mem_total_kib() -> int:
@@ -116,8 +124,9 @@ def gpu_name() -> str | None:
 def with_gpu_engines(package: ModelPackage) -> tuple[list[str], str | None]:
     """The engines to measure: the CPU ones, plus TensorRT when a GPU is here (its plan is built
     into the cached benchmark package first). Returns the list and why TensorRT was left out."""
+    cpu = cpu_engines(Host.detect())
     if gpu_name() is None:
-        return list(CPU_ENGINES), "no CUDA GPU on this machine"
+        return cpu, "no CUDA GPU on this machine"
     plan = next((v for v in package.manifest.variants if v.format == "tensorrt-plan"), None)
     if plan is None or not package.variant_path(plan).is_file():
         from training.tensorrt_build import add_plan_to_package
@@ -125,21 +134,25 @@ def with_gpu_engines(package: ModelPackage) -> tuple[list[str], str | None]:
         try:
             add_plan_to_package(package, precision="fp16", min_batch=1, opt_batch=8, max_batch=32)
         except RuntimeError as exc:  # EngineError (TensorRT or CUDA Python missing) is a RuntimeError
-            return list(CPU_ENGINES), str(exc)
-    return [*CPU_ENGINES, "tensorrt"], None
+            return cpu, str(exc)
+    return [*cpu, "tensorrt"], None
 
 
-def measure_model(name: str, options: ReportOptions, peak: float, say: Callable[[str], None]) -> ModelReport:
-    package = ensure_bench_package(name, options.repository)
-    vit = package.manifest.architecture.vit
+def measure_model(
+    name: str, options: ReportOptions, ceilings: dict[str, float], say: Callable[[str], None]
+) -> ModelReport:
     detector = create_detector()
+    package = ensure_bench_package(name, options.repository)
+    faces = sample_face_folder(detector, package.manifest, (options.repository or bench_repository()) / f"faces-{name}")
+    package = with_measured_variants(package, faces)
+    vit = package.manifest.architecture.vit
     engines, left_out = with_gpu_engines(package)
     say(f"{name}: engines {', '.join(engines)}")
     engine_report = run_engines(
         package,
         engines,
         batch_sizes(options.max_batch),
-        peak,
+        ceilings,
         min_seconds=options.min_seconds,
         faces=sample_face_tensors(detector, package.manifest),
         skip_unavailable=True,
@@ -148,29 +161,29 @@ def measure_model(name: str, options: ReportOptions, peak: float, say: Callable[
         engine_report.unavailable["tensorrt"] = left_out
     say(engine_table(engine_report.runs))
     data = one_face_jpeg(detector)
-    pipeline = bench_pipeline(
-        data, package, detector, create_bench_engine("onnxruntime", package), options.pipeline_repeats
-    )
+    pipeline = bench_pipeline(data, package, detector, create_bench_engine("auto", package), options.pipeline_repeats)
     say(pipeline_table(pipeline))
-    served_engine = "tensorrt" if "tensorrt" in engines else "onnxruntime"
-    settings = {**SERVICE_SETTINGS, "engine": served_engine}
+    settings = {**SERVICE_SETTINGS, "engine": "auto"}
     with served(package, settings) as target:
         load = asyncio.run(sweep(target, data, options.load_plan, options.duration_s, lambda r: say(level_line(r))))
     report = ModelReport(
         name, BENCH_MODELS[name][0], vit.img_size, vit.flops_per_image() / 1e9, engine_report, pipeline, settings, load
     )
-    report.checks = engine_checks(engine_report.runs) + service_checks(
-        engine_report.runs, load, served_engine, float(settings["max_queue_delay_ms"])
+    report.checks = (
+        engine_checks(engine_report.runs)
+        + service_checks(engine_report.runs, load, "auto", float(settings["max_queue_delay_ms"]))
+        + stage_checks(pipeline, load)
     )
     return report
 
 
 def run_report(options: ReportOptions, markdown: Path, json_path: Path, say: Callable[[str], None] = print) -> None:
     info = machine()
-    peak = matmul_peak_gflops()
-    info["fp32_matmul_peak_gflops"] = round(peak, 1)
-    say(f"fp32 matmul peak: {peak:.0f} GFLOP/s")
-    reports = [measure_model(name, options, peak, say) for name in options.models]
+    measured = measure_ceilings(options.min_seconds)
+    info["ceilings_gflops"] = {precision: round(c.gflops, 1) for precision, c in measured.items()}
+    info["ceilings"] = ceilings_line(measured)
+    say(f"CPU: {info['cpu']}; ceilings: {info['ceilings']}")
+    reports = [measure_model(name, options, dict(info["ceilings_gflops"]), say) for name in options.models]
     write_json(json_path, {"machine": info, "options": options, "models": reports})
     markdown.parent.mkdir(parents=True, exist_ok=True)
     markdown.write_text(render(info, reports, json_path.name))
@@ -194,13 +207,14 @@ def render(info: dict[str, object], reports: Sequence[ModelReport], json_name: s
                 ["memory", f"{info['memory_gib']} GiB"],
                 ["GPU", info["gpu"] or "none"],
                 [
-                    "fp32 matmul peak (numpy's BLAS, best 2048² or 4096² product, all cores)",
-                    f"{info['fp32_matmul_peak_gflops']} GFLOP/s",
+                    "ceilings: matrix products per precision with the engines' own kernels (benchmarks/ceilings.py)",
+                    info["ceilings"],
                 ],
                 [
                     "software",
                     f"Python {info['python']}, ONNX Runtime {info['onnxruntime']} "
-                    f"({', '.join(info['onnxruntime_providers'])}), torch {info['torch']}, numpy {info['numpy']}",
+                    f"({', '.join(info['onnxruntime_providers'])}), OpenVINO {info['openvino']}, "
+                    f"torch {info['torch']}, numpy {info['numpy']}",
                 ],
             ],
         ),
@@ -239,7 +253,7 @@ def _model_section(report: ModelReport) -> list[str]:
         "### One request, stage by stage",
         "",
         f"{pipeline.width}x{pipeline.height} JPEG ({pipeline.image_bytes:,} bytes), {pipeline.faces} face; "
-        "each stage alone on an idle machine (median); ONNX Runtime fp32.",
+        "each stage alone on an idle machine (median); the engine `auto` chooses.",
         "",
         pipeline_table(pipeline),
         "",

@@ -7,11 +7,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from benchmarks.engine import EngineRun, best
+from benchmarks.pipeline import PipelineResult
 from benchmarks.serve import LevelResult
 from benchmarks.stats import table
+from fsfm.engines.select import Host
 
 SATURATION_SHARE = 0.9  # end-to-end faces/s vs engine-only at the same batch size
 TORCH_FACTOR = 1.5  # ONNX Runtime may be at most this much slower than torch on the CPU
+AMX_FACTOR = 3.5  # auto (OpenVINO int8/bf16) against ONNX Runtime fp32 on a CPU with AMX
+STAGES_SHARE = 0.85  # the service's frames/s against 1 / (one request's stages, end to end)
 BATCHING_CONCURRENCY = 32
 
 
@@ -74,10 +78,12 @@ def service_checks(
     return checks
 
 
-def engine_checks(engine_runs: Sequence[EngineRun]) -> list[Check]:
-    """ONNX Runtime against torch on the same machine, and its share of the matmul peak."""
+def engine_checks(engine_runs: Sequence[EngineRun], cpu: Host | None = None) -> list[Check]:
+    """ONNX Runtime against torch on the same machine; ``auto`` (the service's default) against plain
+    ONNX Runtime fp32: at least ``AMX_FACTOR`` x on a CPU with AMX, never slower elsewhere; and each
+    engine's share of its precision's ceiling."""
     checks = []
-    ort, torch = best(engine_runs, "onnxruntime"), best(engine_runs, "torch")
+    ort, torch, auto = best(engine_runs, "onnxruntime"), best(engine_runs, "torch"), best(engine_runs, "auto")
     if ort is not None and torch is not None:
         factor = torch.faces_per_s / ort.faces_per_s
         checks.append(
@@ -88,12 +94,47 @@ def engine_checks(engine_runs: Sequence[EngineRun]) -> list[Check]:
                 factor <= TORCH_FACTOR,
             )
         )
-    if ort is not None and ort.peak_share is not None:
+    if ort is not None and auto is not None:
+        amx = "amx_bf16" in (cpu or Host.detect()).cpu_features
+        needed = AMX_FACTOR if amx else 1.0
+        factor = auto.faces_per_s / ort.faces_per_s
         checks.append(
             Check(
-                "ONNX Runtime's share of the matmul peak (reported)",
-                f"{ort.gflops:.0f} GFLOP/s = {ort.peak_share:.0%} of the measured fp32 matmul peak",
-                None,
+                f"auto >= {needed:g}x ONNX Runtime fp32 ({'a CPU with AMX' if amx else 'a CPU without AMX'})",
+                f"auto ({auto.selected}) {auto.faces_per_s:.2f} faces/s (batch {auto.batch_size}) vs "
+                f"{ort.faces_per_s:.2f} (batch {ort.batch_size}): {factor:.2f}x",
+                factor >= needed,
+            )
+        )
+    for engine in dict.fromkeys(r.engine for r in engine_runs):
+        top = best(engine_runs, engine)
+        if top is not None and top.peak_share is not None:
+            checks.append(
+                Check(
+                    f"{engine}'s share of the {top.precision} ceiling (reported)",
+                    f"{top.gflops:.0f} GFLOP/s at batch {top.batch_size} = {top.peak_share:.0%}",
+                    None,
+                )
+            )
+    return checks
+
+
+def stage_checks(pipeline: PipelineResult, levels: Sequence[LevelResult]) -> list[Check]:
+    """The service at saturation against what its stages allow one request at a time: requests/s
+    >= ``STAGES_SHARE`` / (the sum of the stage medians ``fsfm bench pipeline`` measured for the same
+    image, with the encoding of the protocol's own answer only)."""
+    checks = []
+    for protocol in dict.fromkeys(level.protocol for level in levels):
+        top = max((level for level in levels if level.protocol == protocol), key=lambda r: r.requests_per_s)
+        other = {"rest": "encode_grpc"}.get(protocol, "encode_rest")
+        serial_s = sum(s.median_ms for s in pipeline.stages if s.stage != other) / 1000
+        allowed = 1 / serial_s
+        checks.append(
+            Check(
+                f"{protocol} at saturation >= {STAGES_SHARE:.0%} of 1 / (sum of stage medians)",
+                f"c={top.concurrency}: {top.requests_per_s:.2f} frames/s vs 1 / {serial_s * 1000:.0f} ms = "
+                f"{allowed:.2f}: {top.requests_per_s / allowed:.0%}",
+                top.requests_per_s >= STAGES_SHARE * allowed,
             )
         )
     return checks

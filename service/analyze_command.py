@@ -87,6 +87,9 @@ def analyze(
     min_face_size: int | None = option("min_face_size", "Smallest face side searched for, in pixels."),
     engine: str | None = option("engine", "Inference engine; auto chooses one per package.", **ENGINE_CHOICE),
     precision: PrecisionChoice | None = option("precision", "Precision to run; the package carries the variant."),
+    accept_drift: bool | None = option(
+        "accept_drift", "Serve a precision asked for although its recorded drift exceeds the tolerance."
+    ),
     output_format: OutputFormat = typer.Option(
         OutputFormat.jsonl, "--format", help="jsonl: one line per file as it finishes; json: one array at the end."
     ),
@@ -104,6 +107,7 @@ def analyze(
         "min_face_size": min_face_size,
         "engine": engine,
         "precision": precision,
+        "accept_drift": accept_drift,
         "max_video_frames": max_frames,
     }
     try:

@@ -29,11 +29,13 @@ def option(field: str, help: str, settings: type[BaseModel] = Settings, **kwargs
     """A flag for ``settings``' field ``field``: ``--field-name``, env var ``FSFM_FIELD_NAME``. Unset
     flags stay None so that the settings apply their own defaults, which the help states (read from the
     field, not repeated here where they could drift)."""
+    name = field.replace("_", "-")
+    switch = settings.model_fields[field].annotation is bool  # --name/--no-name, no value
     return config_option(
         settings,
         field,
         help,
-        f"--{field.replace('_', '-')}",
+        f"--{name}/--no-{name}" if switch else f"--{name}",
         envvar=f"FSFM_{field.upper()}",
         show_envvar=True,
         **kwargs,
@@ -53,6 +55,9 @@ def serve(
     engine_threads: int | None = option("engine_threads", "ONNX Runtime intra-op threads (default: every core)."),
     precision: PrecisionChoice | None = option(
         "precision", "Precision to run; each package carries the variant or the engine derives it."
+    ),
+    accept_drift: bool | None = option(
+        "accept_drift", "Serve a precision asked for although its recorded drift exceeds the tolerance."
     ),
     queue: str | None = option("queue", "Face queue: local (in-process) or a redis:// URL."),
     max_batch_size: int | None = option("max_batch_size", "Faces per engine call, at most."),
@@ -76,8 +81,8 @@ def serve(
 ) -> None:
     """Serve every model of the repository over REST and gRPC.
 
-    Embedded mode by default: an in-process queue, and for each package the engine that `--engine auto`
-    chooses (ONNX Runtime on CPU unless a TensorRT plan can run). SIGTERM drains in-flight work, then exits.
+    Embedded mode by default: an in-process queue, and for each package the engine and precision that
+    `--engine auto` chooses for this CPU or GPU (docs/engines.md). SIGTERM drains in-flight work, then exits.
     API keys come from FSFM_API_KEYS (comma-separated), never from the command line.
     """
     flags = {name: plain(value) for name, value in locals().items() if name not in _NOT_SETTINGS and value is not None}

@@ -10,6 +10,7 @@ from service.settings import Settings
 
 
 def load_engine(package: ModelPackage, settings: Settings) -> Engine:
-    """Select (``FSFM_ENGINE`` / ``FSFM_PRECISION``, "auto" by default), create and warm up the
+    """Select (``FSFM_ENGINE`` / ``FSFM_PRECISION`` / ``FSFM_ACCEPT_DRIFT``, "auto" by default), create and warm up the
     engine of ``package``; ``engine.selection`` is what /readyz and the logs report."""
-    return open_engine(package, settings.engine, settings.precision, EngineOptions(threads=settings.engine_threads))
+    options = EngineOptions(threads=settings.engine_threads)
+    return open_engine(package, settings.engine, settings.precision, options, accept_drift=settings.accept_drift)

@@ -54,6 +54,18 @@ class Metrics:
         )
         self.active_streams = Gauge("fsfm_grpc_active_streams", "Open gRPC Analyze streams.", registry=r)
         self.model_ready = Gauge("fsfm_model_ready", "1 when the model is loaded and warmed up.", ["model"], registry=r)
+        self.model_engine = Gauge(
+            "fsfm_model_engine",
+            "1 for the engine and precision each model runs on in this process (auto or forced).",
+            ["model", "engine", "precision"],
+            registry=r,
+        )
+
+    def model_loaded(self, model: str, selection: dict[str, str] | None) -> None:
+        """A model is ready; ``selection``: its engine's (``Selection.describe()``), where this process runs one."""
+        self.model_ready.labels(model).set(1)
+        if selection is not None:
+            self.model_engine.labels(model, selection["engine"], selection["precision"]).set(1)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
         default=None, ge=1, description="ONNX Runtime intra-op threads (default: all cores)"
     )
     precision: str = Field(default="auto", description='"auto" or the precision to run: fp32, int8, fp16, bf16')
+    accept_drift: bool = Field(
+        default=False,
+        description="serve a precision asked for by name although its recorded drift from fp32 exceeds the tolerance",
+    )
     queue: str = Field(default="local", description='"local" (in-process) or a redis:// URL (Redis Streams)')
 
     # Dynamic batching (Triton's semantics).

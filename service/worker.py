@@ -368,7 +368,7 @@ class Worker:
             consumer = ModelConsumer(package, engine, self.redis, self.settings, self.metrics)
             self.consumers.append(consumer)
             self.models[consumer.model] = consumer.queue_metrics
-            self.metrics.model_ready.labels(consumer.model).set(1)
+            self.metrics.model_loaded(consumer.model, engine.selection.describe() if engine.selection else None)
 
     async def serve(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code (1 when the models could not be loaded)."""

@@ -30,6 +30,9 @@ def worker(
     precision: PrecisionChoice | None = _flag(
         "precision", "Precision to run; each package carries the variant (e.g. int8 from `fsfm quantize`)."
     ),
+    accept_drift: bool | None = _flag(
+        "accept_drift", "Run a precision asked for although its recorded drift exceeds the tolerance."
+    ),
     max_batch_size: int | None = _flag("max_batch_size", "Faces per engine call, at most."),
     max_queue_delay_ms: float | None = _flag("max_queue_delay_ms", "Longest wait for a batch to fill, in ms."),
     claim_timeout_s: float | None = _flag(

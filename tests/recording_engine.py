@@ -10,7 +10,7 @@ from fsfm.engines.registry import EngineOptions, EngineSpec
 from fsfm.engines.select import Selection
 from fsfm.package import ModelPackage
 
-SPEC = EngineSpec("test-recording", "tests.recording_engine", "cpu", ("onnx",), ("fp32", "int8"))
+SPEC = EngineSpec("test-recording", "tests.recording_engine", "cpu", {"onnx": ("fp32", "int8")})
 MADE: list[Path] = []  # the variant file of every engine made, in order
 
 

@@ -13,15 +13,19 @@ import numpy as np
 import pytest
 
 from benchmarks.engine import EngineRun, batch_sizes, run_engines
-from benchmarks.pipeline import STAGES, bench_pipeline
+from benchmarks.pipeline import STAGES, PipelineResult, StageCost, bench_pipeline
 from benchmarks.serve import LevelResult, Target, completion_rate, plan, served, sweep
 from benchmarks.stats import Latency, latency, table
-from benchmarks.targets import engine_checks, service_checks
+from benchmarks.targets import engine_checks, service_checks, stage_checks
+from fsfm.engines.select import Host
 from fsfm.face.detector import create_detector
 from fsfm.package import ModelPackage
+from fsfm.package.manifest import INT8_FILE, Variant
+from fsfm.package.repository import load_package
 from tests.packages import make_tiny_package
 from tests.references import encode
 from tests.servers import REPO_ROOT
+from training.quantize import quantize_int8
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +36,9 @@ def package(tmp_path_factory) -> ModelPackage:
     from training.package_torch import save_torch_weights
 
     save_torch_weights(tiny_classifier(0), package)
-    return package
+    quantize_int8(package.onnx_path, package.path / INT8_FILE)  # unjudged: runs when asked for, never by auto
+    package.manifest.with_variant(Variant(precision="int8", file=INT8_FILE, method="test")).replace_in(package.path)
+    return load_package(package.path)
 
 
 def fsfm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -109,12 +115,37 @@ def test_service_targets_compare_with_the_engine_at_the_same_batch_size() -> Non
 
 def test_engine_targets() -> None:
     ort, torch = run("onnxruntime", 1, 3.0), run("torch", 1, 5.0)
-    (factor,) = engine_checks([ort, torch])  # no matmul peak measured: no share to report
+    (factor,) = engine_checks([ort, torch])  # no ceiling measured: no share to report
     assert factor.met is False  # torch / ORT = 1.67 > 1.5
     ort.faces_per_s, ort.gflops, ort.peak_share = 4.0, 100.0, 0.8
     factor, share = engine_checks([ort, torch])
     assert factor.met is True  # 1.25
-    assert share.met is None and "80%" in share.measured
+    assert share.met is None and "80%" in share.measured and "fp32 ceiling" in share.target
+
+
+def test_auto_is_held_to_three_and_a_half_times_onnxruntime_on_amx_and_never_slower_elsewhere() -> None:
+    ort, auto = run("onnxruntime", 8, 8.0), run("auto", 8, 30.0)
+    auto.selected = "openvino bf16"
+    amx, avx2 = Host(frozenset({"avx2", "amx_bf16"})), Host(frozenset({"avx2"}))
+    (on_amx,) = engine_checks([ort, auto], amx)
+    assert on_amx.met is True and "3.75x" in on_amx.measured and "openvino bf16" in on_amx.measured
+    auto.faces_per_s = 20.0
+    assert engine_checks([ort, auto], amx)[0].met is False  # 2.5x
+    assert engine_checks([ort, auto], avx2)[0].met is True
+    auto.faces_per_s = 7.0
+    (on_avx2,) = engine_checks([ort, auto], avx2)
+    assert on_avx2.met is False and "auto >= 1x" in on_avx2.target  # slower than ONNX Runtime fp32
+
+
+def test_stage_check_compares_the_service_with_one_request_at_a_time() -> None:
+    stages = PipelineResult(
+        1000, 64, 64, 1, [StageCost(stage, ms, 0.0) for stage, ms in zip(STAGES, (2, 10, 1, 6, 0.5, 0.5), strict=True)]
+    )
+    fast, slow = level("rest", 8, 1.0, 100, 1.0), level("grpc", 8, 1.0, 100, 1.0)
+    fast.requests_per_s, slow.requests_per_s = 50.0, 40.0  # one REST request: 19.5 ms -> 51.3/s allowed
+    rest, grpc = stage_checks(stages, [fast, slow])
+    assert rest.met is True and "vs 1 / 20 ms = 51.28: 98%" in rest.measured
+    assert grpc.met is False and "78%" in grpc.measured  # 40 < 0.85 x 51.3
 
 
 # ---- measurements -----------------------------------------------------------------------------
@@ -129,7 +160,7 @@ def test_engine_sweep_measures_every_engine_and_batch_size(package: ModelPackage
         package,
         ["onnxruntime", "onnxruntime:int8", "torch"],
         [1, 2, 4],
-        peak_gflops=100.0,
+        {"fp32": 100.0},
         min_seconds=0.05,
         faces=faces,
     )
@@ -141,14 +172,14 @@ def test_engine_sweep_measures_every_engine_and_batch_size(package: ModelPackage
         assert r.faces_per_s > 0 and r.batch.count >= 2
         assert r.faces_per_s == pytest.approx(r.batch_size / (r.batch.p50_ms / 1000))
         assert r.gflops == pytest.approx(flops * r.faces_per_s / 1e9)
-        assert (r.peak_share is None) == (r.engine == "onnxruntime:int8")  # fp32 peak: fp32 CPU engines only
+        assert (r.peak_share is None) == (r.engine == "onnxruntime:int8")  # no int8 ceiling given
         assert r.precision == ("int8" if r.engine == "onnxruntime:int8" else "fp32")
     assert report.drift["torch"] < 1e-4  # the same fp32 model
     assert 0 < report.drift["onnxruntime:int8"] < 1.0  # quantised: close, not equal
 
 
 def test_unavailable_engines_are_reported_not_fatal(package: ModelPackage) -> None:
-    report = run_engines(package, ["onnxruntime", "tensorrt"], [1], 100.0, min_seconds=0.01, skip_unavailable=True)
+    report = run_engines(package, ["onnxruntime", "tensorrt"], [1], min_seconds=0.01, skip_unavailable=True)
     assert "tensorrt" in report.unavailable and "plan" in report.unavailable["tensorrt"]
     assert {r.engine for r in report.runs} == {"onnxruntime"}
 
@@ -277,7 +308,9 @@ def test_bench_report_writes_markdown_and_json(mtcnn_dir, tmp_path) -> None:
         assert heading in text
     numbers = json.loads(js.read_text())
     (model,) = numbers["models"]
-    assert {r["engine"] for r in model["engine"]["runs"]} == {"onnxruntime", "onnxruntime:int8", "torch"}
+    engines = {r["engine"] for r in model["engine"]["runs"]}
+    assert engines >= {"auto", "onnxruntime", "onnxruntime:int8", "openvino", "openvino:int8", "torch"}
+    assert all(r["selected"] for r in model["engine"]["runs"])
     assert [(level["protocol"], level["concurrency"]) for level in model["load"]] == [
         ("rest", 1),
         ("rest", 8),
@@ -286,8 +319,9 @@ def test_bench_report_writes_markdown_and_json(mtcnn_dir, tmp_path) -> None:
         ("stream", 8),
     ]
     assert all(level["requests"] > 0 and level["errors"] == {} for level in model["load"])
-    assert {c["target"].split(" ")[0] for c in model["checks"]} >= {"service", "dynamic", "p99", "ONNX"}
-    assert numbers["machine"]["cores"] >= 1 and numbers["machine"]["fp32_matmul_peak_gflops"] > 0
+    assert {c["target"].split(" ")[0] for c in model["checks"]} >= {"service", "dynamic", "p99", "ONNX", "auto", "rest"}
+    assert numbers["machine"]["cores"] >= 1 and numbers["machine"]["ceilings_gflops"]["fp32"] > 0
+    assert "ceilings" in text and numbers["machine"]["cpu"] in text
 
 
 def test_bench_hostile_quick_prints_every_section_and_writes_json(mtcnn_dir, tmp_path) -> None:

@@ -125,7 +125,7 @@ def test_an_engine_registered_after_the_cli_loaded_is_accepted() -> None:
     refuses its combination with fp64 as before (exit 2, one line), which shows the flag let it through."""
     from fsfm.engines.registry import ENGINES, EngineSpec, register
 
-    register(EngineSpec("late-engine", "tests.recording_engine", "cpu", ("onnx",), ("fp32",)))
+    register(EngineSpec("late-engine", "tests.recording_engine", "cpu", {"onnx": ("fp32",)}))
     try:
         result = CliRunner().invoke(app, ["serve", "--engine", "late-engine", "--precision", "int8"], env=TERMINAL)
     finally:

@@ -26,7 +26,7 @@ from fsfm.face.detector import create_detector
 from fsfm.imaging import read_image_file
 from fsfm.models.checkpoints import file_sha256
 from fsfm.package import ModelPackage
-from fsfm.package.manifest import INT8_FILE, Manifest, PlanBuild, Variant
+from fsfm.package.manifest import INT8_FILE, OPENVINO_INT8_FILE, HeldOutCheck, Manifest, PlanBuild, Variant
 from fsfm.package.repository import load_package
 from fsfm.scoring import attack_scores
 from fsfm_cli import app
@@ -39,8 +39,12 @@ from tests import recording_engine
 from tests.packages import make_tiny_package
 from training.quantize import quantize_int8
 
-CPU = Host(cpu_features=frozenset({"avx2", "avx512f", "avx512_vnni", "amx_bf16"}))
+AMX = Host(cpu_features=frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}))
+AVX512_BF16 = Host(cpu_features=frozenset({"avx2", "avx512f", "avx512_bf16"}))  # bf16 dot products, no VNNI
+AVX2 = Host(cpu_features=frozenset({"avx2"}))
 GPU = Host(cuda=True)
+WITHIN = HeldOutCheck(set="heldout", faces=20, max_abs_score_diff=0.01, mean_abs_score_diff=0.002, label_agreement=1.0)
+BEYOND = WITHIN.model_copy(update={"max_abs_score_diff": 0.2, "label_agreement": 0.9})
 PLAN = Variant(
     precision="fp16",
     format="tensorrt-plan",
@@ -56,7 +60,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     package = make_tiny_package(root, name="tiny-deepfake")
     quantize_int8(package.onnx_path, package.path / INT8_FILE)
-    variant = Variant(precision="int8", file=INT8_FILE, sha256=file_sha256(package.path / INT8_FILE), method="test")
+    variant = Variant(
+        precision="int8", file=INT8_FILE, sha256=file_sha256(package.path / INT8_FILE), method="test", heldout=[WITHIN]
+    )
     package.manifest.with_variant(variant).replace_in(package.path)
     return root
 
@@ -87,11 +93,73 @@ def test_cpu_features_come_from_the_cpuinfo_flags() -> None:
     assert cpu_features() <= {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}
 
 
-def test_auto_is_onnxruntime_fp32_on_a_cpu_whatever_the_package_carries(package: ModelPackage) -> None:
-    for candidate in (package, with_plan(package)):
-        chosen = select_variant(candidate, host=CPU)
-        assert (chosen.engine, chosen.precision, chosen.path) == ("onnxruntime", "fp32", package.onnx_path)
-        assert chosen.variant == package.manifest.reference_variant and chosen.why
+def with_variants(package: ModelPackage, *variants: Variant) -> ModelPackage:
+    """The package as if it carried ``variants`` too (selection reads the manifest, not the files)."""
+    manifest = package.manifest
+    for variant in variants:
+        manifest = manifest.with_variant(variant)
+    return ModelPackage(manifest, package.path)
+
+
+BF16 = Variant(precision="bf16", file="model.onnx", method="OpenVINO bf16 hint", heldout=[WITHIN])
+OV_INT8 = Variant(precision="int8", format="openvino-ir", file=OPENVINO_INT8_FILE, method="nncf", heldout=[WITHIN])
+
+
+def choice(package: ModelPackage, host: Host, **kwargs: object) -> tuple[str, str]:
+    chosen = select_variant(package, host=host, **kwargs)
+    return chosen.engine, chosen.precision
+
+
+def test_auto_follows_the_cpu_features_and_what_the_package_carries(package: ModelPackage) -> None:
+    """The documented table: OpenVINO int8 where int8 dot products exist, OpenVINO bf16 where bf16
+    math exists, ONNX Runtime int8 on AVX2, ONNX Runtime fp32 everywhere; each only when carried
+    and measured within tolerance."""
+    everything = with_variants(package, BF16, OV_INT8)  # plus the fixture's ONNX Runtime int8
+    assert choice(everything, AMX) == ("openvino", "int8")
+    assert choice(everything, AVX512_BF16) == ("openvino", "bf16")
+    assert choice(everything, AVX2) == ("onnxruntime", "int8")
+    assert choice(everything, Host()) == ("onnxruntime", "fp32")  # not x86-64-v3: the reference
+    assert choice(with_variants(package, BF16), AMX) == ("openvino", "bf16")
+    assert choice(package, AMX) == ("onnxruntime", "int8")
+    no_openvino = Host(AMX.cpu_features, unavailable={"openvino": "OpenVINO is not installed"})
+    assert choice(everything, no_openvino) == ("onnxruntime", "int8")
+
+
+def test_a_lower_precision_is_chosen_only_with_its_drift_measured_and_within_tolerance(plain: ModelPackage) -> None:
+    assert choice(plain, AMX) == ("onnxruntime", "fp32")  # bf16 derivable, but never measured
+    unmeasured = BF16.model_copy(update={"heldout": []})
+    chosen = select_variant(with_variants(plain, unmeasured), host=AMX)
+    assert (chosen.engine, chosen.precision) == ("onnxruntime", "fp32")
+    assert "passed over openvino bf16: its bf16 drift from fp32 was never measured" in chosen.why
+    beyond = BF16.model_copy(update={"heldout": [WITHIN, BEYOND]})
+    chosen = select_variant(with_variants(plain, beyond), host=AMX)
+    assert chosen.precision == "fp32" and "exceeds the tolerance" in chosen.why
+
+
+def test_a_forced_precision_beyond_tolerance_is_refused_unless_accepted(plain: ModelPackage) -> None:
+    beyond = with_variants(plain, BF16.model_copy(update={"heldout": [BEYOND]}))
+    message = (
+        "tiny-two:1: openvino bf16 is refused: its bf16 drift on 'heldout' (max |score diff| 0.2, "
+        "labels agree on 90.0%)"
+    )
+    with pytest.raises(SelectionError, match=re.escape(message)) as refused:
+        select_variant(beyond, precision="bf16", host=AMX)
+    assert "FSFM_ACCEPT_DRIFT=1" in str(refused.value)
+    accepted = select_variant(beyond, precision="bf16", host=AMX, accept_drift=True)
+    assert (accepted.engine, accepted.precision) == ("openvino", "bf16") and "FSFM_ACCEPT_DRIFT" in accepted.why
+    unmeasured = select_variant(plain, engine="openvino", precision="bf16", host=AMX)  # asked for: served, said
+    assert unmeasured.path == plain.onnx_path and "never measured" in unmeasured.why
+    # An engine asked for without a precision takes its next precision rather than refuse.
+    assert choice(beyond, AMX, engine="openvino") == ("openvino", "fp32")
+
+
+def test_a_cuda_host_prefers_the_gpu_engines(package: ModelPackage, tmp_path: Path) -> None:
+    measured = with_variants(package, BF16)
+    assert choice(measured, GPU) == ("onnxruntime", "fp32")  # torch needs model.pt
+    (tmp_path / "model.pt").write_bytes(b"")  # selection looks for the file; the engine loads it
+    with_weights = ModelPackage(measured.manifest, tmp_path)
+    assert choice(with_weights, GPU) == ("torch", "bf16")
+    assert choice(with_weights, Host(AMX.cpu_features)) == ("openvino", "bf16")  # no GPU: torch is not preferred
 
 
 def test_auto_runs_a_tensorrt_plan_on_a_gpu_with_tensorrt(package: ModelPackage) -> None:
@@ -103,9 +171,9 @@ def test_auto_runs_a_tensorrt_plan_on_a_gpu_with_tensorrt(package: ModelPackage)
 
 
 def test_forced_engines_and_precisions(package: ModelPackage) -> None:
-    int8 = select_variant(package, precision="int8", host=CPU)
+    int8 = select_variant(package, precision="int8", host=AMX)
     assert (int8.engine, int8.precision, int8.path) == ("onnxruntime", "int8", package.path / INT8_FILE)
-    torch = select_variant(package, engine="torch", host=CPU)
+    torch = select_variant(package, engine="torch", host=AMX)
     assert (torch.engine, torch.precision) == ("torch", "fp32")
     plan = select_variant(with_plan(package), engine="tensorrt", host=GPU)
     assert (plan.engine, plan.precision) == ("tensorrt", "fp16")
@@ -115,19 +183,19 @@ def test_forced_engines_and_precisions(package: ModelPackage) -> None:
     ("engine", "precision", "host", "message"),
     ids=lambda v: v if isinstance(v, str) else "",
     argvalues=[
-        ("auto", "int8", CPU, "tiny-two:1 has no int8 variant: add one with `fsfm quantize --model tiny-two:1"),
-        ("onnxruntime", "int8", CPU, "has no int8 variant"),
+        ("auto", "int8", AMX, "tiny-two:1 has no int8 variant: add one with `fsfm quantize --model tiny-two:1"),
+        ("onnxruntime", "int8", AMX, "has no int8 variant"),
         ("tensorrt", "auto", GPU, "has no TensorRT plan: build one with `fsfm export --tensorrt`"),
         (
             "tensorrt",
             "fp16",
-            CPU,
+            AMX,
             "has no fp16 TensorRT plan: build one with `fsfm export --tensorrt --trt-precision fp16`",
         ),
-        ("auto", "fp16", CPU, "has no fp16 TensorRT plan"),
-        ("torch", "int8", CPU, "engine torch cannot run precision int8; it runs fp32"),
-        ("cuda-magic", "auto", CPU, "unknown engine 'cuda-magic'; engines: onnxruntime, tensorrt, torch, openvino"),
-        ("auto", "fp64", CPU, "unknown precision 'fp64'"),
+        ("auto", "fp16", AMX, "has no fp16 TensorRT plan"),
+        ("torch", "int8", AMX, "engine torch cannot run precision int8; it runs fp32, bf16"),
+        ("cuda-magic", "auto", AMX, "unknown engine 'cuda-magic'; engines: onnxruntime, tensorrt, torch, openvino"),
+        ("auto", "fp64", AMX, "unknown precision 'fp64'"),
     ],
 )
 def test_what_cannot_be_chosen_is_said_clearly(
@@ -139,14 +207,19 @@ def test_what_cannot_be_chosen_is_said_clearly(
 
 def test_a_plan_on_a_machine_without_a_gpu(package: ModelPackage) -> None:
     with pytest.raises(SelectionError, match="engine tensorrt cannot run here: it needs an NVIDIA GPU"):
-        select_variant(with_plan(package), engine="tensorrt", host=CPU)
+        select_variant(with_plan(package), engine="tensorrt", host=AMX)
 
 
-def test_the_preference_table_is_data(package: ModelPackage) -> None:
-    """The next issue adds rows (int8 on VNNI, OpenVINO bf16 on AMX); nothing else changes."""
-    vnni_first = (Preference("onnxruntime", "int8", frozenset({"avx512_vnni"})), *AUTO_PREFERENCE)
-    assert select_variant(package, host=CPU, preferences=vnni_first).precision == "int8"
-    assert select_variant(package, host=Host(frozenset({"avx2"})), preferences=vnni_first).precision == "fp32"
+def test_the_preference_table_is_data(plain: ModelPackage) -> None:
+    """A new row changes the choice and nothing else does."""
+    measured = with_variants(plain, BF16)
+    torch_first = (Preference("torch", "fp32", frozenset({"avx512f"})), *AUTO_PREFERENCE)
+    (plain.path / "model.pt").write_bytes(b"")
+    try:
+        assert choice(measured, AMX, preferences=torch_first) == ("torch", "fp32")
+        assert choice(measured, AVX2, preferences=torch_first) == ("onnxruntime", "fp32")
+    finally:
+        (plain.path / "model.pt").unlink()
 
 
 # ---- the manifest's variants ---------------------------------------------------------------------
@@ -275,7 +348,7 @@ def test_a_registered_engine_is_chosen_alike_by_service_worker_analyze_and_bench
     assert score == pytest.approx(float(attack_scores(expected, package.manifest)[0]), abs=1e-6)
 
     # fsfm bench.
-    (run,) = run_engines(package, ["test-recording:int8"], [1], 100.0, min_seconds=0.01).runs
+    (run,) = run_engines(package, ["test-recording:int8"], [1], {"int8": 100.0}, min_seconds=0.01).runs
     assert (run.engine, run.precision) == ("test-recording:int8", "int8")
 
     assert recording == [int8_path] * 4

@@ -27,11 +27,13 @@ from fsfm.engines.onnxruntime import OnnxRuntimeEngine
 from fsfm.engines.tensorrt import TensorRTEngine, require_tensorrt
 from fsfm.engines.torch import TORCH_WEIGHTS_FILE, TorchEngine
 from fsfm.package import ModelPackage
+from fsfm.package.manifest import OPENVINO_INT8_FILE, Variant
 from fsfm.package.repository import load_package
 from tests.no_torch import run_without_torch
 from tests.packages import make_tiny_package, tiny_classifier
 from training.export import ExportError
 from training.package_torch import save_torch_weights
+from training.quantize import quantize_openvino_int8
 from training.tensorrt_build import add_plan_to_package, build_plan, onnx_bytes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -86,9 +88,15 @@ def check_openvino_matches_onnxruntime(package: ModelPackage, home: Path) -> Non
     assert (engine.input_name, engine.output_names) == ("images", ("logits",))
     assert any((home / "openvino").iterdir())  # the compiled model, cached
     reference = OnnxRuntimeEngine(package.onnx_path)
-    bf16 = open_engine(package, precision="bf16")  # no declared bf16 variant: OpenVINO derives it
+    bf16 = open_engine(package, "openvino", "bf16")  # no declared bf16 variant: OpenVINO derives it
     chosen = bf16.selection
     assert (chosen.engine, chosen.precision, chosen.path) == ("openvino", "bf16", package.onnx_path)
+    # int8: NNCF's static quantisation into an IR, calibrated on inputs like the model's
+    ir = home / OPENVINO_INT8_FILE
+    quantize_openvino_int8(package.onnx_path, ir, [_batch(1, seed=100 + k) for k in range(16)])
+    variant = Variant(precision="int8", format="openvino-ir", file=str(ir), method="test")
+    int8 = open_engine(ModelPackage(package.manifest.with_variant(variant), package.path), "openvino", "int8")
+    assert (int8.selection.precision, int8.selection.path) == ("int8", ir)
     for size in (1, 5):
         x = _batch(size, seed=size)
         expected = reference.run(x)["logits"]
@@ -96,11 +104,13 @@ def check_openvino_matches_onnxruntime(package: ModelPackage, home: Path) -> Non
         assert got.shape == (size, 2) and got.dtype == np.float32
         np.testing.assert_allclose(got, expected, atol=1e-4)
         np.testing.assert_allclose(bf16.run(x)["logits"], expected, atol=5e-2)
-    engine.close()
-    bf16.close()
+        quantized = int8.run(x)["logits"]
+        assert quantized.shape == (size, 2) and not np.array_equal(quantized, expected)  # another graph ran
+        np.testing.assert_allclose(quantized, expected, atol=0.15 * np.abs(expected).max())  # 2 tiny layers in int8
+    for made in (engine, bf16, int8):
+        made.close()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs the openvino extra")
 def test_openvino_engine_matches_onnxruntime(package: ModelPackage, tmp_path: Path) -> None:
     """Run in a process of its own: with OpenVINO's runtime loaded beside PyTorch in one process, a
     later multiprocessing lock (tqdm's, in the pretraining tests) aborted the test process."""

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from fsfm.engines.base import Engine
 from fsfm.face.crop import Normalization, normalize
 from fsfm.models.checkpoints import classifier_from_state, load_checkpoint, model_state
 from fsfm.models.config import ViTConfig
@@ -60,18 +61,25 @@ class Scorer(Protocol):
 
 
 class PackageScorer:
-    """A model package through ONNX Runtime, with its manifest's normalisation, class semantics and test
-    transform (the crop's ``center_crop_from``)."""
+    """A model package through ONNX Runtime (or the engine given), with its manifest's normalisation, class
+    semantics and test transform (the crop's ``center_crop_from``)."""
 
-    def __init__(self, package: ModelPackage, threads: int | None = None, onnx_path: Path | None = None) -> None:
-        """``onnx_path``: another graph of the package (e.g. its int8 variant) instead of ``model.onnx``."""
+    def __init__(
+        self,
+        package: ModelPackage,
+        threads: int | None = None,
+        onnx_path: Path | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        """``onnx_path``: another graph of the package (e.g. its int8 variant) instead of ``model.onnx``;
+        ``engine``: any engine made for the package (e.g. OpenVINO in bf16) instead of ONNX Runtime."""
         from fsfm.engines.onnxruntime import OnnxRuntimeEngine
 
         self.manifest = package.manifest
         self.name = self.manifest.ref
         self.size = self.manifest.architecture.vit.img_size
         self.mode: EvalMode = "resize" if self.manifest.crop.center_crop_from is None else "center_crop"
-        self.engine = OnnxRuntimeEngine(onnx_path or package.onnx_path, threads=threads)
+        self.engine = engine or OnnxRuntimeEngine(onnx_path or package.onnx_path, threads=threads)
         self.threshold, self.threshold_source = self.manifest.thresholds.default, "default"
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ import typer
 
 from fsfm.console import fail
 from fsfm.flags import choices, config_option, literal_choices
-from fsfm.package.manifest import TASKS, Thresholds
+from fsfm.package.manifest import QUANTIZE_VARIANTS, TASKS, Thresholds
 from training.finetune_config import DataSpec, FinetuneConfig
 from training.pull import OFFICIAL
 
@@ -367,39 +367,53 @@ def calibrate(
 def quantize(
     model: str = typer.Option(..., help="Model package: its folder, or NAME or NAME:VERSION in --models."),
     heldout: list[str] = typer.Option(
-        ..., help="Held-out set(s) (as --val of calibrate) on which the int8 variant is judged against fp32."
+        ..., help="Held-out set(s) (as --val of calibrate) on which each variant is judged against fp32."
+    ),
+    variants: str | None = typer.Option(
+        None,
+        help=f"Comma-separated variants to add, of {', '.join(QUANTIZE_VARIANTS)} (default: all this host can make).",
+    ),
+    calibration: list[str] | None = typer.Option(
+        None, help="Face set(s) calibrating static int8 (openvino-int8); default: the held-out sets."
     ),
     models: Path = typer.Option(Path("models"), envvar="FSFM_MODELS", help="Model repository folder."),
     batch_size: int = typer.Option(64, min=1),
     workers: int = typer.Option(2, min=0),
     faces_cache: Path | None = typer.Option(None, help="Where faces extracted from benchmark videos are kept."),
 ) -> None:
-    """Add an int8 ONNX variant to a package, checked against fp32 on held-out faces.
+    """Add faster variants of a package (int8, bf16), each judged against fp32 on held-out faces.
 
-    ONNX Runtime dynamic quantisation; the accuracy against fp32 is recorded in the manifest, and
-    `fsfm serve --precision int8` serves the variant.
+    The drift of each variant is recorded in the manifest; `fsfm serve` runs a variant automatically
+    only where the CPU gains from it and its drift is within the tolerance (docs/engines.md).
     """
     from fsfm.assets import cache_dir
     from fsfm.package.repository import ModelRepository, PackageError, load_package
     from training.finetune_data import DataError, open_source
-    from training.quantize import add_int8_to_package
+    from training.quantize import add_variants
 
+    names = [name.strip() for name in variants.split(",") if name.strip()] if variants else None
     try:
         package = load_package(Path(model)) if Path(model).is_dir() else ModelRepository(models).get(model)
         cache = faces_cache or cache_dir() / "faces"
         sources = [open_source(spec, cache) for spec in _specs(heldout)]
-        package = add_int8_to_package(package, sources, batch_size, workers)
+        calibrating = [open_source(spec, cache) for spec in _specs(calibration or [])]
+        package, skipped = add_variants(package, sources, names, calibrating, batch_size, workers)
     except (PackageError, DataError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-    info = package.manifest.variant("int8")
-    assert info is not None
-    typer.echo(f"{package.manifest.ref}: wrote {package.variant_path(info)}")
-    for check in info.heldout:
-        auc = "" if check.auc_fp32 is None else f"AUC fp32 {check.auc_fp32:.4f} int8 {check.auc_variant:.4f}, "
-        typer.echo(
-            f"  {check.set}: {check.faces} faces, {auc}max |score diff| {check.max_abs_score_diff:.4f}, "
-            f"labels agree on {check.label_agreement:.1%}"
-        )
+    for name, why in skipped.items():
+        typer.echo(f"{package.manifest.ref}: {name} not made: {why}", err=True)
+    for variant in package.manifest.variants:
+        if not variant.heldout or variant.format == "tensorrt-plan":
+            continue
+        problem = variant.drift_problem()
+        verdict = "within tolerance" if problem is None else f"NOT served automatically: {problem}"
+        typer.echo(f"{package.manifest.ref}: {variant.precision} {variant.format} ({variant.file}): {verdict}")
+        for check in variant.heldout:
+            auc = "" if check.auc_fp32 is None else f"AUC fp32 {check.auc_fp32:.4f} variant {check.auc_variant:.4f}, "
+            typer.echo(
+                f"  {check.set}: {check.faces} faces, {auc}max |score diff| {check.max_abs_score_diff:.4f}, "
+                f"mean {check.mean_abs_score_diff:.4f}, labels agree on {check.label_agreement:.1%}"
+            )
 
 
 def pull(

@@ -21,10 +21,11 @@ def open_engine(
     precision: str = AUTO,
     options: EngineOptions | None = None,
     host: Host | None = None,
+    accept_drift: bool = False,
 ) -> Engine:
     """The engine ``select_variant`` chooses for ``package``, loaded and warmed up at the package's
     crop size; ``engine.selection`` says what was chosen and why. Raises ``EngineError``."""
-    selection = select_variant(package, engine, precision, host)
+    selection = select_variant(package, engine, precision, host, accept_drift=accept_drift)
     made = create_engine(package, selection, options)
     size = package.manifest.crop.size
     try:

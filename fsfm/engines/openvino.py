@@ -1,12 +1,16 @@
-"""OpenVINO engine (Intel's runtime; CPU): compiles the package's fp32 ONNX graph, in f32 or, with
-the inference-precision hint, bf16. Registered as ``openvino``; ``pip install fsfm[openvino]``.
+"""OpenVINO engine (Intel's runtime; CPU): compiles the package's fp32 ONNX graph in f32 or, with the
+inference-precision hint, bf16; or an int8 OpenVINO IR (``fsfm quantize``: NNCF's static
+post-training quantisation). Registered as ``openvino``; the ``openvino`` package is a dependency of
+the ``serve`` extra.
 
 bf16 is not a separate file: OpenVINO lowers the fp32 graph itself when compiling with
-``INFERENCE_PRECISION_HINT=bf16``, on CPUs with AVX512-BF16 or AMX (elsewhere it runs f32). A
-package may still declare a bf16 variant (with its held-out check against fp32) naming the graph to
-read. Compiled models are cached under the fsfm cache (``<cache>/openvino``, OpenVINO's
-``CACHE_DIR``), so a restart does not compile again. References: OpenVINO's "Precision Control"
-and "Model Caching Overview" guides (docs.openvino.ai).
+``INFERENCE_PRECISION_HINT=bf16``, on CPUs with AVX512-BF16 or AMX (elsewhere it runs f32). A package
+declares a bf16 variant naming that graph to record its drift from fp32 (``fsfm quantize``). The int8
+IR is compiled with the runtime's default hint: its quantised matrix products run in int8 (VNNI,
+AMX), the layers left in floating point in bf16 where the CPU has bf16 instructions, else in f32.
+Compiled models are cached under the fsfm cache (``<cache>/openvino/<precision>``, OpenVINO's
+``CACHE_DIR``), so a restart does not compile again. References: OpenVINO's "Precision Control" and "Model Caching
+Overview" guides (docs.openvino.ai).
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ if TYPE_CHECKING:
     from fsfm.engines.select import Selection
     from fsfm.package import ModelPackage
 
-INSTALL_HINT = "pip install openvino (the `openvino` extra)"
-_HINTS = {"fp32": "f32", "bf16": "bf16"}  # fsfm precision -> OpenVINO's element type name
+INSTALL_HINT = "pip install openvino (in the `serve` extra)"
+_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": None}  # fsfm precision -> OpenVINO's hint (None: its default)
 
 
 def unavailable() -> str | None:
@@ -40,7 +44,7 @@ def create(package: ModelPackage, selection: Selection, options: EngineOptions) 
 
 
 class OpenVinoEngine:
-    """One ONNX graph with one input (dynamic batch), compiled for the CPU; one inference request,
+    """One ONNX graph or OpenVINO IR with one input (dynamic batch), compiled for the CPU; one inference request,
     reused (the batcher runs one batch at a time)."""
 
     name = "openvino"
@@ -60,14 +64,19 @@ class OpenVinoEngine:
         self.path = path
         core = openvino.Core()
         if cache is not None:
+            # One folder per precision: OpenVINO 2026.4's cache key leaves the precision hint out, and
+            # a graph compiled in f32 and then loaded from the cache for bf16 answers NaN.
+            cache = cache / precision
             cache.mkdir(parents=True, exist_ok=True)
             core.set_property({"CACHE_DIR": str(cache)})
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if (hint := _HINTS[precision]) is not None:
+            config["INFERENCE_PRECISION_HINT"] = hint
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
             self._compiled = core.compile_model(str(path), "CPU", config)
-        except RuntimeError as exc:
+        except RuntimeError as exc:  # also a missing or damaged IR weights file (.bin)
             raise EngineError(f"OpenVINO cannot compile {path}: {exc}") from exc
         if len(self._compiled.inputs) != 1:
             raise EngineError(f"{path} has {len(self._compiled.inputs)} inputs; engines take models with one input")

@@ -11,17 +11,17 @@ An engine is one module and one ``register`` line at the end of this file. The m
         ``selection.precision``; import the runtime here.
 
 The spec says where the engine runs (``device``: "cpu" runs on any machine, "cuda" needs an NVIDIA
-GPU), which variant formats it reads and which precisions it runs; ``derives`` are the precisions it
-makes itself from the fp32 reference graph (a compile-time hint) when the package declares no
-variant in them. Which engine and variant a
-package gets is decided in one place, ``fsfm.engines.select.select_variant``; ``create_engine``
-makes the engine for that decision.
+GPU) and which precisions it runs from variants of each format it reads (``reads``); ``derives``
+are the precisions it makes itself from the fp32 ONNX graph (OpenVINO's bf16 hint, torch's bf16
+autocast), which a package declares as a variant of that graph to record their measured drift.
+Which engine and variant a package gets is decided in one place,
+``fsfm.engines.select.select_variant``; ``create_engine`` makes the engine for that decision.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Literal
@@ -46,18 +46,30 @@ class EngineSpec:
     name: str
     module: str  # defines unavailable() and create(package, selection, options)
     device: Literal["cpu", "cuda"]
-    formats: tuple[str, ...]  # Variant.format values it reads
-    precisions: tuple[str, ...]  # precisions it runs
-    derives: tuple[str, ...] = ()  # of those, the ones it can run from the fp32 reference graph
+    reads: Mapping[str, tuple[str, ...]]  # Variant.format -> the precisions it runs from variants of that format
+    derives: tuple[str, ...] = ()  # precisions it can also run from the fp32 reference graph
+    needs_file: str | None = None  # a file the package must hold besides the variant (torch: model.pt)
 
     def _module(self) -> ModuleType:
         return importlib.import_module(self.module)
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return tuple(self.reads)
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """Every precision it runs, in the order its formats list them."""
+        listed = [p for precisions in self.reads.values() for p in precisions] + list(self.derives)
+        return tuple(dict.fromkeys(listed))
 
     def unavailable(self) -> str | None:
         return self._module().unavailable()
 
     def runs(self, variant: Variant) -> bool:
-        return variant.format in self.formats and variant.precision in self.precisions
+        return variant.precision in self.reads.get(variant.format, ()) or (
+            variant.format == "onnx" and variant.precision in self.derives
+        )
 
     def create(self, package: ModelPackage, selection: Selection, options: EngineOptions) -> Engine:
         return self._module().create(package, selection, options)
@@ -107,7 +119,13 @@ def create_engine(package: ModelPackage, selection: Selection, options: EngineOp
     return engine
 
 
-register(EngineSpec("onnxruntime", "fsfm.engines.onnxruntime", "cpu", ("onnx",), ("fp32", "int8")))
-register(EngineSpec("tensorrt", "fsfm.engines.tensorrt", "cuda", ("tensorrt-plan",), ("fp32", "fp16")))
-register(EngineSpec("torch", "fsfm.engines.torch", "cpu", ("onnx",), ("fp32",)))
-register(EngineSpec("openvino", "fsfm.engines.openvino", "cpu", ("onnx",), ("fp32", "bf16"), derives=("bf16",)))
+register(EngineSpec("onnxruntime", "fsfm.engines.onnxruntime", "cpu", {"onnx": ("fp32", "int8")}))
+register(EngineSpec("tensorrt", "fsfm.engines.tensorrt", "cuda", {"tensorrt-plan": ("fp32", "fp16")}))
+register(
+    EngineSpec("torch", "fsfm.engines.torch", "cpu", {"onnx": ("fp32",)}, derives=("bf16",), needs_file="model.pt")
+)
+register(
+    EngineSpec(
+        "openvino", "fsfm.engines.openvino", "cpu", {"onnx": ("fp32",), "openvino-ir": ("int8",)}, derives=("bf16",)
+    )
+)

@@ -1,19 +1,24 @@
 """Which engine runs which of a package's variants: one choice, made by ``select_variant`` for the
 service, the worker, ``fsfm analyze`` and ``fsfm bench`` alike.
 
-The inputs are the package (its manifest declares its variants: the fp32 reference graph and any
-int8 graph or TensorRT plan), the engine and precision asked for ("auto" or a name), and the host:
-its CPU features, whether an NVIDIA GPU is present, and which registered engines cannot run here.
-Given the host explicitly, the function is pure; ``Host.detect()`` reads the machine.
+The inputs are the package (its manifest declares its variants: the fp32 reference graph, int8
+graphs, a bf16 record, TensorRT plans, each with its drift from fp32 measured on held-out faces),
+the engine and precision asked for ("auto" or a name), and the host: its CPU features, whether an
+NVIDIA GPU is present, and which registered engines cannot run here. Given the host explicitly,
+the function is pure; ``Host.detect()`` reads the machine.
 
 An engine runs a precision from a variant the package declares in it, or, for the precisions its
-registry entry ``derives`` (OpenVINO's bf16 inference hint), from the fp32 reference graph.
+registry entry ``derives`` (OpenVINO's bf16 inference hint, torch's bf16 autocast), from the fp32
+reference graph; a package records such a precision's measured drift as a variant of that graph.
 
 ``auto`` walks ``AUTO_PREFERENCE`` top to bottom and takes the first row whose engine runs here,
-whose CPU features the host has and whose variant the package carries. A forced engine or precision
-keeps only the rows that agree with it; when none of them fits, the forced engine's (or any
-engine's) variants in the forced precision are taken in registry order. Nothing fits: a
-``SelectionError`` saying what is missing and, for a missing variant, the command that adds it.
+whose CPU features the host has, whose variant the package carries and, below fp32, whose
+recorded drift is within the tolerance (``DriftTolerance``): a lower precision is never chosen on
+speed alone. A forced engine or precision keeps only the rows that agree with it; when none of
+them fits, the forced engine's (or any engine's) variants in the forced precision are taken in
+registry order, refused when their recorded drift exceeds the tolerance unless ``accept_drift``.
+Nothing fits: a ``SelectionError`` saying what is missing and, for a missing variant, the command
+that adds it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 from fsfm.engines.base import EngineError
 from fsfm.engines.registry import ENGINES, EngineSpec, engine_spec, unavailable_engines
 from fsfm.package import ModelPackage
-from fsfm.package.manifest import PRECISIONS, Variant
+from fsfm.package.manifest import DEFAULT_DRIFT_TOLERANCE, PRECISIONS, DriftTolerance, Variant
 
 AUTO = "auto"
 # The /proc/cpuinfo flags a choice may depend on (VNNI for int8, AMX and AVX-512 BF16 for bf16).
@@ -34,17 +39,32 @@ CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "am
 
 @dataclass(frozen=True)
 class Preference:
-    """One row of the automatic choice: ``engine`` at ``precision``, on hosts with ``cpu_features``."""
+    """One row of the automatic choice: ``engine`` at ``precision``, on hosts with at least one of
+    ``cpu_any`` (any host when empty) and, with ``cuda``, an NVIDIA GPU."""
 
     engine: str
     precision: str
-    cpu_features: frozenset[str] = frozenset()
+    cpu_any: frozenset[str] = frozenset()
+    cuda: bool = False
+
+    def fits(self, host: Host) -> bool:
+        return (not self.cpu_any or bool(self.cpu_any & host.cpu_features)) and (host.cuda or not self.cuda)
 
 
-# Today's behaviour: a TensorRT plan on a GPU with TensorRT installed; else ONNX Runtime fp32.
+INT8_DOT = frozenset({"amx_int8", "avx512_vnni", "avx_vnni"})  # int8 dot-product instructions
+BF16_MATH = frozenset({"amx_bf16", "avx512_bf16"})  # bf16 matrix or dot-product instructions
+
+# Fastest first, each row taken only where its variant is carried and, below fp32, its recorded
+# drift is within tolerance. Measured with ViT-B/16 on 2 cores of a Xeon with AMX (docs/performance.md):
+# OpenVINO int8 ~7x and bf16 ~4.5x ONNX Runtime fp32; ONNX Runtime's dynamic int8 ~3.5x there and
+# 1.4-1.8x on an AVX2-only EPYC, where bf16 has no instructions and runs slower than fp32.
 AUTO_PREFERENCE: tuple[Preference, ...] = (
     Preference("tensorrt", "fp16"),
     Preference("tensorrt", "fp32"),
+    Preference("torch", "bf16", cuda=True),
+    Preference("openvino", "int8", INT8_DOT),
+    Preference("openvino", "bf16", BF16_MATH),
+    Preference("onnxruntime", "int8", frozenset({"avx2"}) | INT8_DOT),
     Preference("onnxruntime", "fp32"),
 )
 
@@ -62,6 +82,24 @@ def cpu_features(cpuinfo: str | None = None) -> frozenset[str]:
         if key.strip() == "flags":
             return frozenset(value.split()) & frozenset(CPU_FEATURES)
     return frozenset()
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The first processor's model name and its ``CPU_FEATURES`` flags, as reports state the host."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "unknown CPU"
+    name = next(
+        (
+            v.strip()
+            for k, _, v in map(lambda line: line.partition(":"), cpuinfo.splitlines())
+            if k.strip() == "model name"
+        ),
+        "unknown CPU",
+    )
+    return f"{name} ({' '.join(sorted(cpu_features(cpuinfo))) or 'no AVX2'})"
 
 
 def cuda_present() -> bool:
@@ -115,8 +153,12 @@ def select_variant(
     precision: str = AUTO,
     host: Host | None = None,
     preferences: Sequence[Preference] = AUTO_PREFERENCE,
+    accept_drift: bool = False,
+    tolerance: DriftTolerance = DEFAULT_DRIFT_TOLERANCE,
 ) -> Selection:
-    """Choose the engine and the package variant it runs (see the module docstring)."""
+    """Choose the engine and the package variant it runs (see the module docstring). A variant
+    below fp32 is chosen automatically only when its recorded drift is within ``tolerance``; asked
+    for by name, one whose recorded drift exceeds it is refused unless ``accept_drift``."""
     if engine != AUTO:
         engine_spec(engine)  # unknown: fails, listing the known engines
     if precision != AUTO and precision not in PRECISIONS:
@@ -125,26 +167,58 @@ def select_variant(
     variants = package.manifest.all_variants()
 
     def carried(spec: EngineSpec, wanted: str) -> Variant | None:
-        """The variant ``spec`` runs at ``wanted``: declared, or the reference for a derived precision."""
+        """The variant ``spec`` runs at ``wanted``: declared, or made from the reference graph for a
+        derived precision (then with no drift on record)."""
         declared = next((v for v in variants if v.precision == wanted and spec.runs(v)), None)
-        return declared or (variants[0] if wanted in spec.derives else None)
+        if declared is None and wanted in spec.derives:
+            return variants[0].model_copy(update={"precision": wanted, "method": f"{spec.name} {wanted} from fp32"})
+        return declared
 
-    def chosen(spec: EngineSpec, variant: Variant, precision: str, why: str) -> Selection:
-        return Selection(spec.name, precision, variant, package.variant_path(variant), why)
+    def chosen(spec: EngineSpec, variant: Variant, why: str) -> Selection:
+        return Selection(spec.name, variant.precision, variant, package.variant_path(variant), why)
+
+    def asked_for(spec: EngineSpec, variant: Variant) -> Selection:
+        """A variant in the precision asked for by name: refused when its recorded drift exceeds the
+        tolerance (unless ``accept_drift``), served with a note when it was never measured."""
+        why = f"asked for engine {engine}, precision {precision}"
+        problem = variant.drift_problem(tolerance)
+        if problem is not None and variant.heldout:
+            if not accept_drift:
+                raise SelectionError(
+                    f"{package.manifest.ref}: {spec.name} {variant.precision} is refused: {problem}. "
+                    "Serve it anyway with FSFM_ACCEPT_DRIFT=1, or choose another precision"
+                )
+            why += f"; served although {problem} (FSFM_ACCEPT_DRIFT)"
+        elif problem is not None:
+            why += f"; {problem}"
+        return chosen(spec, variant, why)
+
+    passed_over: list[str] = []
+
+    def lacks_file(spec: EngineSpec) -> bool:
+        """Whether an engine not asked for by name lacks a file it needs (asked for, it says so itself)."""
+        return engine == AUTO and spec.needs_file is not None and not (package.path / spec.needs_file).is_file()
 
     for row in preferences:
         spec = ENGINES.get(row.engine)
         if spec is None or engine not in (AUTO, row.engine) or precision not in (AUTO, row.precision):
             continue
-        if row.cpu_features <= host.cpu_features and host.cannot_run(spec) is None:
-            if (variant := carried(spec, row.precision)) is not None:
-                why = f"preferred: {row.engine} {row.precision} runs here and the package has it"
-                return chosen(spec, variant, row.precision, why)
+        if lacks_file(spec):
+            continue
+        if row.fits(host) and host.cannot_run(spec) is None and (variant := carried(spec, row.precision)):
+            if (problem := variant.drift_problem(tolerance)) is None:
+                why = f"preferred on this host: {row.engine} {row.precision}"
+                return chosen(spec, variant, "; ".join([why, *passed_over]))
+            if precision != AUTO:
+                return asked_for(spec, variant)
+            passed_over.append(f"passed over {row.engine} {row.precision}: {problem}")
     specs = [ENGINES[engine]] if engine != AUTO else list(ENGINES.values())
-    for spec in specs:
+    for spec in (s for s in specs if not lacks_file(s)):
         for wanted in [precision] if precision != AUTO else spec.precisions:
             if host.cannot_run(spec) is None and (variant := carried(spec, wanted)) is not None:
-                return chosen(spec, variant, wanted, f"asked for engine {engine}, precision {precision}")
+                if precision == AUTO and variant.drift_problem(tolerance) is not None:
+                    continue  # the engine was asked for, not this precision: try its next one
+                return asked_for(spec, variant)
     raise SelectionError(_nothing_fits(package, engine, precision, host, carried))
 
 

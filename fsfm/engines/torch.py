@@ -3,7 +3,9 @@
 ``model.pt`` is optional in a package (the service serves ``model.onnx``); ``fsfm export
 --with-torch`` writes it, checked against the ONNX graph (``training.package_torch``). torch is
 imported when an engine is made, never at import time: the slim serving image has no torch.
-Registered as ``torch``: it runs the fp32 reference, with the weights of ``model.pt``.
+Registered as ``torch``: it runs the fp32 reference with the weights of ``model.pt``, or the same
+in bf16 autocast (matrix products in bf16, reductions and softmax in fp32): on an NVIDIA GPU, the
+GPU path ``auto`` takes when the package has no TensorRT plan and records bf16's drift.
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ def unavailable() -> str | None:
 def create(package: ModelPackage, selection: Selection, options: EngineOptions) -> TorchEngine:
     """The selection is the fp32 reference graph; torch computes it from ``model.pt`` instead.
     ``options.threads`` is left alone: torch's thread count is per process, not per model."""
-    return TorchEngine(package)
+    return TorchEngine(package, precision=selection.precision)
 
 
 class TorchEngine:
-    """The ``ViTClassifier`` of a package's manifest with the weights of its ``model.pt``, in fp32
+    """The ``ViTClassifier`` of a package's manifest with the weights of its ``model.pt``, in fp32 or bf16
     under ``torch.inference_mode()``, on CUDA when available (or on ``device``), else on the CPU.
 
     On CUDA, torch's own defaults apply (cuDNN may use TF32 for the patch convolution), so
@@ -44,7 +46,7 @@ class TorchEngine:
     name = "torch"
     selection: Selection | None = None
 
-    def __init__(self, package: ModelPackage, device: str | None = None) -> None:
+    def __init__(self, package: ModelPackage, device: str | None = None, precision: str = "fp32") -> None:
         try:
             import torch
         except ImportError as exc:
@@ -69,16 +71,22 @@ class TorchEngine:
             self.model = model.to(self.device).eval()
         except (RuntimeError, AssertionError) as exc:  # torch asserts when it was built without CUDA
             raise EngineError(f"cannot put the model on {self.device}: {exc}") from exc
+        if precision not in ("fp32", "bf16"):
+            raise EngineError(f"the torch engine runs fp32 and bf16, not {precision}")
+        self.precision = precision
         self.input_name: str = manifest.onnx.input_name
         self.output_names: tuple[str, ...] = (manifest.onnx.output_name,)
         self._torch = torch
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         torch = self._torch
-        images = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-        with torch.inference_mode():
+        images = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if self.device.type == "cuda":  # page-locked host memory: the copy to the GPU runs as DMA
+            images = images.pin_memory().to(self.device, non_blocking=True)
+        bf16 = self.precision == "bf16"
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = self.model(images)
-        return {self.output_names[0]: logits.cpu().numpy()}
+        return {self.output_names[0]: logits.float().cpu().numpy()}
 
     def warmup(self, sample: np.ndarray, passes: int = 2) -> None:
         for _ in range(passes):

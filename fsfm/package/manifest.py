@@ -133,7 +133,7 @@ class OnnxInfo(BaseModel):
 
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
-VariantFormat = Literal["onnx", "tensorrt-plan"]
+VariantFormat = Literal["onnx", "openvino-ir", "tensorrt-plan"]
 
 
 class HeldOutCheck(BaseModel):
@@ -146,6 +146,9 @@ class HeldOutCheck(BaseModel):
     max_abs_score_diff: float = Field(ge=0, description="largest |attack score difference| over the set's faces")
     mean_abs_score_diff: float = Field(ge=0)
     label_agreement: float = Field(ge=0, le=1, description="share of faces labelled alike at the default threshold")
+    measured_on: str | None = Field(
+        default=None, description="the engine and CPU it was measured with (bf16 and int8 kernels differ by CPU)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -153,6 +156,22 @@ class HeldOutCheck(BaseModel):
         if isinstance(data, dict) and "auc_int8" in data:  # the int8-only form of the first manifests
             data = {k: v for k, v in data.items() if k != "auc_int8"} | {"auc_variant": data["auc_int8"]}
         return data
+
+
+class DriftTolerance(BaseModel):
+    """How far a lower-precision variant may stray from fp32 on every held-out set it was judged on,
+    for the service to run it without being forced (``FSFM_ACCEPT_DRIFT``). A variant that flips
+    more than 1% of labels at the default threshold, or moves a score by more than 0.05, is not a
+    speed-up of the same model."""
+
+    max_abs_score_diff: float = Field(default=0.05, ge=0, le=1)
+    min_label_agreement: float = Field(default=0.99, ge=0, le=1)
+
+    def describe(self) -> str:
+        return f"max |score diff| <= {self.max_abs_score_diff:g}, labels agree on >= {self.min_label_agreement:.0%}"
+
+
+DEFAULT_DRIFT_TOLERANCE = DriftTolerance()
 
 
 class PlanBuild(BaseModel):
@@ -189,8 +208,31 @@ class Variant(BaseModel):
     def key(self) -> tuple[str, str]:
         return self.precision, self.format
 
+    def drift_problem(self, tolerance: DriftTolerance = DEFAULT_DRIFT_TOLERANCE) -> str | None:
+        """Why this variant may not stand in for fp32 unasked: no held-out check recorded, or a set
+        on which it strays beyond ``tolerance``. None for fp32 and for variants within it. An fp16
+        TensorRT plan needs no record (fp16 keeps 10 of fp32's 23 mantissa bits, bf16 7, and TensorRT
+        keeps the layers that would overflow in fp32); its record, where there is one, still counts."""
+        if self.precision == "fp32" or (self.precision == "fp16" and not self.heldout):
+            return None
+        if not self.heldout:
+            return f"its {self.precision} drift from fp32 was never measured (`fsfm quantize` measures it)"
+        for check in self.heldout:
+            if (
+                check.max_abs_score_diff > tolerance.max_abs_score_diff
+                or check.label_agreement < tolerance.min_label_agreement
+            ):
+                return (
+                    f"its {self.precision} drift on {check.set!r} (max |score diff| {check.max_abs_score_diff:.3g}, "
+                    f"labels agree on {check.label_agreement:.1%}) exceeds the tolerance ({tolerance.describe()})"
+                )
+        return None
+
 
 INT8_FILE = "model.int8.onnx"
+OPENVINO_INT8_FILE = "model.int8.openvino.xml"  # with its weights beside it, .bin
+# The variants `fsfm quantize` makes (``training.quantize.VARIANTS`` holds how), named here for light imports.
+QUANTIZE_VARIANTS: tuple[str, ...] = ("onnxruntime-int8", "openvino-int8", "openvino-bf16")
 PLAN_FILE = "model.plan"
 
 

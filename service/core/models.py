@@ -67,6 +67,7 @@ class ModelListing:
 
     manifest: Manifest
     default_for_task: bool
+    engine: dict[str, str] | None = None  # the engine, precision and file it runs on here (none: on workers)
 
 
 def load_backend(package: ModelPackage, settings: Settings, metrics: Metrics) -> InferenceBackend:
@@ -106,9 +107,10 @@ class ServedModels:
             self.models[package.manifest.ref] = ServedModel(package, backend)
 
     def start(self) -> None:
+        engines = self.engines()
         for model in self.models.values():
             model.backend.start()
-            self.metrics.model_ready.labels(model.label).set(1)
+            self.metrics.model_loaded(model.label, engines.get(model.label))
 
     async def stop(self) -> None:
         for model in self.models.values():
@@ -136,7 +138,11 @@ class ServedModels:
         """Every served model, sorted by ``name:version``."""
         repository = self.repository
         defaults = {repository.default_for_task(t).manifest.ref for t in self.tasks()} if repository else set()
-        return [ModelListing(served.manifest, ref in defaults) for ref, served in sorted(self.models.items())]
+        engines = self.engines()
+        return [
+            ModelListing(served.manifest, ref in defaults, engines.get(ref))
+            for ref, served in sorted(self.models.items())
+        ]
 
     def metric_label(self, name: str | None) -> str:
         """The ``model`` label of a request naming ``name``: the name itself when it is a served model's

@@ -153,6 +153,11 @@ class ModelEntry(BaseModel):
     ref: str = Field(description="name:version")
     default_for_task: bool = Field(description="requests for the task that name no model get this one")
     manifest: Manifest
+    engine: dict[str, str] | None = Field(
+        default=None,
+        description="the engine, precision and graph file it runs on in this process (auto or forced; null on an "
+        "API node with a Redis queue: its workers run the engines)",
+    )
 
 
 class ModelsResponse(BaseModel):

@@ -16,7 +16,12 @@ async def list_models(core: CoreDep) -> ModelsResponse:
     """Every loaded model package with its manifest."""
     return ModelsResponse(
         models=[
-            ModelEntry(ref=entry.manifest.ref, default_for_task=entry.default_for_task, manifest=entry.manifest)
+            ModelEntry(
+                ref=entry.manifest.ref,
+                default_for_task=entry.default_for_task,
+                manifest=entry.manifest,
+                engine=entry.engine,
+            )
             for entry in core.listing()
         ]
     )
