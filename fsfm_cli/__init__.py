@@ -1,6 +1,6 @@
 """The ``fsfm`` command line, composed at the top so that no package below it imports another's commands:
 the core's (``fsfm.cli``: setup), training's (``training.commands``, ``training.finetune_commands``:
-prepare, pretrain, finetune, evaluate, export, calibrate, quantize), the service's (``service.commands``:
+prepare, pretrain, finetune, evaluate, export, calibrate, quantize, pull), the service's (``service.commands``:
 serve; ``service.worker_command``: worker; ``service.analyze_command``: analyze) and the benchmarks'
 (``benchmarks.commands``: the ``bench`` group).
 
@@ -19,12 +19,12 @@ from service.analyze_command import analyze
 from service.commands import serve
 from service.worker_command import worker
 from training.commands import prepare, pretrain
-from training.finetune_commands import calibrate, evaluate, export, finetune, quantize
+from training.finetune_commands import calibrate, evaluate, export, finetune, pull, quantize
 
 # Help texts are Markdown: `code` renders as code, and a docstring's line breaks only wrap its paragraph
 # (the first paragraph is the command's summary in `fsfm --help`).
 HELP_MARKUP = "markdown"
-COMMANDS = (setup, analyze, export, serve, worker, prepare, pretrain, finetune, evaluate, calibrate, quantize)
+COMMANDS = (setup, analyze, export, serve, worker, prepare, pretrain, finetune, evaluate, calibrate, quantize, pull)
 
 app = typer.Typer(
     name="fsfm",

@@ -13,6 +13,7 @@ import argparse
 import csv
 import inspect
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fsfm.cli import TaskName
-from fsfm.face.crop import Normalization
+from fsfm.face.crop import IMAGENET_MEAN, IMAGENET_STD, Normalization
 from fsfm.models.checkpoints import classifier_from_state, load_checkpoint
 from fsfm.models.config import vit_preset
 from fsfm.models.vit import ViTClassifier, ViTEncoder
@@ -31,14 +32,17 @@ from fsfm.package.manifest import TASKS, Manifest
 from fsfm.package.repository import load_package
 from tests.official_format import official_finetuned_state, official_pretrain_state, save_official
 from tests.packages import TINY_VIT
-from training.augment import TrainTransform, eval_pixels
+from training.augment import RAND_AUGMENT_OPS, TrainTransform, eval_pixels, fill_colour
+from training.calibrate import chance_verdict
 from training.demo import DEMO_ENCODER, build_demo_model, prepare_astronaut_faces
 from training.evaluate import PackageScorer, checkpoint_scorer, score_source
-from training.export import export_checkpoint
-from training.finetune import Finetuner, FinetuneResult, initial_model
+from training.export import ExportError, export_checkpoint
+from training.finetune import ChanceLevelError, Finetuner, FinetuneResult, initial_model
 from training.finetune_commands import Task, calibrate, evaluate, export, finetune, quantize
 from training.finetune_config import DataSpec, FinetuneConfig
 from training.finetune_data import (
+    DataError,
+    DataWarning,
     PreparedFaces,
     SelfBlendedSource,
     TrainBatchSampler,
@@ -51,6 +55,7 @@ from training.finetune_data import (
 from training.finetune_engine import Mixup, soft_target_ce
 from training.metrics import roc_auc
 from training.param_groups import layer_decay_groups
+from training.recipe import RecipeWarning
 
 SIZE = 64
 SBI_VIT = vit_preset("fsfm_vit_tiny_patch16", img_size=SIZE, embed_dim=64, depth=2, num_heads=2)
@@ -99,6 +104,7 @@ def sbi_run(faces: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
         iters_per_epoch=75,
         warmup_epochs=1,
         batch_size=32,
+        effective_batch=32,
         lr=2e-3,
         layer_decay=1.0,
         drop_path=0.0,
@@ -140,7 +146,8 @@ def test_checkpoint_is_official_layout_with_what_export_needs(sbi_run: FinetuneR
     assert all(k.startswith(("cls_token", "pos_embed", "patch_embed.", "blocks.", "fc_norm.", "head.")) for k in keys)
     meta = checkpoint["fsfm"]
     assert meta["vit"]["img_size"] == SIZE and meta["classes"]["names"] == ["fake", "real"]
-    assert [p["name"] for p in meta["thresholds"]["operating_points"]] == ["eer", "fpr_1pct", "fpr_0.1pct"]
+    assert [p["name"] for p in meta["thresholds"]["operating_points"]] == ["eer"]  # 38 real faces resolve no 1 %
+    assert [u["target_fpr"] for u in meta["thresholds"]["unresolved"]] == [0.01, 0.001]
     assert meta["crop"]["scale"] == 1.3 and meta["crop"]["size"] == SIZE
     assert "self-blended" in meta["data"]
     log = [json.loads(line) for line in (sbi_run.best_checkpoint.parent / "log.jsonl").read_text().splitlines()]
@@ -210,16 +217,35 @@ def test_export_evaluate_and_calibrate_the_finetuned_model(
         roc_auc(np.array([i.label for i in heldout.items]), onnx_scores), abs=1e-6
     )
     assert {"eer", "ap", "hter", "apcer", "bpcer", "accuracy", "tpr_at_fpr_1pct"} <= frame.keys()
+    assert frame["tpr_at_fpr_1pct"] is None  # 48 real faces cannot resolve 1 %: reported as such
+    (point,) = report["sets"]["heldout"]["fpr_points"]
+    assert (point["resolvable"], point["genuine"], point["needed"]) == (False, 48, 1000)
+    assert "TPR at 1% FPR: not resolvable (48 genuine faces, 1000 needed)" in result.output
     assert all((out / name).is_file() for name in ("roc.png", "roc-heldout.png", "roc-half.csv.png"))
 
     result = runner.invoke(
         _cli(evaluate, calibrate),
-        ["calibrate", "--model", str(package.path), "--val", f"folder:{folder}", "--workers", "0"],
+        [
+            "calibrate",
+            "--model",
+            str(package.path),
+            "--val",
+            f"folder:{folder}",
+            "--workers",
+            "0",
+            "--target-fpr",
+            "0.25",
+            "--target-fpr",
+            "0.01",
+        ],
     )
     assert result.exit_code == 0, result.output
     calibrated = Manifest.load(package.path)
     assert calibrated.provenance.metrics["calibration_samples"] == 96
-    assert calibrated.thresholds.for_target_fpr(0.01).fpr <= 0.01
+    point = calibrated.thresholds.for_target_fpr(0.25)  # 48 real faces resolve 25 % (40 needed), not 1 %
+    assert point.fpr <= 0.25 and point.genuine == 48 and point.fpr_interval[1] > point.fpr
+    assert "fpr_1pct     not resolvable: 48 genuine faces, 1000 needed" in result.output
+    assert [u.target_fpr for u in calibrated.thresholds.unresolved] == [0.01]
 
     # The int8 variant of a trained model, judged on the same held-out faces.
     result = runner.invoke(
@@ -297,6 +323,7 @@ def test_official_checkpoints_load_into_finetuning_and_export(
             "0",
             "--val-fraction",
             "0.1",
+            "--force",  # one short epoch from a random head: its validation AUC may well be at chance
         ],
     )
     assert result.exit_code == 0, result.output
@@ -526,3 +553,136 @@ def test_augmentations_are_seeded_and_sized(astronaut_rgb: np.ndarray) -> None:
         assert torch.equal(first[3], transform(face, np.random.default_rng(3)))  # same seed, same augmentation
         assert len({float(x[:, :, :20].sum()) for x in first}) > 15 or kind == "none"  # they do vary
     assert eval_pixels(face[:, :100], 48, "center_crop").shape == (48, 48, 3)
+
+
+def test_randaugment_fills_with_the_normalisation_mean() -> None:
+    """The official fine-tuning calls timm with its normalisation mean: RandAugment's geometric ops fill with
+    255 x that mean, (140, 108, 93) for the VGGFace2 statistics, not ImageNet's (124, 116, 104)."""
+    assert fill_colour(Normalization()) == (140, 108, 93)
+    imagenet = Normalization(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert fill_colour(imagenet) == (124, 116, 104)
+    transform = TrainTransform("simple", 48, Normalization())
+    white = Image.new("RGB", (48, 48), (255, 255, 255))
+    for op in ("Rotate", "ShearX", "TranslateYRel"):
+        moved = np.asarray(RAND_AUGMENT_OPS[op](white, 10.0, np.random.default_rng(0), transform.fill))
+        corner_or_edge = {tuple(moved[0, 0]), tuple(moved[-1, -1]), tuple(moved[0, -1]), tuple(moved[-1, 0])}
+        assert (140, 108, 93) in corner_or_edge, op
+
+
+def _run_config(pretrained: Path, faces: dict[str, Path], output: Path, **fields: object) -> FinetuneConfig:
+    """A one-epoch SBI run of the tiny ViT on the prepared faces (20 iterations of 16)."""
+    return FinetuneConfig(
+        task="deepfake",
+        pretrained=pretrained,
+        output_dir=output,
+        train=[DataSpec(format="prepared", path=faces["train"], options={"label": "real"})],
+        sbi=True,
+        input_size=SIZE,
+        epochs=1,
+        iters_per_epoch=20,
+        batch_size=16,
+        effective_batch=16,
+        lr=2e-3,
+        layer_decay=1.0,
+        drop_path=0.0,
+        augment="none",
+        num_workers=0,
+        val_fraction=0.2,
+        **fields,
+    )
+
+
+def test_a_one_epoch_finetune_warns_about_the_warmup_and_learns(
+    faces: dict[str, Path], tmp_path: Path, one_thread: None
+) -> None:
+    """The recipe's 5 warm-up epochs would keep a 1-epoch run's lr below a fifth of its peak: the warm-up is
+    cut to the recipe's share of the run (half), with a warning, and the model's scores (and loss) move off 50/50."""
+    pretrained = save_official(tmp_path / "checkpoint-400.pth", official_pretrain_state(SBI_VIT))
+    with pytest.warns(RecipeWarning, match="warming up for 0.5"):
+        config = _run_config(pretrained, faces, tmp_path / "run")
+    assert config.warmup_epochs == 0.5
+    finetuner = Finetuner(config, progress=False, force=True)
+    assert finetuner.validate()["metrics"]["val_loss"] == pytest.approx(np.log(2), abs=0.01)  # new head: 50/50
+    _, before, _ = finetuner.predict(finetuner.val_source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RecipeWarning)  # a 1-epoch model may be near chance: forced
+        result = finetuner.run()
+    _, after, _ = finetuner.predict(finetuner.val_source)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert config.lr_schedule(2e-3).lr_at(0.5) == 2e-3 and log[0]["lr"] < 1e-4  # peaked mid-run, then decayed
+    # The scores leave 50/50 (by ~0.004-0.03 on average from ~5e-5: 20 steps of a tiny model on tiny data).
+    assert np.abs(after - 0.5).mean() > max(1e-3, 20 * np.abs(before - 0.5).mean())
+    assert {"val_genuine", "val_attacks"} <= result.val_metrics.keys()
+
+    # Explicit warm-ups are kept, with a warning; the recipe's effective batch 64 is made up by accumulation.
+    with pytest.warns(RecipeWarning, match="never reaches its peak"):
+        assert _run_config(pretrained, faces, tmp_path / "x", warmup_epochs=2).warmup_epochs == 2
+    recipe = FinetuneConfig(
+        task="deepfake", pretrained=pretrained, output_dir=tmp_path, train=[DataSpec(path=tmp_path)]
+    )
+    assert recipe.accumulation(world_size=1) == 2 and recipe.accumulation(world_size=2) == 1
+    assert recipe.peak_lr(world_size=1) == pytest.approx(2.5e-4 * 64 / 256)
+
+
+def test_a_model_at_chance_fails_the_run_and_is_not_exported(
+    faces: dict[str, Path], tmp_path: Path, astronaut_rgb: np.ndarray, one_thread: None
+) -> None:
+    """A validation set whose real and fake folders hold the same images: any model's AUC is exactly 0.5."""
+    val = tmp_path / "val"
+    for label in ("real", "fake"):
+        (val / label).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(astronaut_rgb[20 + 5 * i : 250 + 5 * i, 140:370]).save(val / label / f"{i}.png")
+    pretrained = save_official(tmp_path / "checkpoint-400.pth", official_pretrain_state(SBI_VIT))
+    config = _run_config(
+        pretrained, faces, tmp_path / "run", val=[DataSpec(format="folder", path=val)], warmup_epochs=0
+    )
+    with pytest.raises(ChanceLevelError, match="AUC 0.500 on 12 genuine"):
+        Finetuner(config, progress=False).run()
+    checkpoint = tmp_path / "run" / "checkpoint-min_val_loss.pth"
+    assert load_checkpoint(checkpoint)["fsfm"]["metrics"]["val_auc"] == 0.5  # the checkpoints stay
+    with pytest.raises(ExportError, match="near chance"):
+        export_checkpoint(checkpoint, tmp_path / "models", name="m", version=1, task="deepfake")
+    result = CliRunner().invoke(
+        _cli(export),
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--name",
+            "m",
+            "--task",
+            "deepfake",
+            "--models",
+            str(tmp_path / "models"),
+            "--force",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert chance_verdict({"val_auc": 0.9, "val_genuine": 12, "val_attacks": 12}) is None
+    assert chance_verdict({"val_auc": 0.7, "val_genuine": 6, "val_attacks": 6}) is not None  # 6 + 6 cannot tell
+    assert chance_verdict({"val_auc": 0.61, "val_genuine": 5000, "val_attacks": 5000}) is not None
+
+
+def test_folder_sets_must_look_like_face_crops(tmp_path: Path, astronaut_rgb: np.ndarray) -> None:
+    """Whole photos in a `folder:` set would be resized and scored as faces: refused with the command that
+    cuts crops; square images far from the model's size are warned about; face crops pass quietly."""
+    for name, shape in (("photos", (300, 512)), ("crops", (64, 64)), ("large", (400, 400))):
+        for label in ("real", "fake"):
+            (tmp_path / name / label).mkdir(parents=True)
+            for i in range(3):
+                pixels = np.asarray(Image.fromarray(astronaut_rgb).resize(shape[::-1]))
+                Image.fromarray(pixels).save(tmp_path / name / label / f"{i}.png")
+    photos = DataSpec.parse(f"folder:{tmp_path / 'photos'}")
+    with pytest.raises(DataError, match=r"6 of 6 sampled images are not square \(e.g. 512x300\).*fsfm prepare"):
+        open_source(photos, tmp_path / "cache", input_size=SIZE)
+    assert len(open_source(photos, tmp_path / "cache")) == 6  # no model size, no check (e.g. listing a set)
+    accepted = DataSpec.parse(f"folder:{tmp_path / 'photos'},crops=yes")
+    with pytest.warns(DataWarning, match="about 512 px, the model takes 64 px"):
+        assert len(open_source(accepted, tmp_path / "cache", input_size=SIZE)) == 6
+    with pytest.warns(DataWarning, match="fsfm prepare"):
+        open_source(DataSpec.parse(f"{tmp_path / 'large'}"), tmp_path / "cache", input_size=SIZE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert (
+            len(open_source(DataSpec.parse(f"folder:{tmp_path / 'crops'}"), tmp_path / "cache", input_size=SIZE)) == 6
+        )

@@ -20,12 +20,15 @@ from training.metrics import (
     binary_report,
     eer,
     error_rates,
+    fpr_point,
+    genuine_needed,
     grid_eer_threshold,
     roc_auc,
     roc_curve,
     threshold_for_fpr,
     tpr_at_fpr,
     video_scores,
+    wilson_interval,
 )
 
 
@@ -124,19 +127,37 @@ def test_operating_points_and_atomic_manifest_update(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 2, 400)
     scores = np.clip(rng.normal(0.3 + 0.4 * labels, 0.15), 0, 1)
-    points = operating_points(labels, scores, [0.01, 0.001])
-    assert [p.name for p in points] == ["eer", "fpr_1pct", "fpr_0.1pct"]
+    genuine = int((labels == 0).sum())
+    points, unresolved = operating_points(labels, scores, [0.25, 0.1, 0.01])
+    assert [p.name for p in points] == ["eer", "fpr_25pct", "fpr_10pct"]  # 10 / FPR genuine faces: 40, 100
+    assert [(u.target_fpr, u.genuine, u.needed) for u in unresolved] == [(0.01, genuine, 1000)]
     assert points[0].fpr == pytest.approx(1 - points[0].tpr, abs=0.02)
-    thresholds = calibrated_thresholds(labels, scores, [0.01], default="eer")
+    low, high = points[2].fpr_interval
+    assert points[2].genuine == genuine and low < points[2].fpr <= 0.1 < high  # the rate and its uncertainty
+    thresholds = calibrated_thresholds(labels, scores, [0.1, 0.01], default="eer")
     assert thresholds.default == points[0].threshold
-    assert thresholds.for_target_fpr(0.01).fpr <= 0.01
+    assert thresholds.for_target_fpr(0.1).fpr <= 0.1
+    with pytest.raises(KeyError, match=f"{genuine} genuine faces cannot resolve it: 1000 needed"):
+        thresholds.for_target_fpr(0.01)
 
     package = make_tiny_package(tmp_path / "models")
     updated = update_manifest(package.path, thresholds, {"calibration_auc": 0.93}, note="calibrated on test data")
     on_disk = Manifest.load(package.path)
     assert on_disk == updated
-    assert on_disk.thresholds.for_target_fpr(0.01).threshold == thresholds.for_target_fpr(0.01).threshold
+    assert on_disk.thresholds.for_target_fpr(0.1).threshold == thresholds.for_target_fpr(0.1).threshold
     assert on_disk.provenance.metrics["calibration_auc"] == 0.93
     assert "calibrated on test data" in (on_disk.provenance.notes or "")
     assert sorted(p.name for p in package.path.iterdir()) == ["manifest.json", "model.onnx"]  # no temp file left
     json.loads((package.path / "manifest.json").read_text())
+
+
+def test_rates_at_a_fixed_fpr_need_enough_genuine_faces() -> None:
+    """12 real faces cannot tell a 1 % FPR from a 0.1 % one: the point is unresolvable, not a threshold."""
+    assert genuine_needed(0.01) == 1000 and genuine_needed(0.001) == 10000 and genuine_needed(0.25) == 40
+    labels, scores = np.r_[np.zeros(12), np.ones(12)], np.r_[np.linspace(0, 0.5, 12), np.linspace(0.3, 1, 12)]
+    point = fpr_point(labels, scores, 0.01)
+    assert not point.resolvable and point.threshold is None and point.to_dict()["needed"] == 1000
+    assert np.isnan(binary_report(labels, scores, target_fprs=(0.01,))["tpr_at_fpr_1pct"])
+    low, high = wilson_interval(0, 12)
+    assert low == 0.0 and 0.24 < high < 0.25  # 0 of 12 flagged: the FPR may still be up to 24 %
+    assert wilson_interval(50, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)

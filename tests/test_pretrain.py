@@ -25,7 +25,11 @@ from typer.testing import CliRunner
 from fsfm.face.crop import Normalization
 from fsfm.models.checkpoints import classifier_from_pretrained, load_checkpoint, model_state
 from fsfm.models.config import vit_preset
-from tests.official_format import official_pretrain_state
+from tests.official_format import (
+    official_pretrain_optimizer,
+    official_pretrain_state,
+    save_official,
+)
 from tests.test_prepare import prepared_test_faces
 from training.commands import Amp, Masking, pretrain
 from training.datasets import MaskingCollate, PreparedFaces, PretrainBatchSampler
@@ -36,6 +40,8 @@ from training.pretrain import Pretrainer
 from training.pretrain_config import PretrainArchitecture, PretrainConfig
 from training.pretrain_engine import ema_update
 from training.pretrain_model import FSFMPretrainModel, FSFMTargetNetwork, parameter_counts
+from training.recipe import RecipeWarning
+from training.saving import group_names, load_optimizer_by_name, official_group_names
 from training.schedules import momentum_at
 
 TINY = PretrainArchitecture(
@@ -57,6 +63,7 @@ def tiny_config(data: Path, output: Path, **overrides: object) -> PretrainConfig
         "warmup_epochs": 5,
         "batch_size": 8,
         "lr": 1e-3,
+        "effective_batch": None,  # no accumulation: the tiny runs step on every batch
         "num_workers": 0,
         "save_every": SAVE_EVERY,
     }
@@ -225,6 +232,36 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(tiny_run:
     )
 
 
+def test_resume_from_an_official_checkpoint_matches_optimiser_state_by_name(faces: Path, tmp_path: Path) -> None:
+    """An official ``checkpoint-2.pth`` (+ ``checkpoint-te-2.pth``) whose AdamW state lists the parameters in the
+    official model's order: restored by name, each moment lands on its parameter, and training continues."""
+    state = official_pretrain_state(TINY.encoder, decoder_dim=32, decoder_depth=1)
+    optimizer = official_pretrain_optimizer(state)
+    folder = tmp_path / "official"
+    folder.mkdir()
+    save_official(folder / "checkpoint-2.pth", state, epoch=2, optimizer=optimizer)
+    online = FSFMPretrainModel(TINY)
+    online.load_state_dict(state)
+    torch.save({"model": online.target_network().state_dict(), "epoch": 2}, folder / "checkpoint-te-2.pth")
+
+    trainer = Pretrainer(tiny_config(faces, tmp_path / "continued", epochs=4), resume=folder, progress=False)
+    ours = group_names(trainer.optimizer, trainer.model)
+    official = official_group_names(state, trainer.model)
+    assert sorted(map(sorted, ours)) == sorted(map(sorted, official)) and ours != official  # same, other order
+    saved = optimizer["state"][len(official[0]) + official[1].index("projector.projection_head.0.weight")]
+    restored = trainer.optimizer.state[dict(trainer.model.named_parameters())["projector.projection_head.0.weight"]]
+    assert torch.equal(restored["exp_avg"], saved["exp_avg"]) and int(restored["step"]) == 2
+    assert trainer.start_epoch == 3
+    with single_thread():
+        trainer.run()
+    rows = read_log(tmp_path / "continued")
+    assert {int(r["epoch"]) for r in rows} == {3} and all(np.isfinite(float(r["loss"])) for r in rows)
+    no_decay, decay = optimizer["param_groups"]
+    other = {"state": optimizer["state"], "param_groups": [no_decay | {"params": no_decay["params"][1:]}, decay]}
+    with pytest.raises(ValueError, match="no state for"):  # a checkpoint of another model says so
+        load_optimizer_by_name(trainer.optimizer, trainer.model, other, [official[0][1:], official[1]])
+
+
 def test_pretrain_flags_are_the_config_fields_and_state_its_defaults() -> None:
     """Every flag but --config/--resume names a PretrainConfig field, defaults to None (so the config file or
     the field's default applies) and shows the field's default, read from PretrainConfig."""
@@ -236,6 +273,23 @@ def test_pretrain_flags_are_the_config_fields_and_state_its_defaults() -> None:
     assert params["lr"].default.help == "Absolute peak lr (overrides --blr)."  # no default to show
     assert {m.value for m in Masking} == set(MASKING_STRATEGIES)
     assert {a.value for a in Amp} == {"auto", "bf16", "fp16", "off"}
+
+
+def test_the_official_recipe_is_the_default(tmp_path: Path) -> None:
+    """Clipping at 1.0 and the effective batch 4096 of the official runs; a warm-up as long as the run is cut
+    to the recipe's share of it, with a warning."""
+    with pytest.warns(RecipeWarning, match="warm-up of 40 epochs"):
+        config = PretrainConfig(data=[tmp_path], output_dir=tmp_path, epochs=20)
+    assert config.clip_grad == 1.0 and config.warmup_epochs == 2.0  # 40 / 400 of the run
+    assert config.accumulation(world_size=4) == 4 and config.accumulation(world_size=1) == 16  # 256 x 4 x 4
+    with pytest.warns(RecipeWarning, match="effective batch 512"):
+        assert config.model_copy(update={"accum_iter": 2}).accumulation(world_size=1) == 2
+    assert PretrainConfig(data=[tmp_path], output_dir=tmp_path, clip_grad=0).clip_grad == 0  # 0: off
+    assert "(default 1.0)" in inspect.signature(pretrain).parameters["clip_grad"].default.help
+    assert tiny_config(tmp_path, tmp_path).model == "custom"  # config.json names what it holds, not ViT-B
+    assert PretrainConfig(data=[tmp_path], output_dir=tmp_path, model="fsfm_vit_small_patch16").model == (
+        "fsfm_vit_small_patch16"
+    )
 
 
 def test_checkpoints_have_the_official_layout_and_feed_finetuning(tiny_run: Path, faces: Path) -> None:
@@ -316,7 +370,9 @@ def test_vit_b16_builds_and_trains_one_step(faces: Path, tmp_path: Path) -> None
         shutil.copy(path, picked)
     data = tmp_path / "faces-224"
     prepare_dataset(picked, data, PrepareConfig(size=224), workers=1, progress=False)
-    config = PretrainConfig(data=[data], output_dir=tmp_path / "vit-b", batch_size=2, num_workers=0, epochs=1)
+    config = PretrainConfig(
+        data=[data], output_dir=tmp_path / "vit-b", batch_size=2, accum_iter=1, num_workers=0, epochs=1
+    )
     trainer = Pretrainer(config, progress=False)
 
     counts = parameter_counts(trainer.model)

@@ -6,15 +6,16 @@ Recipes (``TrainTransform(kind=...)``):
 
 * ``simple``: FSFM's ``--apply_simple_augment`` = timm ``create_transform`` (upstream FSFM-CVPR25
   ``fsfm-3c/util/datasets.py`` ``build_transform``): RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3,
-  bilinear), horizontal flip, RandAugment ``rand-m9-mstd0.5-inc1``, normalise, RandomErasing (pixel mode)
-  with probability ``reprob``.
+  bilinear), horizontal flip, RandAugment ``rand-m9-mstd0.5-inc1`` (geometric ops fill with 255 x the
+  normalisation mean, as timm is called there: (140, 108, 93) for the VGGFace2 statistics), normalise,
+  RandomErasing (pixel mode) with probability ``reprob``.
 * ``sbi``: SBI's training augmentation (mild crop jitter, flip, RGB/HSV/brightness-contrast jitter,
   JPEG quality 40-100); no RandAugment or erasing, which could wipe out the blending boundary.
 * ``fas``: the FAS recipe (docs/finetuning.md): HSV saturation x U(0.8, 1.2) with p 0.5, resize, flip.
 * ``none``: resize only.
 
 Evaluation (``eval_pixels``): plain resize to the input size (bicubic; the paper's DfD test run) or
-resize to size/0.875 + centre crop (the fine-tuning validation transform).
+resize to 256 + centre crop 224 (the official ``--apply_simple_augment`` validation and test transform).
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from fsfm.face.crop import Normalization, normalize
+from fsfm.face.crop import Normalization, center_crop, center_crop_side, normalize
 
 AugmentKind = Literal["simple", "sbi", "fas", "none"]
 EvalMode = Literal["resize", "center_crop"]
 
-_FILL = (124, 116, 104)  # timm's RandAugment fill: the ImageNet mean in 0..255
+Fill = tuple[int, int, int]
 _BILINEAR, _BICUBIC = Image.Resampling.BILINEAR, Image.Resampling.BICUBIC
 
 
@@ -79,57 +80,72 @@ def random_hflip(image: Image.Image, rng: np.random.Generator, p: float = 0.5) -
 
 
 # ------------------------------------------------------------------------------------ RandAugment
-def _affine(image: Image.Image, matrix: tuple[float, ...]) -> Image.Image:
-    return image.transform(image.size, Image.Transform.AFFINE, matrix, resample=_BILINEAR, fillcolor=_FILL)
+def fill_colour(norm: Normalization) -> Fill:
+    """RandAugment's fill for pixels moved in from outside the image: 255 x the normalisation mean, rounded
+    (timm's ``img_mean``, from the mean the official fine-tuning normalises with)."""
+    r, g, b = (min(255, round(255 * m)) for m in norm.mean)
+    return r, g, b
 
 
-def _enhance(enhancer: type) -> Callable[[Image.Image, float, np.random.Generator], Image.Image]:
+def _affine(image: Image.Image, matrix: tuple[float, ...], fill: Fill) -> Image.Image:
+    return image.transform(image.size, Image.Transform.AFFINE, matrix, resample=_BILINEAR, fillcolor=fill)
+
+
+Op = Callable[[Image.Image, float, np.random.Generator, Fill], Image.Image]
+
+
+def _enhance(enhancer: type) -> Op:
     """ColorIncreasing & co.: factor 1 +- 0.9 * m / 10."""
-    return lambda img, m, rng: enhancer(img).enhance(1.0 + _sign(rng) * 0.9 * m / 10)
+    return lambda img, m, rng, fill: enhancer(img).enhance(1.0 + _sign(rng) * 0.9 * m / 10)
 
 
-def _solarize_add(image: Image.Image, m: float, rng: np.random.Generator) -> Image.Image:
+def _solarize_add(image: Image.Image, m: float, rng: np.random.Generator, fill: Fill) -> Image.Image:
     add = int(m / 10 * 110)
     lut = [min(255, i + add) if i < 128 else i for i in range(256)]
     return image.point(lut * len(image.getbands()))
 
 
 # timm's ``_RAND_INCREASING_TRANSFORMS`` (higher magnitude = stronger for every op), magnitude m in 0..10.
-RAND_AUGMENT_OPS: dict[str, Callable[[Image.Image, float, np.random.Generator], Image.Image]] = {
-    "AutoContrast": lambda img, m, rng: ImageOps.autocontrast(img),
-    "Equalize": lambda img, m, rng: ImageOps.equalize(img),
-    "Invert": lambda img, m, rng: ImageOps.invert(img),
-    "Rotate": lambda img, m, rng: img.rotate(_sign(rng) * 30 * m / 10, resample=_BILINEAR, fillcolor=_FILL),
-    "PosterizeIncreasing": lambda img, m, rng: ImageOps.posterize(img, max(1, 4 - int(4 * m / 10))),
-    "SolarizeIncreasing": lambda img, m, rng: ImageOps.solarize(img, 256 - int(256 * m / 10)),
+RAND_AUGMENT_OPS: dict[str, Op] = {
+    "AutoContrast": lambda img, m, rng, fill: ImageOps.autocontrast(img),
+    "Equalize": lambda img, m, rng, fill: ImageOps.equalize(img),
+    "Invert": lambda img, m, rng, fill: ImageOps.invert(img),
+    "Rotate": lambda img, m, rng, fill: img.rotate(_sign(rng) * 30 * m / 10, resample=_BILINEAR, fillcolor=fill),
+    "PosterizeIncreasing": lambda img, m, rng, fill: ImageOps.posterize(img, max(1, 4 - int(4 * m / 10))),
+    "SolarizeIncreasing": lambda img, m, rng, fill: ImageOps.solarize(img, 256 - int(256 * m / 10)),
     "SolarizeAdd": _solarize_add,
     "ColorIncreasing": _enhance(ImageEnhance.Color),
     "ContrastIncreasing": _enhance(ImageEnhance.Contrast),
     "BrightnessIncreasing": _enhance(ImageEnhance.Brightness),
     "SharpnessIncreasing": _enhance(ImageEnhance.Sharpness),
-    "ShearX": lambda img, m, rng: _affine(img, (1, _sign(rng) * 0.3 * m / 10, 0, 0, 1, 0)),
-    "ShearY": lambda img, m, rng: _affine(img, (1, 0, 0, _sign(rng) * 0.3 * m / 10, 1, 0)),
-    "TranslateXRel": lambda img, m, rng: _affine(img, (1, 0, _sign(rng) * 0.45 * m / 10 * img.size[0], 0, 1, 0)),
-    "TranslateYRel": lambda img, m, rng: _affine(img, (1, 0, 0, 0, 1, _sign(rng) * 0.45 * m / 10 * img.size[1])),
+    "ShearX": lambda img, m, rng, fill: _affine(img, (1, _sign(rng) * 0.3 * m / 10, 0, 0, 1, 0), fill),
+    "ShearY": lambda img, m, rng, fill: _affine(img, (1, 0, 0, _sign(rng) * 0.3 * m / 10, 1, 0), fill),
+    "TranslateXRel": lambda img, m, rng, fill: _affine(
+        img, (1, 0, _sign(rng) * 0.45 * m / 10 * img.size[0], 0, 1, 0), fill
+    ),
+    "TranslateYRel": lambda img, m, rng, fill: _affine(
+        img, (1, 0, 0, 0, 1, _sign(rng) * 0.45 * m / 10 * img.size[1]), fill
+    ),
 }
 
 
 def rand_augment(
     image: Image.Image,
     rng: np.random.Generator,
+    fill: Fill,
     layers: int = 2,
     magnitude: float = 9.0,
     magnitude_std: float = 0.5,
     p: float = 0.5,
 ) -> Image.Image:
     """``rand-m9-mstd0.5-inc1``: ``layers`` ops drawn uniformly with replacement, each applied with
-    probability ``p`` at a magnitude ~ N(m, std) clipped to [0, 10]."""
+    probability ``p`` at a magnitude ~ N(m, std) clipped to [0, 10]; geometric ops fill with ``fill``."""
     names = list(RAND_AUGMENT_OPS)
     for index in rng.integers(0, len(names), size=layers):
         if rng.random() >= p:
             continue
         m = float(np.clip(rng.normal(magnitude, magnitude_std), 0.0, 10.0))
-        image = RAND_AUGMENT_OPS[names[index]](image, m, rng)
+        image = RAND_AUGMENT_OPS[names[index]](image, m, rng, fill)
     return image
 
 
@@ -200,18 +216,13 @@ def to_tensor(image: np.ndarray, norm: Normalization) -> torch.Tensor:
 
 
 def eval_pixels(image: np.ndarray, size: int, mode: EvalMode = "resize") -> np.ndarray:
-    """The evaluation crop of a uint8 (H, W, 3) face: (size, size, 3) uint8. ``center_crop`` resizes
-    the shorter side to size / 0.875 (256 for 224) first, as the fine-tuning validation transform."""
+    """The evaluation crop of a uint8 (H, W, 3) face: (size, size, 3) uint8. ``center_crop`` is the official
+    ``--apply_simple_augment`` test transform: the shorter side resized to ``center_crop_side(size)`` (256 for
+    224), then the centre ``size`` x ``size`` (``fsfm.face.crop.center_crop``, as a package's crop does)."""
+    if mode == "center_crop":
+        return center_crop(image, size, center_crop_side(size))
     pil = Image.fromarray(image)
-    if mode == "resize":
-        return np.asarray(pil.resize((size, size), _BICUBIC)) if pil.size != (size, size) else image
-    short = int(size / 0.875)
-    w, h = pil.size
-    scaled = pil.resize(
-        (short, max(short, round(h * short / w))) if w <= h else (max(short, round(w * short / h)), short), _BICUBIC
-    )
-    left, top = (scaled.size[0] - size) // 2, (scaled.size[1] - size) // 2
-    return np.asarray(scaled.crop((left, top, left + size, top + size)))
+    return np.asarray(pil.resize((size, size), _BICUBIC)) if pil.size != (size, size) else image
 
 
 class EvalTransform:
@@ -229,11 +240,12 @@ class TrainTransform:
 
     def __init__(self, kind: AugmentKind, size: int, norm: Normalization, reprob: float = 0.0) -> None:
         self.kind, self.size, self.norm, self.reprob = kind, size, norm, reprob
+        self.fill = fill_colour(norm)
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         if self.kind == "simple":
             pil = random_resized_crop(Image.fromarray(image), rng, self.size)
-            pil = rand_augment(random_hflip(pil, rng), rng)
+            pil = rand_augment(random_hflip(pil, rng), rng, self.fill)
             pixels = np.asarray(pil.convert("RGB"))
         elif self.kind == "sbi":
             pil = random_resized_crop(Image.fromarray(image), rng, self.size, scale=(0.7, 1.0), ratio=(0.9, 1.1))

@@ -108,7 +108,12 @@ def pretrain(
     epochs: int | None = _flag("epochs", "Epochs."),
     warmup_epochs: float | None = _flag("warmup_epochs", "Warm-up epochs."),
     batch_size: int | None = _flag("batch_size", "Batch per process/GPU."),
-    accum_iter: int | None = _flag("accum_iter", "Gradient accumulation steps."),
+    accum_iter: int | None = _flag(
+        "accum_iter", "Gradient accumulation steps (default: those reaching --effective-batch).", min=1
+    ),
+    effective_batch: int | None = _flag(
+        "effective_batch", "Batch x GPUs x accumulation to reach (the official run's).", min=1
+    ),
     blr: float | None = _flag("blr", "Base lr; lr = blr x effective batch / 256."),
     lr: float | None = _flag("lr", "Absolute peak lr (overrides --blr)."),
     min_lr: float | None = _flag("min_lr", "Final lr of the cosine."),
@@ -122,7 +127,7 @@ def pretrain(
         "norm_pix_loss", "Per-patch normalised pixel targets.", "--norm-pix-loss/--no-norm-pix-loss"
     ),
     ema_momentum: float | None = _flag("ema_momentum", "Initial EMA momentum of the target."),
-    clip_grad: float | None = _flag("clip_grad", "Clip the global gradient norm (default: no clipping, as the paper)."),
+    clip_grad: float | None = _flag("clip_grad", "Clip the global gradient norm (0: off).", min=0.0),
     seed: int | None = _flag("seed", "Random seed."),
     num_workers: int | None = _flag("num_workers", "Data-loader processes per GPU."),
     amp: Amp | None = _flag("amp", "Mixed precision on CUDA (auto: bf16 if supported, else fp16)."),

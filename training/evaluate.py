@@ -35,6 +35,7 @@ from training.finetune_data import FaceSource
 from training.metrics import (
     binary_report,
     error_rates,
+    fpr_point,
     grid_eer_threshold,
     roc_auc,
     roc_curve,
@@ -60,10 +61,8 @@ class Scorer(Protocol):
 
 
 class PackageScorer:
-    """A model package through ONNX Runtime (or the engine given), with its manifest's normalisation
-    and class semantics."""
-
-    mode: EvalMode = "resize"
+    """A model package through ONNX Runtime (or the engine given), with its manifest's normalisation, class
+    semantics and test transform (the crop's ``center_crop_from``)."""
 
     def __init__(
         self,
@@ -79,6 +78,7 @@ class PackageScorer:
         self.manifest = package.manifest
         self.name = self.manifest.ref
         self.size = self.manifest.architecture.vit.img_size
+        self.mode: EvalMode = "resize" if self.manifest.crop.center_crop_from is None else "center_crop"
         self.engine = engine or OnnxRuntimeEngine(onnx_path or package.onnx_path, threads=threads)
         self.threshold, self.threshold_source = self.manifest.thresholds.default, "default"
 
@@ -179,8 +179,11 @@ class ScoredSet:
 def set_report(
     scored: ScoredSet, task: str, threshold: float, target_fprs: Sequence[float] = (0.01,)
 ) -> dict[str, Any]:
-    """Frame- and video-level metrics of one scored set (see the module doc)."""
+    """Frame- and video-level metrics of one scored set (see the module doc), and the frame-level operating
+    point of each target FPR with its counts and intervals, or why the set cannot resolve it."""
     report: dict[str, Any] = {"frame": binary_report(scored.labels, scored.scores, threshold, target_fprs)}
+    if 0 < scored.labels.sum() < len(scored.labels):
+        report["fpr_points"] = [fpr_point(scored.labels, scored.scores, t).to_dict() for t in target_fprs]
     per_video = video_scores(scored.labels, scored.scores, scored.videos)
     if per_video.frames.max() > 1:
         report["video"] = binary_report(per_video.labels, per_video.scores, threshold, target_fprs)

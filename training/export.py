@@ -16,14 +16,21 @@ import torch
 
 import fsfm
 from fsfm.engines.onnxruntime import OnnxRuntimeEngine
-from fsfm.face.crop import DLIB_BOX_TRANSFORM, CropSpec, Normalization
+from fsfm.face.crop import DLIB_BOX_TRANSFORM, CropSpec, Normalization, center_crop_side
 from fsfm.models.checkpoints import classifier_from_state, file_sha256, load_checkpoint, model_state
 from fsfm.models.config import ViTConfig
 from fsfm.models.vit import ViTClassifier
 from fsfm.package.manifest import Architecture, Manifest, OnnxInfo, PackageInfo, Provenance, Thresholds
 from fsfm.package.repository import ModelPackage, load_package
+from training.augment import EvalMode
+from training.calibrate import chance_verdict
+from training.flip import FlipClassifier, flip_classifier_from_state, is_flip_state
 
 ONNX_OPSET = 17
+TEST_TRANSFORMS = {  # by whether the crop is centre-cropped after resizing
+    False: "plain resize of the face crop to the input size (the official paper's test log)",
+    True: "resize to 256 + centre crop (the official README's --apply_simple_augment)",
+}
 CHECK_BATCH_SIZES = (1, 7)
 
 
@@ -93,7 +100,11 @@ def write_package(
             crop=info.crop.model_copy(update={"size": model.config.img_size}),  # crops are made for the input
             provenance=provenance,
             architecture=Architecture(
-                preset=preset, vit=model.config, global_pool=model.global_pool, num_classes=model.num_classes
+                preset=preset,
+                vit=model.config,
+                global_pool=model.global_pool,
+                num_classes=model.num_classes,
+                head="flip" if isinstance(model, FlipClassifier) else "linear",
             ),
             onnx=OnnxInfo(opset=ONNX_OPSET, max_abs_diff=diff, tolerance=tolerance, sha256=file_sha256(onnx_path)),
         )
@@ -129,20 +140,34 @@ def export_checkpoint(
     tolerance: float = 1e-3,
     overwrite: bool = False,
     with_torch: bool = False,
+    force: bool = False,
+    test_transform: EvalMode | None = None,
     **info_overrides: object,
 ) -> ModelPackage:
-    """A fine-tuned checkpoint (official DfD/DiFF layout, or ours with its ``fsfm`` metadata) ->
-    a model package. ``info_overrides`` are ``PackageInfo`` fields (demo, description, crop, ...).
-    ``with_torch`` also writes ``model.pt`` for the development torch engine.
+    """A fine-tuned checkpoint (official DfD/DiFF layout, official FAS layout with its FLIP-style head, or ours
+    with its ``fsfm`` metadata) -> a model package. ``info_overrides`` are ``PackageInfo`` fields (demo,
+    description, crop, ...).
+    ``with_torch`` also writes ``model.pt`` for the development torch engine. A checkpoint whose recorded
+    validation AUC is near chance (``training.calibrate.chance_verdict``) is refused unless ``force``.
 
     Our checkpoints carry their crop convention; an official one gets FSFM's (1.3x square) around
-    our boxes mapped onto dlib's, the boxes it was trained on."""
+    our boxes mapped onto dlib's, the boxes it was trained on. ``test_transform`` sets the crop's test
+    transform (``resize``: the paper's plain resize, the default for official checkpoints; ``center_crop``:
+    the README's resize 256 + centre crop 224), recorded in the manifest's crop and provenance notes."""
     checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
     meta: dict = checkpoint.get("fsfm", {}) if isinstance(checkpoint.get("fsfm"), dict) else {}
+    verdict = chance_verdict(meta.get("metrics", {}))
+    if verdict is not None and not force:
+        raise ExportError(f"{checkpoint_path}: {verdict}; --force exports it anyway")
     state = model_state(checkpoint)
     config = ViTConfig.model_validate(meta["vit"]) if "vit" in meta else None
-    model = classifier_from_state(state, config=config, num_heads=num_heads)
+    flip = is_flip_state(state)
+    model = (
+        flip_classifier_from_state(state, num_heads)
+        if flip
+        else classifier_from_state(state, config=config, num_heads=num_heads)
+    )
     if normalization is None:
         normalization, norm_source = normalization_for(checkpoint_path, meta)
     else:
@@ -152,6 +177,19 @@ def export_checkpoint(
     }
     if "crop" not in meta:  # an official checkpoint: trained on dlib boxes enlarged 1.3x
         fields["crop"] = CropSpec(box_transform=DLIB_BOX_TRANSFORM)
+    crop = CropSpec.model_validate(fields["crop"])
+    if test_transform is not None:
+        side = center_crop_side(model.config.img_size) if test_transform == "center_crop" else None
+        crop = crop.model_copy(update={"center_crop_from": side})
+    fields["crop"] = crop
+    official_note = None
+    if flip and isinstance(checkpoint.get("threshold"), float) and "default_threshold" not in info_overrides:
+        # the official run's EER threshold on the live probability, chosen on its target-domain test set
+        fields["thresholds"] = Thresholds(default=float(np.clip(1.0 - checkpoint["threshold"], 0.0, 1.0)))
+        official_note = (
+            f"default threshold: 1 - the official run's live-probability EER threshold {checkpoint['threshold']:.4f} "
+            "(chosen on its test domain: optimistic)"
+        )
     if "default_threshold" in info_overrides:  # keeps the calibrated operating points
         thresholds = Thresholds.model_validate(fields.get("thresholds", {}))
         fields["thresholds"] = thresholds.model_copy(update={"default": info_overrides.pop("default_threshold")})
@@ -161,7 +199,17 @@ def export_checkpoint(
         checkpoint_sha256=file_sha256(checkpoint_path),
         metrics=meta.get("metrics", {}),
         data=meta.get("data"),
-        notes=f"normalisation from {norm_source}",
+        notes="; ".join(
+            filter(
+                None,
+                [
+                    f"normalisation from {norm_source}",
+                    f"test transform: {TEST_TRANSFORMS[crop.center_crop_from is not None]}",
+                    official_note,
+                    verdict and f"exported anyway: {verdict}",
+                ],
+            )
+        ),
     )
     info = PackageInfo(
         name=name, version=version, task=task, normalization=normalization, provenance=provenance, **fields

@@ -11,13 +11,17 @@ checkpoints; the step, epoch and prediction live in ``training.finetune_engine``
   token and the position embedding. Per-iteration linear warm-up, then half-cosine to ``min_lr`` (or
   constant), set on the first micro-step of each accumulation window; lr = blr * effective batch / 256.
 * Loss: mixup/cutmix (timm's batch mode) with label-smoothed soft targets and soft-target cross-entropy,
-  optionally weighted per class (``balance='loss'``); class-balanced or domain-balanced sampling
-  otherwise (``training.finetune_data.TrainBatchSampler``).
+  unweighted as the official runs, or weighted per class (``balance='loss'``); class-balanced or
+  domain-balanced sampling on request (``training.finetune_data.TrainBatchSampler``).
+* Accumulation: as given, else what reaches the recipe's effective batch on this many processes
+  (``training.recipe``).
 * AMP on CUDA only (bf16 when supported, else fp16 with a GradScaler); CPUs run fp32.
 * DDP under ``torchrun`` (NCCL on GPUs, gloo on CPU); validation is sharded across ranks and gathered.
 * Every epoch: validation loss and metrics, thresholds calibrated on the validation scores, and
   ``checkpoint-last.pth``; the best epoch by the selection metric (min val loss by default, as the
   paper) is also ``checkpoint-min_val_loss.pth`` (``-max_val_auc``, ``-min_val_hter``).
+* At the end: a selected model whose validation AUC is near chance (``training.calibrate.chance_verdict``)
+  fails the run with ``ChanceLevelError`` (the checkpoints stay), unless ``force``.
 
 Checkpoints use the official layout ``{'model', 'optimizer', 'epoch', 'scaler', 'args'}`` plus an
 ``fsfm`` dict (architecture, normalisation, crop, classes, calibrated thresholds, validation metrics,
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +49,15 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from fsfm.face.crop import DLIB_BOX_TRANSFORM, IMAGENET_MEAN, IMAGENET_STD, BoxTransform, CropSpec, Normalization
+from fsfm.face.crop import (
+    DLIB_BOX_TRANSFORM,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BoxTransform,
+    CropSpec,
+    Normalization,
+    center_crop_side,
+)
 from fsfm.models.checkpoints import (
     classifier_from_pretrained,
     infer_vit_config,
@@ -53,10 +66,10 @@ from fsfm.models.checkpoints import (
     model_state,
     resize_pos_embed,
 )
-from fsfm.models.config import VIT_PRESETS, ViTConfig
+from fsfm.models.config import ViTConfig
 from fsfm.models.vit import ViTClassifier
 from training.augment import EvalTransform, TrainTransform
-from training.calibrate import calibrated_thresholds, calibration_metrics
+from training.calibrate import calibrated_thresholds, calibration_metrics, chance_verdict
 from training.distributed import amp_dtype, setup_device
 from training.evaluate import ScoredSet, TorchScorer, evaluate_sets, set_report
 from training.export import MEAN_STD_FILE
@@ -78,7 +91,9 @@ from training.finetune_data import (
 from training.finetune_engine import FinetuneEngine, Mixup
 from training.param_groups import layer_decay_groups
 from training.prepare import write_mean_std
-from training.saving import save_atomic
+from training.pretrain_config import preset_name
+from training.recipe import RecipeWarning
+from training.saving import OPTIMIZER_NAMES, group_names, load_optimizer_by_name, save_atomic
 
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
@@ -93,16 +108,11 @@ OFFICIAL_LICENCE = (
 )
 
 
+class ChanceLevelError(RuntimeError):
+    """The fine-tuned model's validation AUC is near chance: it learned nothing worth exporting."""
+
+
 # ------------------------------------------------------------------------------------------ model
-def preset_name(config: ViTConfig) -> str | None:
-    """The VIT_PRESETS name with the same architecture (any input size), if one."""
-    keys = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
-    for name, preset in VIT_PRESETS.items():
-        if all(getattr(preset, k) == getattr(config, k) for k in keys):
-            return name
-    return None
-
-
 def _metadata(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return checkpoint["fsfm"] if isinstance(checkpoint.get("fsfm"), dict) else {}
 
@@ -175,9 +185,13 @@ class FinetuneResult:
 class Finetuner:
     """One fine-tuning run: model, data, optimiser, schedule, validation, calibration, checkpoints."""
 
-    def __init__(self, config: FinetuneConfig, resume: bool = False, progress: bool = True) -> None:
-        self.config, self.progress = config, progress
+    def __init__(
+        self, config: FinetuneConfig, resume: bool = False, progress: bool = True, force: bool = False
+    ) -> None:
         device, self.dist = setup_device(config.device)
+        # config.json then says what ran: the accumulation this many processes need
+        config = config.model_copy(update={"accum_iter": config.accumulation(self.dist.world_size)})
+        self.config, self.progress, self.force = config, progress, force
         self.device = device
         torch.manual_seed(config.seed + self.dist.rank)
         self.output = Path(config.output_dir)
@@ -248,8 +262,9 @@ class Finetuner:
         cache = config.faces_cache or cache_dir() / "faces"
         if not self.dist.is_main:  # rank 0 extracts faces first (video layouts); the others then read them
             dist.barrier()
-        opened = [open_source(spec, cache, config.real_frames) for spec in config.train]
-        val = [open_source(spec, cache, config.real_frames) for spec in config.val]
+        size = config.input_size
+        opened = [open_source(spec, cache, config.real_frames, input_size=size) for spec in config.train]
+        val = [open_source(spec, cache, config.real_frames, input_size=size) for spec in config.val]
         if self.dist.is_main and self.dist.world_size > 1:
             dist.barrier()
         train: FaceSource = ConcatSource(opened) if len(opened) > 1 else opened[0]
@@ -305,10 +320,13 @@ class Finetuner:
 
     # -------------------------------------------------------------------------------- metadata
     def crop_spec(self) -> CropSpec:
-        """The crop the training faces were cut with, which the service must reproduce."""
+        """The crop the training faces were cut with, and the evaluation transform, which the service must
+        reproduce."""
         scale = self.config.crop_scale or self.train_source.crop_scale or 1.3
         box = DLIB_BOX_TRANSFORM if self.config.crop_box == "dlib" else BoxTransform()
-        return CropSpec(size=self.config.input_size, scale=scale, box_transform=box)
+        size = self.config.input_size
+        side = center_crop_side(size) if self.config.eval_resize == "center_crop" else None
+        return CropSpec(size=size, scale=scale, box_transform=box, center_crop_from=side)
 
     def metadata(self) -> dict[str, Any]:
         """What ``fsfm export`` needs beyond the weights (thresholds and metrics are added per epoch)."""
@@ -347,6 +365,7 @@ class Finetuner:
             {
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
+                OPTIMIZER_NAMES: group_names(self.optimizer, self.model),
                 "epoch": epoch,
                 "scaler": self.scaler.state_dict(),
                 "args": argparse.Namespace(**self.config.model_dump(mode="json")),
@@ -359,7 +378,7 @@ class Finetuner:
     def _resume(self) -> None:
         checkpoint = load_checkpoint(self.output / LAST_CHECKPOINT)
         self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        load_optimizer_by_name(self.optimizer, self.model, checkpoint["optimizer"], checkpoint[OPTIMIZER_NAMES])
         if checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.start_epoch = int(checkpoint["epoch"]) + 1
@@ -423,13 +442,19 @@ class Finetuner:
             self.dist.close()
         assert self.best is not None
         best_meta = load_checkpoint(best_path).get("fsfm", {}) if self.dist.is_main else {}
-        return FinetuneResult(
+        result = FinetuneResult(
             best_path,
             self.output / LAST_CHECKPOINT,
             int(self.best["epoch"]),
             best_meta.get("metrics", last_metrics),
             test_report,
         )
+        verdict = chance_verdict(result.val_metrics)
+        if verdict is not None and self.dist.is_main:
+            if not self.force:
+                raise ChanceLevelError(f"{verdict}; {best_path} is kept, --force accepts it")
+            warnings.warn(f"{verdict}; accepted (--force)", RecipeWarning, stacklevel=2)
+        return result
 
     def _log(self, row: dict[str, Any]) -> None:
         if not self.dist.is_main:
@@ -459,7 +484,7 @@ class Finetuner:
             self.device,
         )
         cache = self.config.faces_cache or cache_dir() / "faces"
-        sources = [open_source(spec, cache) for spec in self.config.test]
+        sources = [open_source(spec, cache, input_size=self.config.input_size) for spec in self.config.test]
         return evaluate_sets(
             scorer,
             sources,
@@ -473,5 +498,7 @@ class Finetuner:
         )
 
 
-def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True) -> FinetuneResult:
-    return Finetuner(config, resume=resume, progress=progress).run()
+def finetune(
+    config: FinetuneConfig, resume: bool = False, progress: bool = True, force: bool = False
+) -> FinetuneResult:
+    return Finetuner(config, resume=resume, progress=progress, force=force).run()

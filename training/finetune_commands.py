@@ -1,6 +1,6 @@
 """``fsfm finetune``, ``fsfm evaluate``, and the commands that write model packages (``fsfm export``,
-``fsfm calibrate``, ``fsfm quantize``), as plain Typer-annotated functions (``fsfm_cli`` registers them with
-``app.command()(finetune)``); heavy imports happen inside the bodies. ``finetune``'s flags map onto
+``fsfm calibrate``, ``fsfm quantize``, ``fsfm pull``), as plain Typer-annotated functions (``fsfm_cli``
+registers them with ``app.command()(finetune)``); heavy imports happen inside the bodies. ``finetune``'s flags map onto
 ``FinetuneConfig`` fields (``fsfm.flags``): unset flags leave the ``--config`` file's values, the task's
 recipe or the configuration's defaults.
 
@@ -23,11 +23,15 @@ import typer
 
 from fsfm.console import fail
 from fsfm.flags import choices, config_option, literal_choices
-from fsfm.package.manifest import QUANTIZE_VARIANTS, TASKS
+from fsfm.package.manifest import QUANTIZE_VARIANTS, TASKS, Thresholds
 from training.finetune_config import DataSpec, FinetuneConfig
+from training.pull import OFFICIAL
 
 Task = choices("Task", TASKS)
 DefaultThreshold = literal_choices("DefaultThreshold", FinetuneConfig, "default_threshold")
+Balance = literal_choices("Balance", FinetuneConfig, "balance")
+TestTransform = literal_choices("TestTransform", FinetuneConfig, "eval_resize")
+OfficialModel = choices("OfficialModel", OFFICIAL)
 
 
 def _flag(field: str, help: str, *param_decls: str, **kwargs: Any) -> Any:
@@ -71,7 +75,22 @@ def finetune(
     ),
     epochs: int | None = typer.Option(None, min=1, help="Epochs (default: the recipe's)."),
     batch_size: int | None = typer.Option(None, min=2, help="Batch per process (default: the recipe's)."),
-    accum_iter: int | None = _flag("accum_iter", "Gradient accumulation steps.", min=1),
+    accum_iter: int | None = _flag(
+        "accum_iter", "Gradient accumulation steps (default: those reaching the recipe's effective batch).", min=1
+    ),
+    effective_batch: int | None = typer.Option(
+        None, min=1, help="Batch x GPUs x accumulation to reach (default: the official run's, by the recipe)."
+    ),
+    warmup_epochs: float | None = typer.Option(
+        None,
+        min=0.0,
+        help="Warm-up epochs (default: the recipe's, cut to its share of the run when --epochs is shorter).",
+    ),
+    balance: Balance | None = typer.Option(
+        None,
+        help="Class balance (default: none, as the official runs; loss: inverse-frequency class weights; "
+        "sampler: class-balanced batches; domain: equal live/spoof per domain, the liveness recipe's).",
+    ),
     blr: float | None = typer.Option(None, help="Base lr; lr = blr * effective batch / 256."),
     lr: float | None = typer.Option(None, help="Absolute peak lr (overrides --blr)."),
     input_size: int | None = _flag("input_size", "Input side in pixels.", min=16),
@@ -89,14 +108,18 @@ def finetune(
     ),
     demo: bool | None = _flag("demo", "Mark the model as a demo, not fit for decisions.", "--demo/--no-demo"),
     resume: bool = typer.Option(False, help="Continue the run in --output-dir from its checkpoint-last.pth."),
+    force: bool = typer.Option(
+        False, help="Accept a model whose validation AUC ends near chance (the run fails otherwise)."
+    ),
 ) -> None:
     """Fine-tune a pretrained FSFM encoder into a deepfake, liveness or diffusion detector.
 
-    Follows the paper's recipe for the task. Single process, or DDP with
-    `torchrun -m training.finetune_commands finetune` and the same options.
+    Follows the paper's recipe for the task (every departure is a flag, docs/finetuning.md). Single process,
+    or DDP with `torchrun -m training.finetune_commands finetune` and the same options.
     """
     from pydantic import ValidationError
 
+    from training.finetune import ChanceLevelError
     from training.finetune import finetune as run_finetune
     from training.finetune_data import DataError
 
@@ -109,6 +132,9 @@ def finetune(
         "epochs": epochs,
         "batch_size": batch_size,
         "accum_iter": accum_iter,
+        "effective_batch": effective_batch,
+        "warmup_epochs": warmup_epochs,
+        "balance": balance.value if balance else None,
         "blr": blr,
         "lr": lr,
         "input_size": input_size,
@@ -125,8 +151,8 @@ def finetune(
         for key, texts in (("train", train), ("val", val), ("test", test)):
             if texts:
                 data[key] = [s.model_dump(mode="json") for s in _specs(texts)]
-        result = run_finetune(FinetuneConfig.model_validate(data), resume=resume)
-    except (ValidationError, DataError, ValueError, FileNotFoundError) as exc:
+        result = run_finetune(FinetuneConfig.model_validate(data), resume=resume, force=force)
+    except (ValidationError, DataError, ValueError, FileNotFoundError, ChanceLevelError) as exc:
         fail(str(exc))
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(
@@ -136,6 +162,26 @@ def finetune(
         typer.echo(
             f"export it with: fsfm export --checkpoint {result.best_checkpoint} --name <name> --task {data['task']}"
         )
+
+
+def _rate(value: float | None, interval: tuple[float, float] | None, count: int | None) -> str:
+    low, high = interval or (float("nan"), float("nan"))
+    return f"{value:.4f} [{low:.4f}, {high:.4f}] of {count}"
+
+
+def operating_point_lines(thresholds: Thresholds) -> list[str]:
+    """Each calibrated point with its rates, their 95 % intervals and counts; then the unresolvable targets."""
+    from training.calibrate import point_name
+
+    lines = [
+        f"{p.name:12s} threshold {p.threshold:.4f}  fpr {_rate(p.fpr, p.fpr_interval, p.genuine)}  "
+        f"tpr {_rate(p.tpr, p.tpr_interval, p.attacks)}"
+        for p in thresholds.operating_points
+    ]
+    return lines + [
+        f"{point_name(u.target_fpr):12s} not resolvable: {u.genuine} genuine faces, {u.needed} needed"
+        for u in thresholds.unresolved
+    ]
 
 
 def _summary(report: dict[str, Any]) -> list[str]:
@@ -149,6 +195,18 @@ def _summary(report: dict[str, Any]) -> list[str]:
             f"{name[:32]:32s} {pct(frame.get('auc'))} {pct(frame.get('eer'))} {pct(video.get('auc'))} "
             f"{pct(video.get('eer'))} {pct(frame.get('hter'))}"
         )
+    for name, entry in report["sets"].items():
+        for point in entry.get("fpr_points", []):
+            target = f"TPR at {100 * point['target_fpr']:g}% FPR"
+            if point["resolvable"]:
+                low, high = point["tpr_interval"] or (None, None)
+                interval = "" if low is None else f" [{100 * low:.2f}, {100 * high:.2f}]"
+                lines.append(
+                    f"{name[:32]:32s} {target}: {100 * point['tpr']:.2f}{interval} ({point['genuine']} genuine)"
+                )
+            else:
+                why = f"{point['genuine']} genuine faces, {point['needed']} needed"
+                lines.append(f"{name[:32]:32s} {target}: not resolvable ({why})")
     return lines
 
 
@@ -190,7 +248,7 @@ def evaluate(
         scorer = open_scorer(model, models, task.value if task else "deepfake", num_heads, device)
         chosen_task = task.value if task else scorer.manifest.task if isinstance(scorer, PackageScorer) else "deepfake"
         cache = faces_cache or cache_dir() / "faces"
-        sources = [open_source(spec, cache) for spec in _specs(test)]
+        sources = [open_source(spec, cache, input_size=scorer.size) for spec in _specs(test)]
         report = evaluate_sets(scorer, sources, output_dir, chosen_task, threshold, target_fpr, batch_size, workers)
     except (PackageError, DataError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
@@ -217,6 +275,13 @@ def export(
     demo: bool = typer.Option(False, help="Mark the package as a demo model, not fit for decisions."),
     overwrite: bool = typer.Option(False, help="Replace an existing package of the same version."),
     with_torch: bool = typer.Option(False, help="Also write model.pt for the development torch engine."),
+    force: bool = typer.Option(False, help="Export even when the checkpoint's validation AUC is near chance."),
+    test_transform: TestTransform | None = typer.Option(
+        None,
+        help="The face crop's test transform: resize (the official paper's test log; the default for official "
+        "checkpoints) or center_crop (resize 256 + centre crop 224, the official README's commands). "
+        "Default for ours: what their fine-tuning evaluated with.",
+    ),
     tensorrt: bool = typer.Option(
         False, help="Also build model.plan with TensorRT (needs TensorRT and an NVIDIA GPU)."
     ),
@@ -244,6 +309,8 @@ def export(
             tolerance=tolerance,
             overwrite=overwrite,
             with_torch=with_torch,
+            force=force,
+            test_transform=test_transform.value if test_transform else None,
             **overrides,
         )
         if tensorrt:
@@ -293,8 +360,8 @@ def calibrate(
     except (PackageError, DataError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     typer.echo(f"{manifest.ref}: default threshold {manifest.thresholds.default:.4f}")
-    for point in manifest.thresholds.operating_points:
-        typer.echo(f"  {point.name:12s} threshold {point.threshold:.4f}  fpr {point.fpr:.4f}  tpr {point.tpr:.4f}")
+    for line in operating_point_lines(manifest.thresholds):
+        typer.echo(f"  {line}")
 
 
 def quantize(
@@ -347,6 +414,55 @@ def quantize(
                 f"  {check.set}: {check.faces} faces, {auc}max |score diff| {check.max_abs_score_diff:.4f}, "
                 f"mean {check.mean_abs_score_diff:.4f}, labels agree on {check.label_agreement:.1%}"
             )
+
+
+def pull(
+    model: list[OfficialModel] | None = typer.Argument(
+        None, help="Official models to pull (default: all): the VGGFace2 pretraining checkpoint, the fine-tuned ones."
+    ),
+    accept_licence: bool = typer.Option(
+        False, "--accept-licence", help="Accept the weights' CC BY-NC 4.0 licence (non-commercial use only)."
+    ),
+    models: Path = typer.Option(Path("models"), envvar="FSFM_MODELS", help="Model repository folder."),
+    download_dir: Path | None = typer.Option(
+        None, help="Where the checkpoints are kept, in the repository's layout (default: the fsfm cache)."
+    ),
+    revision: str = typer.Option("main", help="Revision (branch, tag or commit) of the weights' repository."),
+    test_transform: TestTransform = typer.Option(
+        TestTransform.resize,
+        help="The packages' test transform: resize (the paper's numbers) or center_crop (the README's commands).",
+    ),
+) -> None:
+    """Download the official FSFM weights, verify them, and export the fine-tuned ones to model packages.
+
+    From the Hugging Face repository `Wolowolo/fsfm-3c` (`HF_ENDPOINT` to use a mirror). The weights are
+    CC BY-NC 4.0, non-commercial use only: nothing is downloaded without `--accept-licence`.
+    """
+    from fsfm.assets import cache_dir
+    from training.export import ExportError
+    from training.pull import LICENCE_NOTICE, PullError
+    from training.pull import pull as run_pull
+
+    if not accept_licence:
+        typer.echo(LICENCE_NOTICE, err=True)
+        fail("the licence was not accepted: nothing was downloaded")
+    try:
+        results = run_pull(
+            [m.value for m in model] if model else list(OFFICIAL),
+            models,
+            download_dir or cache_dir() / "official",
+            accept_licence,
+            revision,
+            test_transform.value,
+        )
+    except (PullError, ExportError, ValueError, OSError) as exc:
+        fail(str(exc))
+    for pulled in results:
+        if pulled.package is None:
+            typer.echo(f"{pulled.model.key}: {pulled.checkpoint} (fine-tune with --pretrained {pulled.checkpoint})")
+        else:
+            state = "already in the repository" if pulled.skipped else f"exported to {pulled.package.path}"
+            typer.echo(f"{pulled.model.key}: {pulled.package.manifest.ref} {state}")
 
 
 if __name__ == "__main__":  # torchrun --nproc-per-node N -m training.finetune_commands finetune --config run.json

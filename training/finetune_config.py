@@ -5,10 +5,11 @@ docs/finetuning.md) may be left out: it is then filled from
 ``RECIPES[task]`` (with the self-blended-images adjustments when ``sbi`` is on), so the saved file
 always spells out what ran.
 
-* deepfake (DfD): batch 32 per GPU (paper: 2 GPUs), blr 2.5e-4, 10 epochs, 5 warm-up, layer decay
-  0.65, weight decay 0.05, drop path 0.1, mixup 0.8 / cutmix 1.0, label smoothing 0.1, random
-  erasing 0.25, RandomResizedCrop + flip + RandAugment, global pool, min-val-loss selection.
-* diffusion (DiFF): the same with batch 256, blr 5e-4, 50 epochs, ImageNet mean/std.
+* deepfake (DfD): batch 32 per GPU, effective batch 64 (paper: 2 GPUs; gradient accumulation makes it up
+  on one, ``training.recipe``), blr 2.5e-4, 10 epochs, 5 warm-up, layer decay 0.65, weight decay 0.05,
+  drop path 0.1, mixup 0.8 / cutmix 1.0, label smoothing 0.1, random erasing 0.25, RandomResizedCrop +
+  flip + RandAugment, global pool, no class weighting, min-val-loss selection.
+* diffusion (DiFF): the same with batch 256 (one GPU), blr 5e-4, 50 epochs, ImageNet mean/std.
 * liveness (FAS): Adam lr 1e-4 (constant), weight decay 1e-6, no layer decay, no drop path, no
   mixup; 4,000 iterations = 40 "epochs" of 100 (the official code evaluates every 100 iterations);
   every batch holds the same number of live and spoof faces from every training domain (12 + 12
@@ -20,6 +21,9 @@ always spells out what ran.
   training sets (Shiohara & Yamasaki 2022), as pairs (real, its blend); SBI trains without
   mixup/cutmix, with pair-consistent colour/JPEG/crop augmentation and no class weighting (pairs are
   balanced by construction).
+
+A recipe's warm-up that would not end before a shorter run does is cut to the recipe's share of the run,
+with a ``RecipeWarning`` (``training.recipe``); an explicit ``warmup_epochs`` is kept.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from fsfm.package.manifest import DEFAULT_CLASSES, ClassSemantics, Task
+from training.recipe import accumulation_steps, capped_warmup
 from training.schedules import CosineSchedule
 
 DataFormat = Literal["auto", "folder", "csv", "prepared", "ffpp", "celebdf", "dfdc", "dfdcp", "mcio"]
@@ -127,7 +132,12 @@ class FinetuneConfig(BaseModel):
     warmup_epochs: float | None = Field(default=None, ge=0.0)
     schedule: Literal["cosine", "constant"] | None = None
     batch_size: int | None = Field(default=None, ge=2, description="per process; pairs count as two")
-    accum_iter: int = Field(default=1, ge=1)
+    accum_iter: int | None = Field(
+        default=None, ge=1, description="gradient accumulation steps; default: those reaching effective_batch"
+    )
+    effective_batch: int | None = Field(
+        default=None, ge=1, description="batch x processes x accumulation of the official run (the recipe's)"
+    )
     blr: float | None = Field(default=None, gt=0.0)
     lr: float | None = Field(default=None, gt=0.0, description="absolute peak lr; default blr * effective batch / 256")
     min_lr: float = Field(default=1e-6, ge=0.0)
@@ -150,8 +160,8 @@ class FinetuneConfig(BaseModel):
     )
     balance: Literal["none", "loss", "sampler", "domain"] | None = Field(
         default=None,
-        description="loss: inverse-frequency class weights; sampler: class-balanced sampling; "
-        "domain: equal live/spoof per domain per batch",
+        description="none: as the official DfD/DiFF runs; loss: inverse-frequency class weights; "
+        "sampler: class-balanced sampling; domain: equal live/spoof per domain per batch",
     )
     real_frames: int | None = Field(
         default=None,
@@ -199,6 +209,9 @@ class FinetuneConfig(BaseModel):
         for key, value in recipe.items():
             if filled.get(key) is None:
                 filled[key] = value
+        if data.get("warmup_epochs") is None and recipe["warmup_epochs"] > 0:
+            share = recipe["warmup_epochs"] / recipe["epochs"]
+            filled["warmup_epochs"] = capped_warmup(recipe["warmup_epochs"], float(filled["epochs"]), share, True)
         if filled.get("classes") is None:
             filled["classes"] = DEFAULT_CLASSES[data["task"]]
         return filled
@@ -213,14 +226,23 @@ class FinetuneConfig(BaseModel):
             raise ValueError("self-blended images are deepfake training data")
         if self.sbi and self.balance in ("sampler", "domain"):
             raise ValueError("self-blended pairs are balanced already: use balance 'none' or 'loss'")
+        assert self.epochs is not None and self.warmup_epochs is not None  # filled by the recipe
+        capped_warmup(self.warmup_epochs, self.epochs, 1.0, from_recipe=False)  # warns when it is too long
         return self
+
+    def accumulation(self, world_size: int) -> int:
+        """Accumulation steps of a run on ``world_size`` processes: ``accum_iter``, else those that reach
+        ``effective_batch``."""
+        assert self.batch_size is not None  # filled by the recipe
+        return accumulation_steps(self.accum_iter, self.effective_batch, self.batch_size, world_size)
 
     def peak_lr(self, world_size: int) -> float:
         """lr = blr * effective batch / 256 (the MAE/FSFM rule) unless an absolute lr is given."""
         if self.lr is not None:
             return self.lr
         assert self.blr is not None and self.batch_size is not None
-        return self.blr * self.batch_size * self.accum_iter * world_size / 256
+        accum = self.accum_iter or self.accumulation(world_size)
+        return self.blr * self.batch_size * accum * world_size / 256
 
     def lr_schedule(self, peak_lr: float) -> CosineSchedule:
         """Warm-up over ``warmup_epochs``, then half-cosine to ``min_lr`` at ``epochs``, or ``peak_lr`` held
@@ -242,6 +264,7 @@ _DFD: dict[str, Any] = {
     "warmup_epochs": 5,
     "schedule": "cosine",
     "batch_size": 32,
+    "effective_batch": 64,
     "blr": 2.5e-4,
     "layer_decay": 0.65,
     "weight_decay": 0.05,
@@ -251,7 +274,7 @@ _DFD: dict[str, Any] = {
     "smoothing": 0.1,
     "augment": "simple",
     "reprob": 0.25,
-    "balance": "loss",
+    "balance": "none",
     "normalization": "pretrained",
     "selection": "loss",
     "real_frames": 128,
@@ -259,7 +282,15 @@ _DFD: dict[str, Any] = {
 
 RECIPES: dict[str, dict[str, Any]] = {
     "deepfake": _DFD,
-    "diffusion": _DFD | {"batch_size": 256, "blr": 5e-4, "epochs": 50, "normalization": "imagenet", "real_frames": 32},
+    "diffusion": _DFD
+    | {
+        "batch_size": 256,
+        "effective_batch": 256,
+        "blr": 5e-4,
+        "epochs": 50,
+        "normalization": "imagenet",
+        "real_frames": 32,
+    },
     "liveness": {
         "optimizer": "adam",
         "epochs": 40,
@@ -267,6 +298,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "warmup_epochs": 0,
         "schedule": "constant",
         "batch_size": 96,
+        "effective_batch": 96,
         "lr": 1e-4,
         "layer_decay": 1.0,
         "weight_decay": 1e-6,

@@ -27,6 +27,11 @@ Layouts (``DataSpec.format``):
 
 ``label=real`` (or any class word) labels every face of a ``folder`` or ``prepared`` set, e.g. a folder
 of real faces only, for self-blended training.
+
+``folder`` and ``csv`` sets are taken as ready-cut face crops. When the model's input size is known,
+``open_source`` checks a sample of their images (``check_face_crops``): mostly non-square images are whole
+photos, not crops, and are refused with the ``fsfm prepare`` command that cuts them (``crops=yes`` accepts
+them as they are); square images far from the model's size get a ``DataWarning``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -551,9 +557,62 @@ def _cache_key(spec: DataSpec) -> str:
     return f"{spec.format}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
 
 
-def open_source(spec: DataSpec, cache: Path, real_frames: int | None = None, workers: int | None = None) -> FaceSource:
+class DataWarning(UserWarning):
+    """A data set may not be what the model expects."""
+
+
+CROP_CHECK_SAMPLE = 32  # images whose size is read (headers only)
+SQUARE_TOLERANCE = 0.1  # |width / height - 1| of a face crop
+SIZE_FACTOR = 2.0  # crops more than this far from the model's input size (either way) are suspicious
+
+
+def check_face_crops(source: ImageFiles, spec: DataSpec, input_size: int) -> None:
+    """Refuse a set whose sampled images are mostly not square (whole photos, which would be resized and
+    scored as faces), unless ``spec`` says ``crops=yes``; warn when square images are far from
+    ``input_size``. The messages name the ``fsfm prepare`` command that cuts face crops."""
+    from PIL import Image
+
+    step = max(1, len(source.paths) // CROP_CHECK_SAMPLE)
+    sizes = []
+    for path in source.paths[::step][:CROP_CHECK_SAMPLE]:
+        with Image.open(path) as image:
+            sizes.append(image.size)
+    not_square = [(w, h) for w, h in sizes if abs(w / h - 1) > SQUARE_TOLERANCE]
+    prepare = f"fsfm prepare {spec.path} <out> --size {input_size}, then use prepared:<out>"
+    if 2 * len(not_square) > len(sizes) and spec.options.get("crops", "").lower() not in ("yes", "1", "true"):
+        w, h = not_square[0]
+        raise DataError(
+            f"{source.name}: {len(not_square)} of {len(sizes)} sampled images are not square (e.g. {w}x{h}): "
+            f"whole photos, not face crops. Cut faces with `{prepare}` (or add ,crops=yes to use them as they are)"
+        )
+    sides = sorted(max(w, h) for w, h in sizes)
+    median = sides[len(sides) // 2]
+    if not input_size / SIZE_FACTOR <= median <= input_size * SIZE_FACTOR:
+        warnings.warn(
+            f"{source.name}: its images are about {median} px, the model takes {input_size} px face crops; if they "
+            f"are not face crops at FSFM's 1.3x scale, run `{prepare}`",
+            DataWarning,
+            stacklevel=2,
+        )
+
+
+def open_source(
+    spec: DataSpec,
+    cache: Path,
+    real_frames: int | None = None,
+    workers: int | None = None,
+    input_size: int | None = None,
+) -> FaceSource:
     """The faces a ``DataSpec`` names (see the module doc). ``real_frames``: frames per real video
-    when the spec does not say (the training protocol's balance); default = ``frames``."""
+    when the spec does not say (the training protocol's balance); default = ``frames``. ``input_size``:
+    the model's, to check that ``folder`` and ``csv`` sets look like face crops for it."""
+    source = _open(spec, cache, real_frames, workers)
+    if input_size is not None and isinstance(source, ImageFiles) and spec.format in ("auto", "folder", "csv"):
+        check_face_crops(source, spec, input_size)
+    return source
+
+
+def _open(spec: DataSpec, cache: Path, real_frames: int | None, workers: int | None) -> FaceSource:
     path, fmt, opts, name = spec.path, spec.format, spec.options, spec.label
     if not path.exists():
         raise DataError(f"{path} does not exist")

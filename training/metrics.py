@@ -13,12 +13,19 @@ BPCER = genuine rejected as attacks, ACER = their mean; HTER = (FAR + FRR) / 2, 
 under the older names (FAR = APCER, FRR = BPCER) when there is one attack class, which is all a
 binary label can say. Video level = the mean of a video's frame scores (the FSFM paper's DfD and FAS
 protocols, arXiv 2412.12032).
+
+A rate at a fixed FPR is only measured where the set can resolve it (``fpr_point``): at least
+``MIN_FALSE_POSITIVES`` genuine faces expected above the threshold, i.e. 10 / FPR genuine faces (1,000 for
+1 %). With fewer, "1 % FPR" is a threshold above every genuine face, the same for every finer target, and
+says nothing about new faces; such points are reported as unresolvable. Measured rates carry their 95 %
+Wilson score interval.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -121,6 +128,65 @@ def threshold_for_fpr(labels: ArrayLike, scores: ArrayLike, target_fpr: float) -
     return threshold, fpr, tpr
 
 
+MIN_FALSE_POSITIVES = 10
+
+
+def genuine_needed(target_fpr: float) -> int:
+    """Genuine faces a set needs to resolve ``target_fpr``: ``MIN_FALSE_POSITIVES`` expected above the threshold."""
+    return math.ceil(MIN_FALSE_POSITIVES / target_fpr - 1e-9)
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95 % for z = 1.96); (0, 1) for no trials."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class FprPoint:
+    """The operating point for one target FPR on one set, or why the set cannot resolve it (``threshold``
+    and the rates are None then)."""
+
+    target_fpr: float
+    genuine: int
+    attacks: int
+    needed: int
+    threshold: float | None = None
+    fpr: float | None = None
+    tpr: float | None = None
+    fpr_interval: tuple[float, float] | None = None
+    tpr_interval: tuple[float, float] | None = None
+
+    @property
+    def resolvable(self) -> bool:
+        return self.genuine >= self.needed
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self) | {"resolvable": self.resolvable}
+
+
+def fpr_point(labels: ArrayLike, scores: ArrayLike, target_fpr: float) -> FprPoint:
+    """``threshold_for_fpr`` with its counts and intervals, when the set has ``genuine_needed`` genuine faces."""
+    y, _ = _check(labels, scores)
+    genuine, attacks = int((y == 0).sum()), int(y.sum())
+    point = FprPoint(target_fpr, genuine, attacks, genuine_needed(target_fpr))
+    if not point.resolvable:
+        return point
+    threshold, fpr, tpr = threshold_for_fpr(labels, scores, target_fpr)
+    return replace(
+        point,
+        threshold=threshold,
+        fpr=fpr,
+        tpr=tpr,
+        fpr_interval=wilson_interval(round(fpr * genuine), genuine),
+        tpr_interval=wilson_interval(round(tpr * attacks), attacks) if attacks else None,
+    )
+
+
 def grid_eer_threshold(labels: ArrayLike, scores: ArrayLike, step: float = 1e-4) -> float:
     """The FAS protocol's EER threshold (FLIP / few_shot_fas ``get_EER_states``): the point of a
     0..1 grid where |APCER - BPCER| is smallest (scores must be probabilities)."""
@@ -203,8 +269,9 @@ def binary_report(
     threshold: float = 0.5,
     target_fprs: Sequence[float] = (0.01,),
 ) -> dict[str, float]:
-    """Everything for one set of samples: counts, AUC, EER (+ threshold), AP, TPR at the target FPRs,
-    and the error rates / accuracies at ``threshold``. Ranking metrics are NaN with one class only."""
+    """Everything for one set of samples: counts, AUC, EER (+ threshold), AP, TPR at the target FPRs (NaN
+    where the set cannot resolve the FPR, ``fpr_point``), and the error rates / accuracies at ``threshold``.
+    Ranking metrics are NaN with one class only."""
     y, s = _check(labels, scores)
     report: dict[str, float] = {"samples": int(y.size), "attacks": int(y.sum()), "genuine": int(y.size - y.sum())}
     if 0 < y.sum() < y.size:
@@ -216,7 +283,8 @@ def binary_report(
             "ap": average_precision(y, s),
         }
         for target in target_fprs:
-            report[f"tpr_at_fpr_{target * 100:g}pct"] = tpr_at_fpr(y, s, target)
+            resolvable = y.size - y.sum() >= genuine_needed(target)
+            report[f"tpr_at_fpr_{target * 100:g}pct"] = tpr_at_fpr(y, s, target) if resolvable else float("nan")
     else:
         report |= {"auc": float("nan"), "eer": float("nan"), "ap": float("nan")}
     report |= error_rates(y, s, threshold).to_dict()

@@ -38,7 +38,7 @@ from training.prepare import MEAN_STD_FILE, write_mean_std
 from training.pretrain_config import PretrainConfig
 from training.pretrain_engine import LOSS_TERMS, PretrainEngine
 from training.pretrain_model import FSFMPretrainModel, parameter_counts
-from training.saving import save_atomic
+from training.saving import OPTIMIZER_NAMES, group_names, load_optimizer_by_name, official_group_names, save_atomic
 
 LOG_FIELDS = ("epoch", "iteration", "lr", "momentum", *LOSS_TERMS)
 LOG_FILE = "log.csv"
@@ -63,8 +63,10 @@ class Pretrainer:
     """One pretraining run: data, online and target networks, optimiser, schedules, checkpoints, log."""
 
     def __init__(self, config: PretrainConfig, resume: Path | None = None, progress: bool = True) -> None:
-        self.config = config
         device, self.dist = setup_device(config.device)
+        # config.json then says what ran: the accumulation this many processes need
+        config = config.model_copy(update={"accum_iter": config.accumulation(self.dist.world_size)})
+        self.config = config
         self.device, self.progress = device, progress
         self.amp = amp_dtype(config.amp, device)
         torch.manual_seed(config.seed)
@@ -99,6 +101,7 @@ class Pretrainer:
             if self.dist.world_size > 1
             else None
         )
+        assert config.accum_iter is not None
         self.effective_batch = config.batch_size * config.accum_iter * self.dist.world_size
         self.peak_lr = config.lr if config.lr is not None else config.blr * self.effective_batch / 256
         self.optimizer = torch.optim.AdamW(
@@ -199,6 +202,7 @@ class Pretrainer:
         online = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            OPTIMIZER_NAMES: group_names(self.optimizer, self.model),
             "epoch": epoch,
             "scaler": self.scaler.state_dict(),
             "args": argparse.Namespace(**config_json),
@@ -211,13 +215,15 @@ class Pretrainer:
         return path
 
     def resume(self, path: Path) -> None:
-        """Continues from ``checkpoint-<N>.pth`` (or the latest one in a folder) and its target file:
-        weights, optimiser, GradScaler and RNG state; training restarts at epoch N + 1."""
+        """Continues from ``checkpoint-<N>.pth`` (or the latest one in a folder; ours or the official code's)
+        and its target file: weights, optimiser (matched by parameter name, ``training.saving``), GradScaler
+        and RNG state; training restarts at epoch N + 1."""
         path = latest_checkpoint(path) if path.is_dir() else path
         checkpoint = load_checkpoint(path)
         self.model.load_state_dict(checkpoint["model"])
         self.target.load_state_dict(load_checkpoint(target_checkpoint_path(path))["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        names = checkpoint.get(OPTIMIZER_NAMES) or official_group_names(checkpoint["model"], self.model)
+        load_optimizer_by_name(self.optimizer, self.model, checkpoint["optimizer"], names)
         if checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         rng = checkpoint.get("rng", {})

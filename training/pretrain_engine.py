@@ -4,7 +4,7 @@ the pieces and runs the epochs.
 One iteration (a micro-step when accumulating): the lr is set from the schedule on the first micro-step
 of each accumulation window; the EMA target encodes the full view under ``no_grad``; the online network
 returns every loss term; the scaled loss is back-propagated (DDP's ``no_sync`` until the window's last
-micro-step, where the optimiser steps, with optional global-norm clipping); the target then moves
+micro-step, where the optimiser steps, with global-norm clipping unless off); the target then moves
 towards the online weights at every iteration, micro-steps included (momentum on a cosine to 1). A
 non-finite loss raises ``FloatingPointError``. Loss terms are averaged over processes.
 """
@@ -83,7 +83,7 @@ class PretrainEngine:
                 raise FloatingPointError(f"loss is {losses['loss'].item()} at epoch {epoch} step {step}; stopping")
             self.scaler.scale(losses["loss"] / config.accum_iter).backward()
         if update:
-            if config.clip_grad is not None:
+            if config.clip_grad:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad)
             self.scaler.step(self.optimizer)

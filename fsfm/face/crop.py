@@ -1,4 +1,9 @@
-"""The crop convention (FSFM's): box -> enlarged square -> resize -> normalised CHW tensor.
+"""The crop convention (FSFM's): box -> enlarged square -> resize [-> resize + centre crop] -> normalised CHW
+tensor.
+
+The official code has two test transforms of a face crop: a plain resize to 224 (the paper's test log) and,
+with ``--apply_simple_augment`` (the README's commands, also the fine-tuning validation transform), a resize
+to 256 and a centre crop of 224. ``CropSpec.center_crop_from`` says which one a model takes.
 
 Every parameter lives in a model's manifest (``CropSpec`` and ``Normalization``), so a model is
 always fed the crops it was trained on, in training and in serving alike.
@@ -66,6 +71,30 @@ class CropSpec(BaseModel):
     border: Literal["shift", "pad"] = "shift"
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
     min_face_size: int = Field(default=32, ge=0, description="faces with a smaller box side are not judged")
+    center_crop_from: int | None = Field(
+        default=None,
+        description="when set, the size-px crop is resized (bicubic) to this side and its centre size x size "
+        "kept: the official README's test transform (256 for 224, center_crop_side); none: the paper's plain resize",
+    )
+
+
+def center_crop_side(size: int) -> int:
+    """The side the official ``--apply_simple_augment`` test transform resizes to before its centre crop of
+    ``size``: size / (224 / 256) up to 224 (256 for 224), ``size`` itself above (no crop)."""
+    return int(size / (224 / 256)) if size <= 224 else size
+
+
+def center_crop(pixels: np.ndarray, size: int, side: int, interpolation: str = "bicubic") -> np.ndarray:
+    """uint8 (h, w, 3) -> resized so its shorter side is ``side`` (the longer in proportion) -> the centre
+    ``size`` x ``size``, as torchvision's ``Resize(side)`` + ``CenterCrop(size)`` on a PIL image."""
+    pil = Image.fromarray(np.ascontiguousarray(pixels))
+    w, h = pil.size
+    scaled = pil.resize(
+        (side, max(side, int(side * h / w))) if w <= h else (max(side, int(side * w / h)), side),
+        _PIL_FILTERS[interpolation],
+    )
+    left, top = int(round((scaled.size[0] - size) / 2)), int(round((scaled.size[1] - size) / 2))
+    return np.asarray(scaled.crop((left, top, left + size, top + size)))
 
 
 class Normalization(BaseModel):
@@ -118,6 +147,8 @@ def crop_face(image: np.ndarray, box: np.ndarray, spec: CropSpec) -> np.ndarray:
     resized = Image.fromarray(np.ascontiguousarray(patch)).resize(
         (spec.size, spec.size), _PIL_FILTERS[spec.interpolation]
     )
+    if spec.center_crop_from is not None:
+        return center_crop(np.asarray(resized), spec.size, spec.center_crop_from, spec.interpolation)
     return np.asarray(resized)
 
 

@@ -3,7 +3,8 @@
 Official pretraining / fine-tuning files are ``{'model': state_dict, 'optimizer', 'epoch', 'scaler',
 'args': argparse.Namespace}``; ``args`` may hold ``pathlib`` paths. torch>=2.6 loads with
 ``weights_only=True`` by default, which refuses those classes, so they are allow-listed here rather
-than falling back to full unpickling.
+than falling back to full unpickling. The official face anti-spoofing files (``.pth.tar``) also hold numpy
+scalars (their validation metrics), allow-listed too, under numpy 1's module name and numpy 2's.
 """
 
 from __future__ import annotations
@@ -15,17 +16,22 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fsfm.models.config import VIT_PRESETS, ViTConfig
 from fsfm.models.vit import ViTClassifier
 
-_SAFE_GLOBALS = [
+_SAFE_GLOBALS: list[Any] = [
     argparse.Namespace,
     pathlib.PosixPath,
     pathlib.PurePosixPath,
     pathlib.WindowsPath,
     pathlib.PureWindowsPath,
+    np.dtype,
+    np._core.multiarray.scalar,
+    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+    *(type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)),
 ]
 
 # Keys of the pretrained online network that the encoder keeps.

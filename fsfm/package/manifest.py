@@ -54,19 +54,39 @@ DEFAULT_CLASSES: dict[str, ClassSemantics] = {
 }
 
 
+Interval = tuple[float, float]
+
+
 class OperatingPoint(BaseModel):
-    """A calibrated threshold on the attack score, with what it achieved on the calibration set."""
+    """A calibrated threshold on the attack score, with what it achieved on the calibration set, on how many
+    faces, and the 95 % (Wilson) interval of each rate."""
 
     name: str = Field(description='e.g. "eer", "fpr_1pct"')
     threshold: float = Field(ge=0.0, le=1.0)
     target_fpr: float | None = Field(default=None, description="the false-positive rate it was chosen for")
     fpr: float | None = None
     tpr: float | None = None
+    genuine: int | None = Field(default=None, description="genuine faces the FPR was measured on")
+    attacks: int | None = Field(default=None, description="attack faces the TPR was measured on")
+    fpr_interval: Interval | None = Field(default=None, description="95 % Wilson interval of the FPR")
+    tpr_interval: Interval | None = Field(default=None, description="95 % Wilson interval of the TPR")
+
+
+class UnresolvedPoint(BaseModel):
+    """A target FPR the calibration set was too small to calibrate: at least ``needed`` genuine faces
+    (10 expected false positives) are needed, it had ``genuine``."""
+
+    target_fpr: float
+    genuine: int
+    needed: int
 
 
 class Thresholds(BaseModel):
     default: float = Field(default=0.5, ge=0.0, le=1.0)
     operating_points: list[OperatingPoint] = Field(default_factory=list)
+    unresolved: list[UnresolvedPoint] = Field(
+        default_factory=list, description="target FPRs asked for that the calibration set could not resolve"
+    )
 
     def for_target_fpr(self, target_fpr: float) -> OperatingPoint:
         """The operating point calibrated for ``target_fpr`` (exact match, 1e-9)."""
@@ -74,7 +94,15 @@ class Thresholds(BaseModel):
             if point.target_fpr is not None and abs(point.target_fpr - target_fpr) < 1e-9:
                 return point
         known = sorted(p.target_fpr for p in self.operating_points if p.target_fpr is not None)
-        raise KeyError(f"no operating point for target_fpr={target_fpr}; calibrated: {known}")
+        why = next(
+            (
+                f" (the calibration set's {u.genuine} genuine faces cannot resolve it: {u.needed} needed)"
+                for u in self.unresolved
+                if abs(u.target_fpr - target_fpr) < 1e-9
+            ),
+            "",
+        )
+        raise KeyError(f"no operating point for target_fpr={target_fpr}{why}; calibrated: {known}")
 
 
 class Architecture(BaseModel):
@@ -83,6 +111,10 @@ class Architecture(BaseModel):
     vit: ViTConfig
     global_pool: bool = True
     num_classes: int = 2
+    head: Literal["linear", "flip"] = Field(
+        default="linear",
+        description="linear: fc_norm -> Linear (DfD/DiFF, ours); flip: the official FAS head (training/flip.py)",
+    )
 
     def flops_per_image(self) -> int:
         return self.vit.flops_per_image()
