@@ -1,7 +1,8 @@
 """Admission: whether the core takes a request now, decided before any decode or detection, and how
 many requests it is working on.
 
-Entered only from ``AnalysisCore.analyze``. A request is refused with ``Unavailable`` while the models
+Entered from ``AnalysisCore.analyze``, and from a door that holds a request's place before reading it
+(``reserve``, through ``AnalysisCore.reserve``). A request is refused with ``Unavailable`` while the models
 load (``not_ready``) and once the drain has begun (``draining``), and with ``Overloaded`` (429 /
 RESOURCE_EXHAUSTED, reason ``overloaded``) when it would exceed what the service can take:
 
@@ -66,6 +67,21 @@ class Ticket:
             self._admission._move(self, "inference")
 
 
+class Reservation:
+    """A place in line held for a request whose door has not read it yet (``Admission.reserve``): it
+    counts as waiting, so a burst is refused at the door instead of after every body has been read.
+    ``Admission.admit`` turns it into the request's ticket; ``release`` gives it back unused
+    (idempotent)."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission: Admission | None = admission
+
+    def release(self) -> None:
+        if self._admission is not None:
+            self._admission._reserved -= 1
+            self._admission = None
+
+
 class Admission:
     def __init__(self, max_concurrent: int, max_waiting: int, gauge: Gauge | None = None) -> None:
         self.ready = False
@@ -76,6 +92,7 @@ class Admission:
         self._slots = asyncio.Semaphore(max_concurrent)
         self._tickets: set[Ticket] = set()
         self._counts: dict[Stage, int] = dict.fromkeys(STAGES, 0)
+        self._reserved = 0  # places held at the door (``reserve``), not yet admitted
         self._service_s = 0.0  # running mean of the time a request holds a slot; 0 until measured
         self._idle = asyncio.Event()
         self._idle.set()
@@ -98,17 +115,31 @@ class Admission:
 
     def check_room(self) -> None:
         """``Overloaded`` (with its Retry-After) when every slot and waiting place is held."""
-        ahead = self._counts["waiting"] + self._counts["preprocessing"]
+        ahead = self._counts["waiting"] + self._counts["preprocessing"] + self._reserved
         if ahead >= self.max_concurrent + self.max_waiting:
             raise Overloaded(
-                f"{self._counts['preprocessing']} requests in preprocessing and {self._counts['waiting']} waiting, "
+                f"{self._counts['preprocessing']} requests in preprocessing and "
+                f"{self._counts['waiting'] + self._reserved} waiting, "
                 f"limits {self.max_concurrent} and {self.max_waiting}",
                 retry_after_s=self.retry_after_s(ahead),
             )
 
-    def admit(self, model: str, queued_faces: int, max_queued_faces: int) -> Ticket:
+    def reserve(self) -> Reservation:
+        """A place in line for a request its door has yet to read, or the refusal ``admit`` would give
+        now (``Unavailable``, ``Overloaded``)."""
+        self.check()
+        self.check_room()
+        self._reserved += 1
+        return Reservation(self)
+
+    def admit(
+        self, model: str, queued_faces: int, max_queued_faces: int, reservation: Reservation | None = None
+    ) -> Ticket:
         """A ticket for one more request, or ``Overloaded`` (with its Retry-After) if it cannot be taken:
-        every slot and waiting place is held, or ``model`` already has ``max_queued_faces`` queued."""
+        every slot and waiting place is held (unless ``reservation`` holds its place), or ``model``
+        already has ``max_queued_faces`` queued."""
+        if reservation is not None:
+            reservation.release()  # its place becomes the ticket's, with no await in between
         self.check_room()
         self.check_queue(model, queued_faces, max_queued_faces)
         ticket = Ticket(self)

@@ -28,7 +28,7 @@ from fsfm.package import ModelRepository
 from fsfm.package.manifest import Manifest
 from fsfm.scoring import resolve_threshold
 from service.cancellation import ContextThreadPool, watch
-from service.core.admission import Admission, Ticket
+from service.core.admission import Admission, Reservation, Ticket
 from service.core.models import ModelListing, ServedModel, ServedModels
 from service.core.pipeline import Pipeline
 from service.core.report import AGGREGATE_WINDOW_FRAMES, AggregateSnapshot, Report, overall_verdict
@@ -143,13 +143,12 @@ class AnalysisCore:
 
     # ---- analysis --------------------------------------------------------------------------
 
-    def gate(self) -> None:
-        """What a door asks before it even reads a request's body: raise the refusal ``analyze`` would
-        give now for readiness or a full admission line (the door counts it through ``refused``).
-        ``analyze`` decides again; this only spares reading an upload that would be refused, so an
-        overloaded service answers 429 at once."""
-        self.admission.check()
-        self.admission.check_room()
+    def reserve(self) -> Reservation:
+        """What a door asks before it even reads a request's body: a place in admission's line for
+        it (pass it on in ``AnalysisRequest.reservation``), or the refusal ``analyze`` would give now
+        for readiness or a full line, raised (the door counts it through ``refused``). So a burst is
+        refused at once, rather than each request after its upload has been read."""
+        return self.admission.reserve()
 
     async def analyze(self, request: AnalysisRequest) -> Report:
         """Admit, analyse and count one request; raises ``AnalysisError`` (counted) when it fails."""
@@ -158,7 +157,7 @@ class AnalysisCore:
             self.admission.check()
             plan = self._plan(options)
             queued = plan.model.backend.pending
-            ticket = self.admission.admit(plan.model.label, queued, self.settings.max_queue_size)
+            ticket = self.admission.admit(plan.model.label, queued, self.settings.max_queue_size, request.reservation)
         except AnalysisError as exc:
             raise await self.refused(options, context, exc) from None
         started = time.monotonic()

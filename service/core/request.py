@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+from service.core.admission import Reservation
 from service.media import MEDIA_KINDS, Frame, MediaKind
 
 MAX_MODEL_NAME_CHARS = 200  # a request's model name, at most (both doors): far above any real ``name:version``
@@ -48,13 +49,15 @@ class RequestContext:
 @dataclass(frozen=True)
 class AnalysisRequest:
     """Either ``media`` (encoded bytes, sniffed and decoded by the core; ``accept`` says which kinds
-    the door allows) or ``frames`` (already decoded RGB pixels, e.g. gRPC raw images)."""
+    the door allows) or ``frames`` (already decoded RGB pixels, e.g. gRPC raw images). A door that
+    held the request's place before reading it passes the ``reservation`` on."""
 
     options: AnalysisOptions
     context: RequestContext
     media: bytes | None = None
     frames: list[Frame] | None = None
     accept: Collection[MediaKind] = MEDIA_KINDS
+    reservation: Reservation | None = None  # its place in admission's line, held by the door (``reserve``)
 
     def __post_init__(self) -> None:
         if (self.media is None) == (self.frames is None):

@@ -1,11 +1,14 @@
-"""The admission gate in front of the REST app: a plain ASGI layer that answers ``POST /v1/{task}``
-with the refusal admission would give now (``AnalysisCore.gate``: 429 overloaded, 503 not ready or
-draining) before FastAPI routes, validates or reads anything.
+"""The admission gate in front of the REST app: a plain ASGI layer that, for ``POST /v1/{task}``,
+holds the request's place in admission's line before FastAPI routes, validates or reads anything
+(``AnalysisCore.reserve``), or answers the refusal admission gives now (429 overloaded, 503 not
+ready or draining). The route passes the place on to the core (``reservation``); the gate gives it
+back when the request ends, if the core never took it.
 
-Why a layer of its own: a refusal must cost next to nothing, because refusals come in bursts. When
-75 clients arrive at once on a saturated 2-core machine, each answer through routing, dependencies
-and exception handlers cost ~3 ms of the event loop, so the 75th waited ~200 ms; here it costs a
-fraction of that. What it lets through, the route handles as before (``analyze`` decides again).
+Why a layer of its own that holds a place: refusals come in bursts. Merely asking admission at the
+route let all of a burst of 75 simultaneous requests through (none had been admitted yet: each was
+still reading its body), so every one read its upload and parsed its form before the core refused
+it, ~3 ms of the event loop each; the 75th waited ~200 ms. A place held at the door refuses the rest
+of the burst at once, for a fraction of that.
 
 Requests it leaves to the app: other paths and methods, a task no loaded model serves (404 from the
 route), and, where API keys are configured, a request without an accepted key (401 from the route:
@@ -26,6 +29,7 @@ from service.errors import AnalysisError, Unauthorized
 from service.rest.errors import analysis_error_response
 
 TRANSPORT = "rest"
+RESERVATION = "fsfm_reservation"  # the key of the request's place in ``scope["state"]`` (``request.state``)
 _TASK_PATHS = {f"/v1/{task}": task for task in TASKS}
 _KEY_HEADER = API_KEY_HEADER.encode()
 
@@ -39,13 +43,19 @@ class AdmissionGate:
         if task is not None and scope["method"] == "POST" and self._authorised(scope):
             if not self.core.ready or task in self.core.tasks():
                 try:
-                    self.core.gate()
+                    reservation = self.core.reserve()
                 except AnalysisError as exc:
                     model = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("model", [None])[0]
                     context = RequestContext(TRANSPORT, deadline=time.monotonic())
                     await self.core.refused(AnalysisOptions(task=task, model=model), context, exc)
                     await analysis_error_response(exc, scope["method"], scope["path"])(scope, receive, send)
                     return
+                scope.setdefault("state", {})[RESERVATION] = reservation
+                try:
+                    await self.app(scope, receive, send)
+                finally:
+                    reservation.release()  # unused (the request failed before the core): its place is free
+                return
         await self.app(scope, receive, send)
 
     def _authorised(self, scope: Scope) -> bool:

@@ -25,6 +25,7 @@ from service.core import AnalysisOptions, AnalysisRequest, Report, RequestContex
 from service.errors import AnalysisError, DeadlineExceeded, InvalidRequest, ModelNotFound
 from service.rest.deps import CoreDep, SettingsDep
 from service.rest.errors import error_responses, validation_message
+from service.rest.gate import RESERVATION
 from service.rest.multipart import UPLOAD_FIELD, read_upload
 from service.rest.schemas import AnalysisParams, AnalysisResponse, report_json
 
@@ -49,7 +50,10 @@ async def analyze(
         raise await core.refused(options, context, DeadlineExceeded()) from None
     except AnalysisError as exc:
         raise await core.refused(options, context, exc) from None
-    analysis = asyncio.ensure_future(core.analyze(AnalysisRequest(options, context, media=upload.data)))
+    reservation = getattr(request.state, RESERVATION, None)  # held by the admission gate
+    analysis = asyncio.ensure_future(
+        core.analyze(AnalysisRequest(options, context, media=upload.data, reservation=reservation))
+    )
     if (report := await _unless_disconnected(request, analysis)) is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     return JSONResponse(report_json(report), headers={"x-request-id": report.request_id})
