@@ -65,11 +65,25 @@ def test_faces_smaller_than_min_face_size_are_not_reported(mtcnn_dir: Path, grou
 
 def test_scales(mtcnn_dir: Path) -> None:
     detector = _detector(mtcnn_dir, 40)
-    assert detector.scales(720, 1280) == [0.3]  # 40 pixels -> 12, one pass of 384x224
+    assert detector.scales(720, 1024) == [0.3]  # 40 pixels -> 12: one pass of 307x216 (320x224)
+    # A 1280x720 frame is searched as its 1024x576 copy would be (max_side), without the copy.
+    assert detector.scales(720, 1280) == pytest.approx([0.3 * 0.8])
     assert detector.scales(112, 112) == [1.0]  # never enlarged
     assert detector.scales(300, 400) == [0.64]  # never below the model's 256 pixels
     # A 1000-pixel face would be 300 pixels at 0.3: a coarser pass looks for it.
     assert detector.scales(1000, 1000) == [0.3, 0.24]
+
+
+def test_max_side_bounds_the_search_not_the_crops(mtcnn_dir: Path, group: np.ndarray) -> None:
+    """Above max_side, min_face_size counts the pixels of the copy, as with the other detectors, but
+    O-Net crops the image itself."""
+    bounded = BlazeFaceDetector(blazeface_file(), mtcnn_dir / "onet.onnx", 40, threads=1, max_side=640)
+    assert bounded.scales(886, 1280) == [0.2]  # the 640-pixel copy at 256 / 640
+    boxes = [face.box for face in bounded.detect(group)]
+    assert_group_faces(boxes)
+    full = [face.box for face in _detector(mtcnn_dir, 40).detect(group)]
+    assert min(max(iou(a, b) for b in full) for a in boxes) >= 0.88
+    assert BlazeFaceDetector(blazeface_file(), mtcnn_dir / "onet.onnx", 60, max_side=640).detect(group) == []
 
 
 def test_shrink_matches_a_direct_area_resize(group: np.ndarray) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 
 from fsfm.engines.onnxruntime import OnnxRuntimeEngine
 from fsfm.face.boxes import nms, square_boxes
+from fsfm.face.detector import DETECT_MAX_SIDE
 from fsfm.face.mtcnn import OutputNet
 from fsfm.face.types import DetectedFace
 
@@ -39,8 +40,10 @@ GRID = 32
 # photo: found from 10 pixels (score 0.77) and 240; 12 keeps a margin at the small end.
 SMALLEST_FACE = 12
 LARGEST_FACE = 240
-# BlazeFace's own thresholds (MediaPipe's: 0.5 and 0.3): they only choose what O-Net looks at.
-PROPOSAL_THRESHOLD = 0.5
+# What O-Net looks at: BlazeFace's boxes scoring at least this (MediaPipe reports from 0.5; small faces
+# score less: at 0.5 one of the group photo's six faces, at 19 pixels, is missed), after NMS at
+# MediaPipe's IoU. O-Net then drops the few non-faces this lets through.
+PROPOSAL_THRESHOLD = 0.3
 PROPOSAL_NMS = 0.3
 # The square O-Net first sees around a proposal: BlazeFace's box is a tight square on the eyes,
 # nose and mouth, MTCNN's box reaches from the forehead to the chin. Measured on the six faces of
@@ -81,6 +84,9 @@ class BlazeFaceDetector:
         and faces O-Net boxes smaller than it are not reported.
     score_threshold: O-Net score a face needs (values below ``ONET_THRESHOLD`` act as it).
     threads: ONNX Runtime intra-op threads per net (None: all cores).
+    max_side: BlazeFace searches a larger image as it would a copy of this longest side (the scales
+        shrink with it, and ``min_face_size`` counts the copy's pixels), while O-Net crops the image
+        itself: no copy is made.
     """
 
     def __init__(
@@ -91,6 +97,7 @@ class BlazeFaceDetector:
         score_threshold: float = 0.9,
         threads: int | None = None,
         providers: Sequence[str] | None = ("CPUExecutionProvider",),
+        max_side: int = DETECT_MAX_SIDE,
     ) -> None:
         for path in (weights, onet):
             if not Path(path).is_file():
@@ -99,6 +106,7 @@ class BlazeFaceDetector:
             raise ValueError(f"min_face_size must be positive, got {min_face_size}")
         self.min_face_size = min_face_size
         self.score_threshold = score_threshold
+        self.max_side = max_side
         # Every scale gives a new input shape: no arena, which would only grow.
         self._net = OnnxRuntimeEngine(Path(weights), providers=providers, threads=threads, memory_arena=False)
         self._onet = OutputNet(Path(onet), threads, providers, pad=True)
@@ -107,11 +115,14 @@ class BlazeFaceDetector:
     def scales(self, height: int, width: int) -> list[float]:
         """The scales BlazeFace runs at: one where ``min_face_size`` is ``SMALLEST_FACE`` pixels, but
         never below the model's own ``MODEL_SIZE`` nor above 1; and a coarser one when a face as large
-        as the shorter side would be too large there."""
-        scale = min(1.0, max(SMALLEST_FACE / self.min_face_size, MODEL_SIZE / max(height, width)))
-        scales = [scale]
-        if min(height, width) * scale > LARGEST_FACE:
-            scales.append(LARGEST_FACE / min(height, width))
+        as the shorter side would be too large there. All as if on a copy of at most ``max_side``
+        pixels (``fsfm.face.bounded``), without making it."""
+        bound = min(1.0, self.max_side / max(height, width))
+        longest, shortest = max(height, width) * bound, min(height, width) * bound
+        scale = min(1.0, max(SMALLEST_FACE / self.min_face_size, MODEL_SIZE / longest))
+        scales = [scale * bound]
+        if shortest * scale > LARGEST_FACE:
+            scales.append(LARGEST_FACE / shortest * bound)
         return scales
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
@@ -121,11 +132,13 @@ class BlazeFaceDetector:
         proposals = self.propose(image)
         boxes, scores, landmarks = self._onet(image, self._onet_squares(proposals))
         boxes, scores, landmarks = self._onet(image, square_boxes(boxes))
+        # min_face_size counts pixels of the bounded copy, as for the other detectors.
+        smallest = self.min_face_size * max(1.0, max(image.shape[:2]) / self.max_side)
         sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
         return [
             DetectedFace(box=box.astype(np.float32), landmarks=points.astype(np.float32), score=float(score))
             for box, score, points, side in zip(boxes, scores, landmarks, sides, strict=True)
-            if score >= self.score_threshold and side >= self.min_face_size
+            if score >= self.score_threshold and side >= smallest
         ]
 
     def propose(self, image: np.ndarray) -> np.ndarray:
