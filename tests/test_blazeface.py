@@ -49,14 +49,14 @@ def test_finds_every_face_of_a_group_photo_and_of_a_720p_frame_of_it(group: np.n
 
 
 def test_boxes_do_not_follow_min_face_size(mtcnn_dir: Path, group: np.ndarray, astronaut_rgb: np.ndarray) -> None:
-    """min_face_size only chooses BlazeFace's scale; O-Net, twice, places the box. Measured worst
-    IoU between 20 and 40 over these seven faces: 0.91 (MTCNN's own: 0.83)."""
+    """min_face_size only chooses BlazeFace's scale; O-Net, twice, places the box. Measured IoU
+    between 20 and 40 over these seven faces: 0.94 at worst, median 0.97 (MTCNN: 0.91, 0.98)."""
     overlaps = []
     for image in (group, astronaut_rgb):
         small, large = (_detector(mtcnn_dir, size).detect(image) for size in (20, 40))
         assert len(small) == len(large)
         overlaps += [max(iou(a.box, b.box) for b in large) for a in small]
-    assert min(overlaps) >= 0.88 and np.median(overlaps) >= 0.95, overlaps
+    assert min(overlaps) >= 0.9 and np.median(overlaps) >= 0.95, overlaps
 
 
 def test_faces_smaller_than_min_face_size_are_not_reported(mtcnn_dir: Path, group: np.ndarray) -> None:

@@ -4,8 +4,9 @@
 constants here, so that a model is served the crops it was trained on unless someone asks otherwise.
 
 Every detector ``create_detector`` makes searches a copy of at most ``DetectorConfig.max_side``
-pixels per side and answers in the full image's pixels (``fsfm.face.bounded``), so ``fsfm serve``,
-``fsfm analyze`` and ``fsfm prepare`` find the same faces at the same cost."""
+pixels per side (``fsfm.face.bounded``; BlazeFace and RetinaFace search as they would that copy,
+without making it) and answers in the full image's pixels, so ``fsfm serve``, ``fsfm analyze`` and
+``fsfm prepare`` find the same faces at the same cost."""
 
 from __future__ import annotations
 
@@ -18,16 +19,18 @@ from pydantic import BaseModel, Field
 from fsfm.face.types import DetectedFace
 
 # The longest side detection sees by default. MTCNN takes about 0.3 s of one core and 80 MB there at
-# min_face_size 20 (0.45 s and 130 MB at 1280; both grow with the square); a 1920x1080 frame is searched
-# for faces from 38 pixels, about the 32 below which the models judge none.
+# min_face_size 20 (0.45 s and 130 MB at 1280; both grow with the square). At the default
+# min_face_size, a 1920x1080 frame is searched for faces from 75 pixels.
 DETECT_MAX_SIDE = 1024
 
 DetectorKind = Literal["blazeface", "mtcnn", "retinaface"]
-# BlazeFace proposals refined by MTCNN's O-Net (fsfm.face.blazeface): MTCNN's boxes and landmarks at
-# a fraction of its cost (a 1280x720 frame in about 12 ms of one core against 40 ms and more).
+# BlazeFace proposals refined by MTCNN's O-Net (fsfm.face.blazeface): MTCNN's kind of boxes and
+# landmarks at a fraction of its cost (the six faces of a 1280x720 frame in 13 ms of one core, where
+# MTCNN takes 60 ms at min_face_size 40 and 175 ms at 20, measured together).
 DEFAULT_DETECTOR: DetectorKind = "blazeface"
-# Faces from 40 pixels are searched: the models judge faces from 32 (CropSpec.min_face_size), and at
-# 40 BlazeFace searches a 1280x720 frame in one 384x224 pass.
+# Faces from 40 pixels are searched (in the max_side copy): the models judge faces from 32
+# (CropSpec.min_face_size), and at 40 BlazeFace searches a 1024-pixel image in one 320x192 pass. 32
+# costs a third more (about 17 ms of a 1280x720 frame against 13), 20 four times as much (52 ms).
 DEFAULT_MIN_FACE_SIZE = 40
 DEFAULT_SCORE_THRESHOLD = 0.9
 
