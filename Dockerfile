@@ -6,7 +6,7 @@
 # Build: docker build --target api -t fsfm-api:0.1.0 .   /   docker build --target worker -t fsfm-worker:0.1.0 .
 # Both install the project's wheel, built in the first stage from the context (.dockerignore keeps it to
 # what the wheel is built from); no source tree is copied into them. The wheel carries the committed gRPC
-# stubs and the MTCNN detector's ONNX weights. Models are not baked in: mount a model repository at /models.
+# stubs and the face detectors' ONNX weights (BlazeFace, MTCNN). Models are not baked in: mount a model repository at /models.
 
 ARG PYTHON_VERSION=3.11
 
@@ -16,7 +16,8 @@ WORKDIR /src
 COPY . .
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && python -c "import sys, zipfile; names = zipfile.ZipFile(sys.argv[1]).namelist(); \
-sys.exit(not {'service/proto_gen/fsfm/v1/analysis_pb2.py', 'fsfm/face/weights/mtcnn/onet.onnx'} <= set(names))" \
+sys.exit(not {'service/proto_gen/fsfm/v1/analysis_pb2.py', 'fsfm/face/weights/mtcnn/onet.onnx', \
+'fsfm/face/weights/blazeface/face_detection_back.onnx'} <= set(names))" \
         /wheels/fsfm-*.whl
 
 # ---- api ----------------------------------------------------------------------------------------

@@ -4,19 +4,22 @@ live in the command bodies."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import typer
 
 from benchmarks.models import BENCH_MODELS
 from fsfm.console import fail
 from fsfm.engines.select import AUTO
-from fsfm.flags import ENGINE_CHOICE, PrecisionChoice, TaskChoice, plain
+from fsfm.face.detector import DetectorKind
+from fsfm.flags import ENGINE_CHOICE, PrecisionChoice, TaskChoice, choices, plain
 
 bench_app = typer.Typer(
     help="Measure speed: engine-only, per pipeline stage, and the service end to end under load.",
     no_args_is_help=True,
 )
 
+DetectorChoice = choices("DetectorChoice", get_args(DetectorKind))
 MODEL_HELP = f"Benchmark model (random weights, exported once into the fsfm cache): {', '.join(BENCH_MODELS)}."
 PACKAGE_HELP = "A model package folder (models/NAME/VERSION) to measure instead of --model."
 
@@ -47,17 +50,19 @@ def _package(model: str, package: Path | None):
         if package is not None:
             return load_package(package)
         made = ensure_bench_package(model)
-        faces = sample_face_folder(_detector(20), made.manifest, bench_repository() / f"faces-{model}")
+        faces = sample_face_folder(_detector(), made.manifest, bench_repository() / f"faces-{model}")
         return with_measured_variants(made, faces)
     except (PackageError, ValueError) as exc:
         fail(str(exc))
 
 
-def _detector(min_face_size: int):
+def _detector(kind: str | None = None, min_face_size: int | None = None):
+    """The service's detector by default; ``kind`` and ``min_face_size`` override its settings."""
     from fsfm.face.detector import DetectorConfig, create_detector
 
+    given = {"kind": kind, "min_face_size": min_face_size}
     try:
-        return create_detector(DetectorConfig(min_face_size=min_face_size))
+        return create_detector(DetectorConfig(**{key: value for key, value in given.items() if value is not None}))
     except FileNotFoundError as exc:
         fail(str(exc))
 
@@ -105,7 +110,7 @@ def engine(
     except EngineError as exc:
         fail(str(exc))
     chosen = _package(model, package)
-    faces = sample_face_tensors(_detector(20), chosen.manifest) if len(kinds) > 1 else None
+    faces = sample_face_tensors(_detector(), chosen.manifest) if len(kinds) > 1 else None
     measured = measure_ceilings()
     typer.echo(f"CPU: {cpu_model()}; ceilings: {ceilings_line(measured)}")
     typer.echo(f"{chosen.manifest.ref}: {chosen.manifest.architecture.vit.flops_per_image() / 1e9:.3g} GFLOP per face")
@@ -133,8 +138,11 @@ def pipeline(
         "onnxruntime", "--engine", help="engine[:precision]: onnxruntime, onnxruntime:int8, torch, tensorrt, auto."
     ),
     repeats: int = typer.Option(10, min=1),
-    min_face_size: int = typer.Option(
-        20, min=8, help="The detector's smallest face, as the service's FSFM_MIN_FACE_SIZE."
+    detector_kind: DetectorChoice | None = typer.Option(
+        None, "--detector", help="The face detector, as the service's FSFM_DETECTOR (default: its default)."
+    ),
+    min_face_size: int | None = typer.Option(
+        None, min=8, help="The detector's smallest face, as the service's FSFM_MIN_FACE_SIZE (default: its default)."
     ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
@@ -145,7 +153,7 @@ def pipeline(
     from fsfm.engines.base import EngineError
 
     chosen = _package(model, package)
-    detector = _detector(min_face_size)
+    detector = _detector(plain(detector_kind), min_face_size)
     try:
         result = bench_pipeline(
             one_face_jpeg(detector, image), chosen, detector, create_bench_engine(engine_kind, chosen), repeats
@@ -208,7 +216,7 @@ def serve(
     if unknown := [p for p in kinds if p not in PROTOCOLS]:
         fail(f"unknown protocols {unknown}; choose from {list(PROTOCOLS)}")
     levels = _int_list(concurrency, "--concurrency")
-    detector = _detector(20)
+    detector = _detector()
     data = one_face_jpeg(detector, image)
 
     def show(level) -> None:
@@ -276,7 +284,7 @@ def hostile(
     from service.local_server import ServerProcessError
 
     chosen = _package(model, package)
-    face = one_face_jpeg(_detector(20))
+    face = one_face_jpeg(_detector())
     try:
         result = run_hostile(chosen, face, quick=quick, say=typer.echo)
     except ServerProcessError as exc:
@@ -307,7 +315,7 @@ def report(
     names = [m.strip() for m in models.split(",") if m.strip()]
     if unknown := [m for m in names if m not in BENCH_MODELS]:
         fail(f"unknown benchmark models {unknown}; choose from {sorted(BENCH_MODELS)}")
-    _detector(20)  # fails early and clearly without the detector's weights
+    _detector()  # fails early and clearly without the detector's weights
     options = ReportOptions(
         models=names, duration_s=duration, min_seconds=min_seconds, max_batch=max_batch, repository=repository
     )

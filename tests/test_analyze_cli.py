@@ -97,7 +97,8 @@ def test_group_photo_reports_every_face(mtcnn_dir, group_photo_path, models) -> 
 def test_tiny_faces_are_reported_not_judged(mtcnn_dir, astronaut_rgb, models, tmp_path) -> None:
     small = tmp_path / "small.png"
     Image.fromarray(astronaut_rgb).resize((128, 128)).save(small)  # face ~25 px < min 32
-    code, payload, _ = analyze(str(small), "--models", str(models))
+    # Searched from 20 pixels: the default (40) would not even report it.
+    code, payload, _ = analyze(str(small), "--models", str(models), "--min-face-size", "20")
     assert code == 0
     (face,) = payload[0]["faces"]
     assert face["judged"] is False and face["reason"] == "face_too_small" and "score" not in face

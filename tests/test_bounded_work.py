@@ -36,18 +36,22 @@ MAX_GROWTH_MIB = 300  # peak RSS growth of the server per hostile request (issue
 # ---- detection on a bounded copy -------------------------------------------------------------
 
 
+# MTCNN's landmarks of the tilted second face move by 13% of its width between the two resolutions
+# (they miss its features at both; BlazeFace's, placed by O-Net on BlazeFace's square, do not).
+@pytest.mark.parametrize(("kind", "landmark_tolerance"), [("blazeface", 0.1), ("mtcnn", 0.15)])
 def test_a_large_photo_is_searched_on_a_copy_and_its_faces_found_in_full_resolution(
-    mtcnn_dir: Path, group_photo_path: Path
+    kind: str, landmark_tolerance: float, group_photo_path: Path
 ) -> None:
     group = decode_image(group_photo_path.read_bytes())
-    native = MtcnnDetector(mtcnn_dir, threads=1).detect(group)  # the whole 1280x886 photo
+    # The whole 1280x886 photo, as it is: it was not much larger than the copy.
+    native = create_detector(DetectorConfig(kind=kind, threads=1, max_side=1280)).detect(group)
     large = cv2.resize(group, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)  # 3840x2658
-    faces = create_detector(DetectorConfig(threads=1)).detect(large)
+    faces = create_detector(DetectorConfig(kind=kind, threads=1)).detect(large)
     assert_group_faces([face.box / 3 for face in faces])
     for expected in native:
         found = max(faces, key=lambda face: iou(face.box / 3, expected.box))
         assert iou(found.box / 3, expected.box) >= 0.85
-        assert np.abs(found.landmarks / 3 - expected.landmarks).max() <= 0.1 * expected.width
+        assert np.abs(found.landmarks / 3 - expected.landmarks).max() <= landmark_tolerance * expected.width
 
 
 def test_an_image_within_the_bound_is_searched_as_it_is(mtcnn_dir: Path, astronaut_rgb: np.ndarray) -> None:
@@ -75,9 +79,15 @@ def test_r_net_and_o_net_in_batches_find_what_one_run_finds(
 
 
 def test_the_service_and_prepare_detect_alike() -> None:
+    """fsfm serve and fsfm analyze (Settings) and fsfm prepare search faces with the same defaults: a
+    model meets the crops it was trained on (a min_face_size of 20 against 40 moved scores by 0.057)."""
     from training.prepare import PrepareConfig
 
-    assert Settings().detector_config().max_side == PrepareConfig().detect_max_side == DETECT_MAX_SIDE
+    served, prepared, default = Settings().detector_config(), PrepareConfig(), DetectorConfig()
+    assert served.max_side == prepared.detect_max_side == default.max_side == DETECT_MAX_SIDE
+    assert served.kind == prepared.detector == default.kind == "blazeface"
+    assert served.min_face_size == prepared.min_face_size == default.min_face_size
+    assert served.score_threshold == prepared.score_threshold == default.score_threshold
 
 
 # ---- the face cap --------------------------------------------------------------------------------

