@@ -111,27 +111,26 @@ def self_blended(face: SourceFace, spec: CropSpec, seed: int) -> np.ndarray:
 
 
 def write_heldout(folder: Path, faces: list[SourceFace], spec: CropSpec) -> dict[str, int]:
-    """``folder/{real,fake-sbi,fake-swap}/*.png``, served-style crops (module doc); faces per label."""
-    crops: dict[str, dict[str, np.ndarray]] = {
-        "real": {face.name: face.image for face in faces},
+    """``folder/{real,fake-sbi,fake-swap}/*.png``, served-style crops (module doc); faces per label. Each
+    image is cut at the box of the real face it was made on."""
+    images: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {
+        "real": {face.name: (face.image, face.box) for face in faces},
         "fake-sbi": {
-            f"{face.name}-sbi{k}": self_blended(face, spec, seed=1000 * i + k)
+            f"{face.name}-sbi{k}": (self_blended(face, spec, seed=1000 * i + k), face.box)
             for i, face in enumerate(faces)
             for k in range(SBI_PER_FACE)
         },
-        "fake-swap": {},
+        "fake-swap": {
+            f"{source.name}-on-{target.name}": (face_swap(target, source), target.box)
+            for target, source in itertools.permutations(faces, 2)
+        },
     }
-    boxes = {face.name: face.box for face in faces}
-    boxes |= {f"{face.name}-sbi{k}": face.box for face in faces for k in range(SBI_PER_FACE)}
-    for target, source in itertools.permutations(faces, 2):
-        name = f"{source.name}-on-{target.name}"
-        crops["fake-swap"][name], boxes[name] = face_swap(target, source), target.box
-    for label, images in crops.items():
+    for label, named in images.items():
         (folder / label).mkdir(parents=True, exist_ok=True)
-        for name, image in images.items():
-            crop = crop_face(image, boxes[name], spec)
+        for name, (image, box) in named.items():
+            crop = crop_face(image, box, spec)
             cv2.imwrite(str(folder / label / f"{name}.png"), np.ascontiguousarray(crop[..., ::-1]))
-    return {label: len(images) for label, images in crops.items()}
+    return {label: len(named) for label, named in images.items()}
 
 
 @dataclass(frozen=True)
