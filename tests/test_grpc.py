@@ -29,7 +29,7 @@ from fsfm.analysis import FaceResult
 from fsfm.face.types import DetectedFace
 from fsfm.imaging import decode_image
 from fsfm.package import ModelRepository
-from fsfm.package.manifest import OperatingPoint, Thresholds
+from fsfm.package.manifest import DEMO_NOTICE, OperatingPoint, Thresholds
 from service.core import AnalysisCore, FrameReport, StreamAggregate
 from service.grpc_messages import aggregate_message
 from service.grpc_server import REASON_KEY, RETRY_AFTER_KEY, start_grpc_server
@@ -177,7 +177,8 @@ def test_the_astronaut_gets_her_face_and_the_onnx_runtime_score(
     assert face.detection_score >= 0.9 and face.label in labels and not face.reason
     assert_faces_match(answer.faces, reference(decode_image(astronaut_jpeg), ref))
     name, version = ref.split(":")
-    assert answer.model == pb.ModelInfo(name=name, version=int(version), task=task, demo=ref == DEEPFAKE)
+    notice = DEMO_NOTICE if ref == DEEPFAKE else ""  # a demo package without a description: the generic notice
+    assert answer.model == pb.ModelInfo(name=name, version=int(version), task=task, demo=ref == DEEPFAKE, notice=notice)
     assert answer.verdict == pb.Verdict(label=face.label, score=face.score)
     assert answer.threshold_source == "default" and len(answer.request_id) == 32
     assert set(answer.timing_ms) == {"decode", "detect", "queue", "infer", "total"}
@@ -239,7 +240,9 @@ def test_a_video_gets_the_same_frames_scores_and_verdict_as_over_rest(server, st
     assert rest.status_code == 200, rest.text
     body = rest.json()
     assert body["media"] == "video" and len(answer.frames) == len(body["frames"]) == 4
-    assert answer.model == pb.ModelInfo(name="tiny-deepfake", version=1, task=pb.TASK_DEEPFAKE, demo=True)
+    assert answer.model == pb.ModelInfo(
+        name="tiny-deepfake", version=1, task=pb.TASK_DEEPFAKE, demo=True, notice=DEMO_NOTICE
+    )
     for frame, expected in zip(answer.frames, body["frames"], strict=True):
         assert (frame.index, round(frame.time_s, 3)) == (expected["index"], expected["time_s"])
         assert [f.score for f in frame.faces] == pytest.approx([f["score"] for f in expected["faces"]], abs=1e-5)

@@ -35,6 +35,7 @@ from tests.test_imaging import png_bomb
 API_KEYS = ["key-one", "key-two"]
 ORIGIN = "https://console.example"
 DEFAULT_DEEPFAKE = "tiny-deepfake:2"  # the highest version is served by default
+DEMO_DESCRIPTION = "DEMO: a tiny random ViT, at chance on every face"  # the default deepfake model's
 MAX_UPLOAD = 4 * 1024 * 1024
 
 
@@ -48,6 +49,7 @@ def models(tmp_path_factory) -> Path:
         version=2,
         seed=2,
         demo=True,
+        description=DEMO_DESCRIPTION,
         thresholds=Thresholds(
             default=0.4, operating_points=[OperatingPoint(name="fpr_1pct", threshold=0.8, target_fpr=0.01)]
         ),
@@ -129,12 +131,10 @@ def test_the_astronaut_gets_her_face_and_score(client, astronaut_jpeg, reference
     assert face["detection_score"] >= 0.9 and face["label"] in attack_labels
     assert_faces_match(body["faces"], reference(decode_image(astronaut_jpeg), ref))
     name, version = ref.split(":")
-    assert body["model"] == {
-        "name": name,
-        "version": int(version),
-        "task": path.rsplit("/", 1)[1],
-        "demo": ref == DEFAULT_DEEPFAKE,
-    }
+    demo = ref == DEFAULT_DEEPFAKE  # a demo model's answers say what it is worth: its description
+    assert body["model"] == {"name": name, "version": int(version), "task": path.rsplit("/", 1)[1], "demo": demo} | (
+        {"notice": DEMO_DESCRIPTION} if demo else {}
+    )
     assert body["media"] == "image"
     assert body["verdict"] == {"label": face["label"], "score": face["score"]}
     assert set(body["timing_ms"]) == {"decode", "detect", "queue", "infer", "total"}
@@ -428,6 +428,7 @@ def test_openapi_documents_the_upload_the_answers_and_the_errors(client) -> None
     assert {"model", "threshold", "target_fpr", "fps", "max_frames"} <= set(form["properties"])
     assert {p["name"] for p in operation["parameters"]} == {"model", "threshold", "target_fpr", "fps", "max_frames"}
     ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert "notice" in spec["components"]["schemas"]["ModelRef"]["properties"]
     assert ok["$ref"].endswith("/AnalysisResponse")
     assert len(spec["components"]["schemas"]["AnalysisResponse"]["examples"]) == 2
     for status in ("400", "401", "404", "413", "415", "422", "429", "503", "504"):

@@ -169,5 +169,6 @@ def test_fsfm_serve_from_the_wheel_serves_the_demo_model(served: tuple[str, Path
     assert response.status_code == 200, (response.text, log.read_text())
     body = response.json()
     assert body["model"]["name"] == "demo-deepfake" and body["model"]["demo"] is True
+    assert "people it never saw" in body["model"]["notice"]  # how poorly the demo generalises
     (face,) = body["faces"]
     assert 0.0 <= face["score"] <= 1.0

@@ -39,8 +39,9 @@ DEMO_SIZE = 64
 DEMO_ENCODER = ViTConfig(img_size=DEMO_SIZE, patch_size=16, embed_dim=64, depth=2, num_heads=2)
 DEMO_DESCRIPTION = (
     "DEMO MODEL, NOT FIT FOR DECISIONS: a 2-block ViT pretrained and fine-tuned (self-blended images) for a few "
-    "minutes on augmented copies of one photograph (scikit-image's astronaut). It exists so that a fresh install "
-    "can be tried; see docs/finetuning.md for real weights."
+    "minutes on augmented copies of one photograph (scikit-image's astronaut). On faces of people it never saw it "
+    "scores at chance and flags real faces as fake as often as fakes (demo/PROVENANCE.md). It exists so that a fresh "
+    "install can be tried; see docs/finetuning.md for real weights."
 )
 # Planned work at minutes_budget = 3 (measured on 2 CPU cores: ~2 minutes); scaled with the budget.
 _PLAN = {"faces": 240, "pretrain_epochs": 20, "finetune_epochs": 8, "finetune_iters": 75}

@@ -21,6 +21,7 @@ Task = Literal["deepfake", "liveness", "diffusion"]
 TASKS: tuple[str, ...] = ("deepfake", "liveness", "diffusion")
 
 MANIFEST_FILE = "manifest.json"
+DEMO_NOTICE = "a demo model: not fit for decisions"  # a demo package's notice when it has no description
 
 
 class ClassSemantics(BaseModel):
@@ -273,8 +274,17 @@ class PackageInfo(BaseModel):
         return f"{self.name}:{self.version}"
 
     def reference(self) -> dict[str, object]:
-        """How answers name the model: ``{name, version, task, demo}`` (REST, gRPC, ``fsfm analyze``)."""
-        return {"name": self.name, "version": self.version, "task": self.task, "demo": self.demo}
+        """How answers name the model: ``{name, version, task, demo}`` (REST, gRPC, ``fsfm analyze``), and for
+        a demo model a ``notice`` (its description), so that whoever reads a verdict also reads what it is worth."""
+        reference: dict[str, object] = {
+            "name": self.name,
+            "version": self.version,
+            "task": self.task,
+            "demo": self.demo,
+        }
+        if self.demo:
+            reference["notice"] = self.description or DEMO_NOTICE
+        return reference
 
 
 class Manifest(PackageInfo):

@@ -51,6 +51,9 @@ class ModelRef(BaseModel):
     version: int
     task: Literal[TASKS]  # type: ignore[valid-type]  (the task names, from their one definition)
     demo: bool = Field(description="a demo model: not fit for decisions")
+    notice: str | None = Field(
+        default=None, description="demo models only: what the model is and how poorly it generalises (its description)"
+    )
 
 
 class FaceOut(BaseModel):

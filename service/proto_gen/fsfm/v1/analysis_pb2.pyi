@@ -111,16 +111,18 @@ class Verdict(_message.Message):
     def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "task", "demo")
+    __slots__ = ("name", "version", "task", "demo", "notice")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     DEMO_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     task: Task
     demo: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., demo: _Optional[bool] = ...) -> None: ...
+    notice: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., demo: _Optional[bool] = ..., notice: _Optional[str] = ...) -> None: ...
 
 class ImageAnalysis(_message.Message):
     __slots__ = ("request_id", "model", "threshold", "threshold_source", "faces", "verdict", "timing_ms")
