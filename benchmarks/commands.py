@@ -22,6 +22,7 @@ bench_app = typer.Typer(
 DetectorChoice = choices("DetectorChoice", get_args(DetectorKind))
 MODEL_HELP = f"Benchmark model (random weights, exported once into the fsfm cache): {', '.join(BENCH_MODELS)}."
 PACKAGE_HELP = "A model package folder (models/NAME/VERSION) to measure instead of --model."
+GROUP_FRAME_HELP = "Send a 1280x720 frame of the sample group photo (six faces) instead of a one-face JPEG."
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -65,6 +66,15 @@ def _detector(kind: str | None = None, min_face_size: int | None = None):
         return create_detector(DetectorConfig(**{key: value for key, value in given.items() if value is not None}))
     except FileNotFoundError as exc:
         fail(str(exc))
+
+
+def _request_image(detector, image: Path | None, group_frame: bool) -> bytes:
+    """What the benchmark sends: ``image``, the six-face 1280x720 group frame, or a one-face JPEG."""
+    from benchmarks.inputs import group_frame_jpeg, one_face_jpeg
+
+    if image is not None and group_frame:
+        fail("give --image or --group-frame, not both")
+    return group_frame_jpeg() if group_frame else one_face_jpeg(detector, image)
 
 
 def _write_json(path: Path | None, value: object) -> None:
@@ -134,8 +144,9 @@ def pipeline(
     image: Path | None = typer.Option(
         None, exists=True, dir_okay=False, help="Request image (default: a one-face JPEG from the sample group photo)."
     ),
+    group_frame: bool = typer.Option(False, "--group-frame", help=GROUP_FRAME_HELP),
     engine_kind: str = typer.Option(
-        "onnxruntime", "--engine", help="engine[:precision]: onnxruntime, onnxruntime:int8, torch, tensorrt, auto."
+        AUTO, "--engine", help="engine[:precision]: auto (the service's choice), onnxruntime, openvino:int8, ..."
     ),
     repeats: int = typer.Option(10, min=1),
     detector_kind: DetectorChoice | None = typer.Option(
@@ -148,16 +159,14 @@ def pipeline(
 ) -> None:
     """Measure the cost of each stage of one request: decode, detect, crop, infer, encode."""
     from benchmarks.engine import create_bench_engine
-    from benchmarks.inputs import one_face_jpeg
     from benchmarks.pipeline import bench_pipeline, pipeline_table
     from fsfm.engines.base import EngineError
 
     chosen = _package(model, package)
     detector = _detector(plain(detector_kind), min_face_size)
+    data = _request_image(detector, image, group_frame)
     try:
-        result = bench_pipeline(
-            one_face_jpeg(detector, image), chosen, detector, create_bench_engine(engine_kind, chosen), repeats
-        )
+        result = bench_pipeline(data, chosen, detector, create_bench_engine(engine_kind, chosen), repeats)
     except (EngineError, ValueError) as exc:
         fail(str(exc))
     typer.echo(
@@ -184,6 +193,7 @@ def serve(
     image: Path | None = typer.Option(
         None, exists=True, dir_okay=False, help="Request image (default: a one-face JPEG from the sample group photo)."
     ),
+    group_frame: bool = typer.Option(False, "--group-frame", help=GROUP_FRAME_HELP),
     max_batch_size: int = typer.Option(8, min=1, help="The started service's FSFM_MAX_BATCH_SIZE."),
     max_queue_delay_ms: float = typer.Option(5.0, min=0.0, help="The started service's FSFM_MAX_QUEUE_DELAY_MS."),
     engine_kind: str = typer.Option(AUTO, "--engine", help="The started service's FSFM_ENGINE.", **ENGINE_CHOICE),
@@ -204,7 +214,6 @@ def serve(
     import asyncio
 
     from benchmarks.engine import batch_sizes, create_bench_engine, run_engines
-    from benchmarks.inputs import one_face_jpeg
     from benchmarks.pipeline import bench_pipeline, pipeline_table
     from benchmarks.serve import PROTOCOLS, Target, level_line, plan, serve_table, served, sweep
     from benchmarks.targets import checks_table, service_checks, stage_checks
@@ -217,7 +226,7 @@ def serve(
         fail(f"unknown protocols {unknown}; choose from {list(PROTOCOLS)}")
     levels = _int_list(concurrency, "--concurrency")
     detector = _detector()
-    data = one_face_jpeg(detector, image)
+    data = _request_image(detector, image, group_frame)
 
     def show(level) -> None:
         typer.echo(level_line(level))

@@ -40,6 +40,22 @@ def one_face_jpeg(detector: FaceDetector, image: Path | None = None) -> bytes:
     return encoded.tobytes()
 
 
+GROUP_FRAME_ROWS = (83, 803)  # a 1280x720 frame of the 1280x886 group photo, all six faces inside
+
+
+def group_frame_jpeg() -> bytes:
+    """A 1280x720 JPEG frame of the sample group photo (rows 83-803, cropped, not resized): six faces,
+    the frame the detection and end-to-end figures of docs/performance.md are measured on."""
+    from fsfm.assets import ensure_sample_photos
+
+    group = decode_image((ensure_sample_photos() / "group.jpg").read_bytes())
+    frame = np.ascontiguousarray(group[GROUP_FRAME_ROWS[0] : GROUP_FRAME_ROWS[1], :, ::-1])  # RGB -> BGR
+    ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return encoded.tobytes()
+
+
 def sample_face_tensors(detector: FaceDetector, manifest: Manifest) -> np.ndarray:
     """The judged faces of the sample group photo, cropped and normalised for ``manifest``'s model:
     real inputs for comparing an engine variant's outputs with the original's."""

@@ -140,7 +140,7 @@ def test_a_forced_precision_beyond_tolerance_is_refused_unless_accepted(plain: M
     beyond = with_variants(plain, BF16.model_copy(update={"heldout": [BEYOND]}))
     message = (
         "tiny-two:1: openvino bf16 is refused: its bf16 drift on 'heldout' (max |score diff| 0.2, "
-        "labels agree on 90.0%)"
+        "labels agree on 18 of 20 faces)"
     )
     with pytest.raises(SelectionError, match=re.escape(message)) as refused:
         select_variant(beyond, precision="bf16", host=AMX)

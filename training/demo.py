@@ -76,7 +76,7 @@ def prepare_astronaut_faces(folder: Path, seeds: range, size: int = DEMO_SIZE) -
         if not path.is_file():
             Image.fromarray(astronaut_variant(seed)).save(path)
     prepare_dataset(
-        raw.parent, folder / "prepared", PrepareConfig(size=size, min_face_size=40), workers=1, progress=False
+        raw.parent, folder / "prepared", PrepareConfig(size=size, min_face_size=32), workers=1, progress=False
     )
     return folder / "prepared"
 

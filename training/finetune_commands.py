@@ -412,7 +412,7 @@ def quantize(
             auc = "" if check.auc_fp32 is None else f"AUC fp32 {check.auc_fp32:.4f} variant {check.auc_variant:.4f}, "
             typer.echo(
                 f"  {check.set}: {check.faces} faces, {auc}max |score diff| {check.max_abs_score_diff:.4f}, "
-                f"mean {check.mean_abs_score_diff:.4f}, labels agree on {check.label_agreement:.1%}"
+                f"mean {check.mean_abs_score_diff:.4f}, labels agree on {check.agreeing_faces} of {check.faces}"
             )
 
 

@@ -147,6 +147,11 @@ class HeldOutCheck(BaseModel):
     max_abs_score_diff: float = Field(ge=0, description="largest |attack score difference| over the set's faces")
     mean_abs_score_diff: float = Field(ge=0)
     label_agreement: float = Field(ge=0, le=1, description="share of faces labelled alike at the default threshold")
+
+    @property
+    def agreeing_faces(self) -> int:
+        return round(self.label_agreement * self.faces)
+
     measured_on: str | None = Field(
         default=None, description="the engine and CPU it was measured with (bf16 and int8 kernels differ by CPU)"
     )
@@ -225,7 +230,8 @@ class Variant(BaseModel):
             ):
                 return (
                     f"its {self.precision} drift on {check.set!r} (max |score diff| {check.max_abs_score_diff:.3g}, "
-                    f"labels agree on {check.label_agreement:.1%}) exceeds the tolerance ({tolerance.describe()})"
+                    f"labels agree on {check.agreeing_faces} of {check.faces} faces) exceeds the tolerance "
+                    f"({tolerance.describe()})"
                 )
         return None
 
