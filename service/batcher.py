@@ -7,7 +7,9 @@ engine runs on its own thread, off the event loop, one batch at a time.
 
 The queue is bounded (``max_queue_size`` faces): a request that does not fit is refused at once
 (``Overloaded``), never queued. A request that is cancelled or whose deadline passes has its faces
-removed from the queue at that moment, even while the engine is busy with another batch.
+removed from the queue at that moment, even while the engine is busy with another batch; once every
+face of the batch the engine is running has been cancelled, the run itself stops where the engine
+can (``cancellable``: ONNX Runtime, OpenVINO), so work nobody waits for does not hold the next.
 
 Every named output of the engine travels back, each face its row of each (``InferenceResult.outputs``).
 ``stop`` closes the engine.
@@ -18,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
-from fsfm.engines.base import Engine
+from fsfm.engines.base import Engine, EngineCancelled, RunCancellation
 from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, Unavailable
 from service.metrics import Metrics
 
@@ -54,8 +58,10 @@ def split_rows(outputs: dict[str, np.ndarray], n: int) -> list[Rows]:
 
 @dataclass(eq=False)
 class _Face:
-    tensor: np.ndarray  # (3, S, S) float32
-    future: asyncio.Future[tuple[Rows, float, float]]
+    # No repr of the tensor: something formatted every face of a cancelled request (1.7 s of the
+    # event loop for a batch of 2048 faces, ~50 ms for 64).
+    tensor: np.ndarray = field(repr=False)  # (3, S, S) float32
+    future: asyncio.Future[tuple[Rows, float, float]] = field(repr=False)
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -157,6 +163,23 @@ class DynamicBatcher:
 
         return callback
 
+    @staticmethod
+    def _cancellation(batch: list[_Face]) -> RunCancellation:
+        """The run's cancellation, cancelled once every face of ``batch`` has been (their requests
+        ended: a client gone, a deadline passed)."""
+        cancellation = RunCancellation()
+        remaining = [sum(not face.future.cancelled() for face in batch)]  # faces someone still waits for
+
+        def abandoned(future: asyncio.Future) -> None:
+            if future.cancelled():
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    cancellation.cancel()
+
+        for face in batch:
+            face.future.add_done_callback(abandoned)
+        return cancellation
+
     def _update_pending(self) -> None:
         self.metrics.pending.labels(self.model_label).set(len(self._queue))
 
@@ -188,8 +211,13 @@ class DynamicBatcher:
         started = time.monotonic()
         try:
             stacked = np.stack([face.tensor for face in batch])
-            outputs = await loop.run_in_executor(self._executor, self.engine.run, stacked)
+            run: Callable[[], dict[str, np.ndarray]] = partial(self.engine.run, stacked)
+            if getattr(self.engine, "cancellable", False):
+                run = partial(self.engine.run, stacked, cancellation=self._cancellation(batch))
+            outputs = await loop.run_in_executor(self._executor, run)
             rows = split_rows(outputs, len(batch))
+        except EngineCancelled:
+            return  # every face of the batch had been cancelled: nobody waits for it
         except Exception as exc:  # an engine failure fails this batch only, never the loop
             error = InferenceFailed("inference_failed", f"model {self.model_label}: {exc}")
             for face in batch:

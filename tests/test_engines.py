@@ -6,12 +6,15 @@ and an NVIDIA GPU are present (``scripts/gpu_check.sh``) and are reported as ski
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import importlib.util
 import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import types
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from fsfm.engines.base import Engine, EngineError
+from fsfm.engines.base import Engine, EngineCancelled, EngineError, RunCancellation
 from fsfm.engines.loading import open_engine
 from fsfm.engines.onnxruntime import OnnxRuntimeEngine
 from fsfm.engines.tensorrt import TensorRTEngine, require_tensorrt
@@ -144,7 +147,7 @@ def test_engine_modules_import_without_torch(package: ModelPackage, tmp_path: Pa
     body = f"""
         import sys
         import fsfm.engines.tensorrt
-        from fsfm.engines.base import Engine, EngineError
+        from fsfm.engines.base import Engine, EngineCancelled, EngineError, RunCancellation
         from fsfm.engines.torch import TorchEngine
         from fsfm.package.repository import load_package
 
@@ -245,3 +248,49 @@ def test_gpu_torch_engine_runs_on_cuda(package: ModelPackage) -> None:
     x = _batch(5)
     # cuDNN may run the patch convolution in TF32 on the GPU: a looser tolerance than on the CPU.
     np.testing.assert_allclose(engine.run(x)["logits"], reference.run(x)["logits"], atol=1e-2)
+
+
+def test_an_onnxruntime_run_is_cancelled_from_another_thread_and_the_next_run_works(package: ModelPackage) -> None:
+    engine = OnnxRuntimeEngine(package.onnx_path)
+    big = _batch(4096)  # long enough (~1 s here) to be caught running
+    full = time.perf_counter()
+    engine.run(big)
+    full = time.perf_counter() - full
+    cancellation = RunCancellation()
+    threading.Timer(0.05, cancellation.cancel).start()
+    started = time.perf_counter()
+    with pytest.raises(EngineCancelled, match="cancelled"):
+        engine.run(big, cancellation=cancellation)
+    assert time.perf_counter() - started < 0.5 * full
+    with pytest.raises(EngineCancelled, match="before it began"):  # cancelled before the run: it never starts
+        engine.run(big, cancellation=cancellation)
+    expected = OnnxRuntimeEngine(package.onnx_path).run(_batch(2))["logits"]
+    np.testing.assert_allclose(engine.run(_batch(2), cancellation=RunCancellation())["logits"], expected)
+
+
+def test_the_batcher_stops_a_batch_every_face_of_which_was_cancelled(package: ModelPackage) -> None:
+    """A request whose faces fill a running batch goes away: the engine's run stops (a cancellable
+    engine) instead of computing what nobody waits for, and the next request is served at once."""
+    from service.batcher import DynamicBatcher
+    from service.metrics import Metrics
+
+    engine = OnnxRuntimeEngine(package.onnx_path)
+    full = time.perf_counter()
+    engine.run(_batch(2048))
+    full = time.perf_counter() - full
+
+    async def scenario() -> tuple[float, np.ndarray]:
+        batcher = DynamicBatcher(engine, "tiny", Metrics(), max_batch_size=2048, max_queue_size=4096)
+        batcher.start()
+        try:
+            abandoned = asyncio.ensure_future(batcher.infer(_batch(2048)))
+            await asyncio.sleep(full / 4)  # its batch is running
+            abandoned.cancel()
+            started = time.perf_counter()
+            answer = await batcher.infer(_batch(2))
+            return time.perf_counter() - started, answer.outputs["logits"]
+        finally:
+            await batcher.stop()
+
+    waited, logits = asyncio.run(scenario())
+    assert logits.shape == (2, 2) and waited < 0.5 * full, (waited, full)

@@ -7,6 +7,8 @@ returns every named output, and is closed when its owner stops.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -19,12 +21,53 @@ class EngineError(RuntimeError):
     """An engine could not be chosen, loaded or run."""
 
 
+class EngineCancelled(EngineError):
+    """A run was stopped through its ``RunCancellation`` before it finished."""
+
+
+class RunCancellation:
+    """Stops one run of a cancellable engine from another thread.
+
+    An engine whose ``cancellable`` is True takes ``run(batch, cancellation=...)``: it ``hook``s a
+    callback that stops its runtime's run (ONNX Runtime's ``RunOptions.terminate``, OpenVINO's
+    ``InferRequest.cancel``), and raises ``EngineCancelled`` when the run was stopped, or when
+    ``cancel`` came before the run began. One object per run, so a late ``cancel`` never reaches
+    another run.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._hooks: list[Callable[[], None]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            hooks, self._hooks = self._hooks, []
+        for stop in hooks:
+            stop()
+
+    def hook(self, stop: Callable[[], None]) -> None:
+        """Call ``stop`` on ``cancel``; raises ``EngineCancelled`` if that has already happened."""
+        with self._lock:
+            if not self._cancelled:
+                self._hooks.append(stop)
+                return
+        raise EngineCancelled("the run was cancelled before it began")
+
+
 @runtime_checkable
 class Engine(Protocol):
     """A loaded model that maps one float32 input batch to its named outputs.
 
     ``run`` is synchronous and may be slow; callers on an event loop run it in a thread.
     Implementations must be safe to call from one thread at a time (the batcher guarantees it).
+    An engine whose class sets ``cancellable = True`` also takes ``run(batch, cancellation=...)``
+    (``RunCancellation``): the batcher stops a batch once every request in it has gone.
     """
 
     name: str  # the registry name, e.g. "onnxruntime"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fsfm.engines.base import EngineError
+from fsfm.engines.base import EngineCancelled, EngineError, RunCancellation
 
 if TYPE_CHECKING:
     from fsfm.engines.registry import EngineOptions
@@ -48,6 +48,7 @@ class OnnxRuntimeEngine:
     """
 
     name = "onnxruntime"
+    cancellable = True
     selection: Selection | None = None
 
     def __init__(
@@ -69,6 +70,7 @@ class OnnxRuntimeEngine:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.enable_cpu_mem_arena = memory_arena
+        self._ort = ort
         installed = set(ort.get_available_providers())
         if providers is None:
             chosen = [p for p in _PREFERRED_PROVIDERS if p in installed]
@@ -89,11 +91,16 @@ class OnnxRuntimeEngine:
         self.output_names: tuple[str, ...] = tuple(o.name for o in self.session.get_outputs())
         self.providers: list[str] = self.session.get_providers()
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, batch: np.ndarray, cancellation: RunCancellation | None = None) -> dict[str, np.ndarray]:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
+        options = self._ort.RunOptions()
+        if cancellation is not None:
+            cancellation.hook(lambda: setattr(options, "terminate", True))
         try:
-            outputs = self.session.run(list(self.output_names), {self.input_name: batch})
+            outputs = self.session.run(list(self.output_names), {self.input_name: batch}, options)
         except Exception as exc:
+            if cancellation is not None and cancellation.cancelled:
+                raise EngineCancelled(f"the run on {self.path.name} was cancelled") from None
             raise EngineError(f"inference failed on {self.path.name}: {exc}") from exc
         return dict(zip(self.output_names, outputs, strict=False))
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fsfm.engines.base import EngineError
+from fsfm.engines.base import EngineCancelled, EngineError, RunCancellation
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -48,6 +48,7 @@ class OpenVinoEngine:
     reused (the batcher runs one batch at a time)."""
 
     name = "openvino"
+    cancellable = True
     selection: Selection | None = None
 
     def __init__(
@@ -84,11 +85,15 @@ class OpenVinoEngine:
         self.output_names: tuple[str, ...] = tuple(o.get_any_name() for o in self._compiled.outputs)
         self._request = self._compiled.create_infer_request()
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, batch: np.ndarray, cancellation: RunCancellation | None = None) -> dict[str, np.ndarray]:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if cancellation is not None:
+            cancellation.hook(self._request.cancel)
         try:
             results = self._request.infer({self.input_name: batch})
         except Exception as exc:  # OpenVINO raises RuntimeError and its own types
+            if cancellation is not None and cancellation.cancelled:
+                raise EngineCancelled(f"the run on {self.path.name} was cancelled") from None
             raise EngineError(f"inference failed on {self.path.name}: {exc}") from exc
         # Copies: the request's output tensors are overwritten by the next call.
         return {name: np.array(results[self._compiled.output(name)], dtype=np.float32) for name in self.output_names}
