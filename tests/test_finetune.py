@@ -93,24 +93,15 @@ def sbi_run(faces: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("sbi_run")
     pretrained = save_official(root / "checkpoint-400.pth", official_pretrain_state(SBI_VIT))
-    config = FinetuneConfig(
-        task="deepfake",
-        pretrained=pretrained,
-        output_dir=root / "finetune",
-        train=[DataSpec(format="prepared", path=faces["train"], options={"label": "real"})],
-        sbi=True,
-        input_size=SIZE,
+    config = _run_config(
+        pretrained,
+        faces,
+        root / "finetune",
         epochs=8,
         iters_per_epoch=75,
         warmup_epochs=1,
         batch_size=32,
         effective_batch=32,
-        lr=2e-3,
-        layer_decay=1.0,
-        drop_path=0.0,
-        augment="none",
-        num_workers=0,
-        val_fraction=0.2,
         seed=0,
     )
     try:
@@ -570,7 +561,20 @@ def test_randaugment_fills_with_the_normalisation_mean() -> None:
 
 
 def _run_config(pretrained: Path, faces: dict[str, Path], output: Path, **fields: object) -> FinetuneConfig:
-    """A one-epoch SBI run of the tiny ViT on the prepared faces (20 iterations of 16)."""
+    """An SBI run of the tiny ViT on the prepared faces: one epoch of 20 iterations of 16 unless
+    ``fields`` say otherwise."""
+    run: dict[str, object] = {
+        "epochs": 1,
+        "iters_per_epoch": 20,
+        "batch_size": 16,
+        "effective_batch": 16,
+        "lr": 2e-3,
+        "layer_decay": 1.0,
+        "drop_path": 0.0,
+        "augment": "none",
+        "num_workers": 0,
+        "val_fraction": 0.2,
+    }
     return FinetuneConfig(
         task="deepfake",
         pretrained=pretrained,
@@ -578,17 +582,7 @@ def _run_config(pretrained: Path, faces: dict[str, Path], output: Path, **fields
         train=[DataSpec(format="prepared", path=faces["train"], options={"label": "real"})],
         sbi=True,
         input_size=SIZE,
-        epochs=1,
-        iters_per_epoch=20,
-        batch_size=16,
-        effective_batch=16,
-        lr=2e-3,
-        layer_decay=1.0,
-        drop_path=0.0,
-        augment="none",
-        num_workers=0,
-        val_fraction=0.2,
-        **fields,
+        **(run | fields),
     )
 
 
