@@ -139,6 +139,7 @@ def models_message(listing: list[ModelListing]) -> pb.ListModelsResponse:
                 default_for_task=entry.default_for_task,
                 default_threshold=entry.manifest.thresholds.default,
                 manifest_json=entry.manifest.model_dump_json(),
+                engine=pb.EngineChoice(**entry.engine) if entry.engine else None,
             )
             for entry in listing
         ]

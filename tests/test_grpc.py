@@ -211,13 +211,18 @@ def test_every_face_of_a_group_photo_is_judged(stub, group_photo_path, reference
     assert answer.verdict.score == max(face.score for face in answer.faces)
 
 
-def test_models_are_listed_with_their_manifests(stub) -> None:
+def test_models_are_listed_with_their_manifests_and_engines_as_over_rest(server, stub) -> None:
     listing = stub.ListModels(pb.ListModelsRequest(), metadata=KEYED)
     entries = {f"{e.model.name}:{e.model.version}": e for e in listing.models}
     assert set(entries) == {DEEPFAKE, LIVENESS}
     assert all(e.default_for_task for e in entries.values())
     assert entries[DEEPFAKE].model.demo and entries[DEEPFAKE].default_threshold == 0.4
     assert '"fpr_1pct"' in entries[DEEPFAKE].manifest_json
+    rest = httpx.get(server.rest_url + "/v1/models", headers={"x-api-key": API_KEY}).json()["models"]
+    engines = {entry["ref"]: entry["engine"] for entry in rest}
+    for ref, entry in entries.items():
+        chosen = entry.engine
+        assert {"engine": chosen.engine, "precision": chosen.precision, "file": chosen.file} == engines[ref]
 
 
 # ---- a video ------------------------------------------------------------------------------------

@@ -255,16 +255,28 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelEntry(_message.Message):
-    __slots__ = ("model", "default_for_task", "default_threshold", "manifest_json")
+    __slots__ = ("model", "default_for_task", "default_threshold", "manifest_json", "engine")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_FOR_TASK_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
     model: ModelInfo
     default_for_task: bool
     default_threshold: float
     manifest_json: str
-    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., default_for_task: _Optional[bool] = ..., default_threshold: _Optional[float] = ..., manifest_json: _Optional[str] = ...) -> None: ...
+    engine: EngineChoice
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., default_for_task: _Optional[bool] = ..., default_threshold: _Optional[float] = ..., manifest_json: _Optional[str] = ..., engine: _Optional[_Union[EngineChoice, _Mapping]] = ...) -> None: ...
+
+class EngineChoice(_message.Message):
+    __slots__ = ("engine", "precision", "file")
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    engine: str
+    precision: str
+    file: str
+    def __init__(self, engine: _Optional[str] = ..., precision: _Optional[str] = ..., file: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
