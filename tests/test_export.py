@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,24 +32,15 @@ def official_checkpoint(tmp_path):
     return path
 
 
+def export_df(checkpoint: Path, repo: Path, *flags: str):
+    """``fsfm export`` of the 2-head test checkpoint as the deepfake package ``df`` in ``repo``."""
+    args = ["export", "--checkpoint", str(checkpoint), "--name", "df", "--task", "deepfake", "--models", str(repo)]
+    return CliRunner().invoke(app, [*args, "--num-heads", "2", *flags])
+
+
 def test_cli_export_round_trip_matches_torch(tmp_path, official_checkpoint) -> None:
     repo = tmp_path / "models"
-    result = CliRunner().invoke(
-        app,
-        [
-            "export",
-            "--checkpoint",
-            str(official_checkpoint),
-            "--name",
-            "df",
-            "--task",
-            "deepfake",
-            "--models",
-            str(repo),
-            "--num-heads",
-            "2",
-        ],
-    )
+    result = export_df(official_checkpoint, repo)
     assert result.exit_code == 0, result.output
     package = ModelRepository(repo).get("df")
     manifest = package.manifest
@@ -121,21 +113,7 @@ def test_official_checkpoints_get_the_dlib_box_mapping(tmp_path, official_checkp
 
 def test_cli_export_with_torch_weights_and_tensorrt_unavailable(tmp_path, official_checkpoint) -> None:
     repo = tmp_path / "models"
-    args = [
-        "export",
-        "--checkpoint",
-        str(official_checkpoint),
-        "--name",
-        "df",
-        "--task",
-        "deepfake",
-        "--models",
-        str(repo),
-        "--num-heads",
-        "2",
-        "--with-torch",
-    ]
-    result = CliRunner().invoke(app, args)
+    result = export_df(official_checkpoint, repo, "--with-torch")
     assert result.exit_code == 0, result.output
     assert (repo / "df" / "1" / "model.pt").is_file()
     try:
@@ -144,6 +122,6 @@ def test_cli_export_with_torch_weights_and_tensorrt_unavailable(tmp_path, offici
         pytest.skip("TensorRT is installed here; the GPU tests in test_engines.py cover building plans")
     except ImportError:
         pass
-    result = CliRunner().invoke(app, [*args[:-1], "--version", "2", "--tensorrt"])
+    result = export_df(official_checkpoint, repo, "--version", "2", "--tensorrt")
     assert result.exit_code == 2
     assert "TensorRT is not installed" in result.stderr and "Traceback" not in result.output
