@@ -168,12 +168,13 @@ class DynamicBatcher:
         """The run's cancellation, cancelled once every face of ``batch`` has been (their requests
         ended: a client gone, a deadline passed)."""
         cancellation = RunCancellation()
-        remaining = [sum(not face.future.cancelled() for face in batch)]  # faces someone still waits for
+        waited_for = len(batch)  # batches are taken from the queue, which holds no cancelled face
 
         def abandoned(future: asyncio.Future) -> None:
+            nonlocal waited_for
             if future.cancelled():
-                remaining[0] -= 1
-                if remaining[0] == 0:
+                waited_for -= 1
+                if waited_for == 0:
                     cancellation.cancel()
 
         for face in batch:
