@@ -79,10 +79,12 @@ def running_server(
     startup_timeout_s: float = 60.0,
     wait_ready: bool = True,
     wrapper: Sequence[str] = (),
+    cwd: Path | None = None,
 ) -> Iterator[RunningServer]:
     """Serve ``models``; ``settings`` are Settings fields (host, ports and a short drain grace are
     preset), ``env`` the whole environment of the process (default: this one's), ``wrapper`` a
-    command that runs the server (e.g. ``strace -f -o FILE``; it is what the yielded process is).
+    command that runs the server (e.g. ``strace -f -o FILE``; it is what the yielded process is),
+    ``cwd`` its working directory (default: this one's).
     Yields once ``/readyz`` answers 200, or with ``wait_ready=False`` once the process is live
     (``/livez``)."""
     chosen = {"host": "127.0.0.1", "port": 0, "grpc_port": 0, "shutdown_grace_s": 5, **(settings or {})}
@@ -97,7 +99,9 @@ def running_server(
         str(models),
         *([] if grpc else ["--no-grpc"]),
     ]
-    process = subprocess.Popen(command, env=process_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, env=process_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     server = RunningServer(process, "", None, float(chosen["shutdown_grace_s"]) + STOP_MARGIN_S)
     serving = _follow(server)
     try:
