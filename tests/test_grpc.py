@@ -561,13 +561,16 @@ def test_an_api_key_is_required(stub, astronaut_jpeg, metadata, expected_reason)
 # ---- the aggregate, unit -------------------------------------------------------------------------
 
 
-def _report(manifest, threshold: float, scores: list[float | None]) -> tuple[FrameReport, object, float]:
-    """A frame whose faces have these scores (None: a face too small to judge), its model and threshold."""
-    face = DetectedFace(np.zeros(4, np.float32), np.zeros((5, 2), np.float32), 0.99)
-    results = [
-        FaceResult(face, s, "x", threshold) if s is not None else FaceResult(face, skip_reason="face_too_small")
-        for s in scores
-    ]
+def _report(manifest, threshold: float, faces: list[tuple[float, float | None]]) -> tuple[FrameReport, object, float]:
+    """A frame with faces at these x positions (100 px boxes on one row: one person per place) with
+    these scores (None: a face too small to judge), its model and threshold."""
+    landmarks = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], np.float32)
+    results = []
+    for x, score in faces:
+        face = DetectedFace(np.array([x, 0, x + 100, 100], np.float32), landmarks + [x, 0], 0.99)
+        results.append(
+            FaceResult(face, score, "x", threshold) if score is not None else FaceResult(face, skip_reason="too_small")
+        )
     return FrameReport(0, 0.0, results), manifest, threshold
 
 
@@ -577,20 +580,27 @@ def test_the_stream_aggregate_covers_a_window_of_analysed_frames(models) -> None
     assert aggregate_message(aggregate.snapshot()).verdict == pb.Verdict(reason="no_face")
     aggregate.add(*_report(manifest, 0.5, []))
     assert aggregate_message(aggregate.snapshot()).verdict == pb.Verdict(reason="no_face")
-    aggregate.add(*_report(manifest, 0.5, [None]))
+    aggregate.add(*_report(manifest, 0.5, [(0, None)]))
     assert aggregate_message(aggregate.snapshot()).verdict == pb.Verdict(reason="no_judged_face")
-    aggregate.add(*_report(manifest, 0.5, [0.2, 0.9]))
+    aggregate.add(*_report(manifest, 0.5, [(0, 0.2), (300, 0.9)]))  # two people: tracks 1 and 2
     aggregate.add_failure()
-    aggregate.add(*_report(manifest, 0.5, [0.1]))  # the empty frame leaves the window
-    message = aggregate_message(aggregate.snapshot())
+    aggregate.add(*_report(manifest, 0.5, [(10, 0.1)]))  # the empty frame leaves the window
+    snapshot = aggregate.snapshot()
+    message = aggregate_message(snapshot)
     assert (message.frames_seen, message.frames_failed, message.faces_seen) == (5, 1, 4)
     assert (message.window_frames, message.window_faces) == (3, 3)
     assert message.mean_score == pytest.approx(0.4) and message.max_score == pytest.approx(0.9)
-    assert message.verdict.score == pytest.approx(0.5) and message.verdict.label == "fake"  # mean(0.9, 0.1)
+    # The most suspicious track over the window, not the mean over everyone: track 2 (0.9), not 0.4.
+    assert (message.verdict.score, message.verdict.label, message.verdict.track_id) == (pytest.approx(0.9), "fake", 2)
+    assert [(t.track_id, t.frame_count, t.score) for t in snapshot.tracks] == [
+        (1, 2, pytest.approx(0.15)),
+        (2, 1, pytest.approx(0.9)),
+    ]
     for _ in range(3):
-        aggregate.add(*_report(manifest, 0.5, [0.3]))
+        aggregate.add(*_report(manifest, 0.5, [(10, 0.3)]))
     message = aggregate_message(aggregate.snapshot())
-    assert (message.window_faces, message.mean_score, message.verdict.label) == (3, pytest.approx(0.3), "real")
+    assert (message.window_faces, message.mean_score) == (3, pytest.approx(0.3))
+    assert (message.verdict.label, message.verdict.track_id) == ("real", 1)
 
 
 # ---- TLS and the health lifecycle, in-process ------------------------------------------------------
