@@ -277,7 +277,8 @@ def test_bad_video_requests_get_a_clear_status(stub, astronaut_rgb, media, field
 
 def window_aggregate(window: Iterable[list[float]]) -> tuple[int, float | None, float | None, float | None]:
     """Independently of the server: (judged faces, mean, max, verdict score) of a window given as
-    each analysed frame's face scores; the verdict is the mean of each frame's worst face."""
+    each analysed frame's face scores, of one person (one track): the verdict is the mean of its
+    faces' scores in the window, the mean of each frame's worst face."""
     frames = [scores for scores in window if scores]
     flat = [s for scores in frames for s in scores]
     if not flat:
@@ -313,6 +314,7 @@ def test_a_stream_of_100_frames_gets_100_results_in_order_with_a_running_aggrega
             )
         else:
             assert_faces_match(result.analysis.faces, expected[plan[i]], tolerance=1e-5)
+            assert [face.track_id for face in result.analysis.faces] == [1] * len(result.analysis.faces)
             scores = [face.score for face in result.analysis.faces]
             window.append(scores)
             faces_seen += len(scores)
@@ -324,6 +326,7 @@ def test_a_stream_of_100_frames_gets_100_results_in_order_with_a_running_aggrega
         assert aggregate.max_score == pytest.approx(worst, abs=1e-9)
         assert aggregate.verdict.score == pytest.approx(verdict, abs=1e-9)
         assert aggregate.verdict.label == ("fake" if verdict >= 0.4 else "real")
+        assert aggregate.verdict.track_id == 1 and [track.track_id for track in result.tracks] == [1]
 
 
 def test_a_slow_reader_slows_only_its_own_stream(server, stub) -> None:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fsfm.analysis import FaceResult
 from fsfm.package.manifest import TASKS, Manifest
 from fsfm.tracking import TrackSummary
 from service.core import FrameReport, Report
@@ -260,7 +261,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "threshold": report.threshold,
         "threshold_source": report.threshold_source,
     }
-    body.update(faces_json(report.frames, report.is_video))
+    body.update(faces_json(report.frames, report.is_video, tracked=report.is_video))
     body["verdict"] = report.verdict.to_json()
     if report.is_video:
         body["tracks"] = [track_json(track) for track in report.tracks or ()]
@@ -269,21 +270,21 @@ def report_json(report: Report) -> dict[str, Any]:
     return body
 
 
-def faces_json(frames: list[FrameReport], is_video: bool) -> dict[str, Any]:
-    """An image's ``faces`` or a video's ``frames`` (``FrameOut``, each face with its ``track_id``),
-    as the response carries them."""
+def faces_json(frames: list[FrameReport], is_video: bool, tracked: bool = False) -> dict[str, Any]:
+    """An image's ``faces`` or a video's ``frames`` (``FrameOut``), as the response carries them;
+    ``tracked``: each face with its ``track_id`` (an analysed video's)."""
+
+    def face_json(face: FaceResult) -> dict[str, Any]:
+        return {**face.to_json(), "track_id": face.track_id} if tracked else face.to_json()
+
     if is_video:
         return {
             "frames": [
-                {
-                    "index": frame.index,
-                    "time_s": frame.time_s,
-                    "faces": [{**face.to_json(), "track_id": face.track_id} for face in frame.faces],
-                }
+                {"index": frame.index, "time_s": frame.time_s, "faces": [face_json(face) for face in frame.faces]}
                 for frame in frames
             ]
         }
-    return {"faces": [face.to_json() for face in frames[0].faces]}
+    return {"faces": [face_json(face) for face in frames[0].faces]}
 
 
 def track_json(track: TrackSummary) -> dict[str, Any]:
