@@ -240,6 +240,7 @@ class AnalysisCore:
             threshold=threshold,
             threshold_source=source,
             frames=frames,
+            # A video's verdict is its most suspicious track's, set once its faces are tracked (below).
             verdict=Verdict(None, None, "no_face") if is_video else verdict(frames[0].faces, manifest, threshold),
             timing_ms={stage: round(seconds * 1000, 2) for stage, seconds in timing.items()},
             is_video=is_video,

@@ -172,17 +172,18 @@ _VIDEO_EXAMPLE = {
     "tracks": [
         {
             "track_id": 1,
-            "score": 0.633422,
+            "score": 0.633421,
             "label": "fake",
             "frames": [
                 {"index": 0, "time_s": 0.0, "box": [184.2, 71.9, 272.5, 185.3], "score": 0.031264},
                 {"index": 12, "time_s": 0.5, "box": [184.2, 71.9, 272.5, 185.3], "score": 0.912},
                 {"index": 24, "time_s": 1.0, "box": [184.2, 71.9, 272.5, 185.3], "score": 0.957},
             ],
-            "segments": [{"start_s": 0.5, "end_s": 1.0, "start_index": 12, "end_index": 24, "peak_score": 0.957}],
+            # The smoothed score (the mean of the last 3 face scores) reaches the threshold at frame 24.
+            "segments": [{"start_s": 1.0, "end_s": 1.0, "start_index": 24, "end_index": 24, "peak_score": 0.957}],
         }
     ],
-    "verdict": {"label": "fake", "score": 0.633422, "track_id": 1},
+    "verdict": {"label": "fake", "score": 0.633421, "track_id": 1},
 }
 
 
