@@ -113,6 +113,7 @@ def track_message(track: TrackSummary) -> pb.Track:
     return pb.Track(
         track_id=track.track_id,
         score=track.score,
+        peak_score=track.peak_score,
         label=track.label,
         frames=frames,
         segments=_segment_messages(track.segments),
@@ -126,6 +127,7 @@ def track_aggregates(snapshot: AggregateSnapshot) -> list[pb.TrackAggregate]:
             track_id=track.track_id,
             frames=track.frame_count,
             score=track.score,
+            peak_score=track.peak_score,
             label=track.label,
             segments=_segment_messages(track.segments),
         )

@@ -81,9 +81,9 @@ class FaceOut(BaseModel):
 
 class VerdictOut(BaseModel):
     """Image: the most suspicious judged face. Video: the most suspicious track (``track_id``): the
-    highest track score (the mean of its face scores), among the tracks with at least 3 judged faces
-    (among all when none has as many); docs/api.md, "Tracks". No judged face: ``label`` and ``score``
-    are null and ``reason`` says why."""
+    highest track peak (its highest smoothed score, ``TrackOut.peak_score``), among the tracks with at
+    least 3 judged faces (among all when none has as many); docs/api.md, "Tracks". No judged face:
+    ``label`` and ``score`` are null and ``reason`` says why."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -122,7 +122,10 @@ class TrackOut(BaseModel):
 
     track_id: int = Field(description="1, 2, 3, ... in order of first appearance")
     score: float = Field(description="the mean of the track's face scores (FSFM's video score, per person)")
-    label: str = Field(description="score against the response's threshold")
+    peak_score: float = Field(
+        description="its highest smoothed score (mean of 3 consecutive face scores; the mean of all below 3)"
+    )
+    label: str = Field(description="peak_score against the response's threshold: the attack label iff it has a segment")
     frames: list[TrackFrameOut] = Field(description="its judged faces, in video order")
     segments: list[SegmentOut] = Field(description="where its smoothed score stays at or above the threshold")
 
@@ -173,6 +176,7 @@ _VIDEO_EXAMPLE = {
         {
             "track_id": 1,
             "score": 0.633421,
+            "peak_score": 0.633421,
             "label": "fake",
             "frames": [
                 {"index": 0, "time_s": 0.0, "box": [184.2, 71.9, 272.5, 185.3], "score": 0.031264},
@@ -293,6 +297,7 @@ def track_json(track: TrackSummary) -> dict[str, Any]:
     return {
         "track_id": track.track_id,
         "score": round(track.score, 6),
+        "peak_score": round(track.peak_score, 6),
         "label": track.label,
         "frames": [
             {"index": f.index, "time_s": f.time_s, "box": list(f.box), "score": round(f.score, 6)} for f in track.frames

@@ -210,32 +210,36 @@ class TrackFrame(_message.Message):
     def __init__(self, index: _Optional[int] = ..., time_s: _Optional[float] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., score: _Optional[float] = ...) -> None: ...
 
 class Track(_message.Message):
-    __slots__ = ("track_id", "score", "label", "frames", "segments")
+    __slots__ = ("track_id", "score", "label", "frames", "segments", "peak_score")
     TRACK_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    PEAK_SCORE_FIELD_NUMBER: _ClassVar[int]
     track_id: int
     score: float
     label: str
     frames: _containers.RepeatedCompositeFieldContainer[TrackFrame]
     segments: _containers.RepeatedCompositeFieldContainer[TrackSegment]
-    def __init__(self, track_id: _Optional[int] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[TrackFrame, _Mapping]]] = ..., segments: _Optional[_Iterable[_Union[TrackSegment, _Mapping]]] = ...) -> None: ...
+    peak_score: float
+    def __init__(self, track_id: _Optional[int] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[TrackFrame, _Mapping]]] = ..., segments: _Optional[_Iterable[_Union[TrackSegment, _Mapping]]] = ..., peak_score: _Optional[float] = ...) -> None: ...
 
 class TrackAggregate(_message.Message):
-    __slots__ = ("track_id", "frames", "score", "label", "segments")
+    __slots__ = ("track_id", "frames", "score", "label", "segments", "peak_score")
     TRACK_ID_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    PEAK_SCORE_FIELD_NUMBER: _ClassVar[int]
     track_id: int
     frames: int
     score: float
     label: str
     segments: _containers.RepeatedCompositeFieldContainer[TrackSegment]
-    def __init__(self, track_id: _Optional[int] = ..., frames: _Optional[int] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[TrackSegment, _Mapping]]] = ...) -> None: ...
+    peak_score: float
+    def __init__(self, track_id: _Optional[int] = ..., frames: _Optional[int] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[TrackSegment, _Mapping]]] = ..., peak_score: _Optional[float] = ...) -> None: ...
 
 class FrameResult(_message.Message):
     __slots__ = ("sequence", "index", "time_s", "analysis", "error", "aggregate", "tracks")
