@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     max_faces_per_request: int = Field(
         default=64, ge=1, description="faces judged per request, the largest first (at most max_queue_size)"
     )
+    max_evidence_faces: int = Field(
+        default=4,
+        ge=1,
+        description="faces per request that get the heatmap and robustness evidence when asked, the most "
+        "suspicious first (each costs up to 51 extra inferences in the model's queue)",
+    )
     max_grpc_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(default=30.0, gt=0, description="per-request deadline")
     api_keys: Annotated[list[str], NoDecode] = Field(

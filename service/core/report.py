@@ -57,6 +57,7 @@ class Report:
     timing_ms: dict[str, float] = field(default_factory=dict)
     is_video: bool = False
     aggregate: AggregateSnapshot | None = None
+    audit: dict | None = None  # when the request asked for it: ``fsfm.evidence.audit_record``
 
     @property
     def media(self) -> MediaKind:
