@@ -1,7 +1,8 @@
 """Evidence through a real ``fsfm serve`` on loopback, REST and gRPC, serving a tiny package exported by our
 code: present when asked and equal to a local computation (the same crop and ONNX file, no service), absent
-and free when not asked, capped per request. The server runs in ``writes_nothing``: when it stops, the
-test run fails if it wrote any file under its cwd or temp dir (evidence PNGs are encoded in memory)."""
+and free when not asked, capped per request; through the local batcher and through the Redis queue to a
+worker. The main server runs in ``writes_nothing``: when it stops, the run fails if it wrote any file under
+its cwd or temp dir (evidence PNGs are encoded in memory)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from service.grpc_server import REASON_KEY
 from service.grpc_stubs import pb, pb_grpc
 from service.rest.schemas import AnalysisResponse
 from tests.packages import TINY_VIT
+from tests.queue_processes import running_redis, running_worker
 from tests.servers import RunningServer, metric, running_server, scrape, writes_nothing
 
 MODEL = "tiny-deepfake:1"
@@ -219,3 +221,33 @@ def test_grpc_refuses_an_unknown_evidence_kind(stub, astronaut_jpeg) -> None:
         stub.AnalyzeImage(pb.AnalyzeImageRequest(image=pb.Image(encoded=astronaut_jpeg), options=options))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert dict(caught.value.trailing_metadata())[REASON_KEY] == "unknown_evidence"
+
+
+def test_evidence_travels_through_the_redis_queue_to_a_worker(
+    models, mtcnn_dir, tmp_path, astronaut_jpeg, local
+) -> None:
+    """An API node with a Redis queue: the occluded copies and probes are inferred by an ``fsfm worker``."""
+    with (
+        running_redis(tmp_path) as redis_server,
+        running_worker(models, redis_server.url, "evidence-worker", {"engine_threads": 1}),
+        running_server(models, {"queue": redis_server.url}, grpc=False) as api,
+    ):
+        response = httpx.post(
+            api.rest_url + "/v1/deepfake",
+            params={"evidence": "heatmap,robustness,audit"},
+            files={"file": ("a", astronaut_jpeg)},
+            timeout=60,
+        )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    ((score, input_scores, _),) = local(decode_image(astronaut_jpeg))
+    (face,) = body["faces"]
+    cells = OCCLUSION_CELLS_PER_SIDE**2
+    np.testing.assert_allclose(
+        np.ravel(face["evidence"]["heatmap"]["grid"]), np.abs(score - input_scores[:cells]), atol=1e-4
+    )
+    assert list(face["evidence"]["robustness"]["probes"].values()) == pytest.approx(
+        input_scores[cells:].tolist(), abs=1e-5
+    )
+    assert body["audit"]["engine"] is None  # the workers run the engines
+    assert body["audit"]["input_sha256"] == hashlib.sha256(astronaut_jpeg).hexdigest()
