@@ -172,6 +172,21 @@ def test_evidence_goes_to_the_most_suspicious_faces_only(client, group_photo_pat
     assert sorted(explained, reverse=True) == sorted((f["score"] for f in judged), reverse=True)[:MAX_EVIDENCE_FACES]
 
 
+def test_a_video_gets_evidence_on_its_most_suspicious_faces_and_one_audit(client, astronaut_rgb) -> None:
+    from tests.test_rest import make_video
+
+    frames = [np.clip(astronaut_rgb * (0.5 + 0.1 * k), 0, 255).astype(np.uint8) for k in range(4)]
+    video = make_video(frames, "mp4", "mpeg4")
+    response = post(client, video, evidence="robustness,audit")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    judged = [face for frame in body["frames"] for face in frame["faces"] if "score" in face]
+    assert len(judged) == len(frames) > MAX_EVIDENCE_FACES
+    explained = [face["score"] for face in judged if "evidence" in face]
+    assert sorted(explained, reverse=True) == sorted((f["score"] for f in judged), reverse=True)[:MAX_EVIDENCE_FACES]
+    assert body["audit"]["input_sha256"] == hashlib.sha256(video).hexdigest()
+
+
 def test_an_unknown_evidence_kind_is_refused_with_its_reason(client, astronaut_jpeg) -> None:
     response = post(client, astronaut_jpeg, evidence="heatmap,saliency")
     assert response.status_code == 400
