@@ -54,6 +54,7 @@ OPTION_REASONS = frozenset(
         "unknown_operating_point",
         "bad_threshold",
         "unknown_evidence",
+        "evidence_exceeds_queue",
     }
 )
 

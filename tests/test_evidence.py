@@ -161,6 +161,16 @@ def test_evidence_options_parse_from_text_or_parts_and_unknown_kinds_are_named()
     assert inferences_per_face({"audit"}) == 0
 
 
+def test_the_evidence_faces_of_a_request_fit_an_idle_queue() -> None:
+    from service.settings import Settings
+
+    settings = Settings(max_queue_size=120, max_evidence_faces=4)
+    assert settings.evidence_faces({"heatmap", "robustness"}) == 2  # 2 x 51 extra inferences fit 120
+    assert settings.evidence_faces({"robustness", "audit"}) == 4
+    assert settings.evidence_faces({"audit"}) == 0  # no per-face evidence
+    assert Settings(max_queue_size=48).evidence_faces({"heatmap"}) == 0
+
+
 def test_the_code_version_names_the_release_and_the_build() -> None:
     version = code_version()
     assert version.startswith("fsfm 0.1.0+") and version.split("+", 1)[1]

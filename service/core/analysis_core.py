@@ -24,7 +24,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from fsfm.evidence import AUDIT, audit_record, parse_evidence
+from fsfm.evidence import AUDIT, FACE_EVIDENCE_KINDS, audit_record, inferences_per_face, parse_evidence
 from fsfm.face.detector import FaceDetector, create_detector
 from fsfm.package import ModelRepository
 from fsfm.package.manifest import Manifest
@@ -71,9 +71,7 @@ class AnalysisCore:
         if detector is None:
             detector = await loop.run_in_executor(self._cpu, create_detector, self.settings.detector_config())
         self.detector = detector
-        self._pipeline = Pipeline(
-            self.detector, self._cpu, self.metrics, self.settings.faces_per_request(), self.settings.max_evidence_faces
-        )
+        self._pipeline = Pipeline(self.detector, self._cpu, self.metrics, self.settings.faces_per_request())
         await loop.run_in_executor(self._cpu, self.models.load, repository)
         self.models.start()
         self.admission.ready = True
@@ -209,9 +207,16 @@ class AnalysisCore:
             evidence = parse_evidence(options.evidence)
         except ValueError as exc:
             raise BadInput("unknown_evidence", str(exc)) from None
+        evidence_faces = self.settings.evidence_faces(evidence)
+        if evidence & FACE_EVIDENCE_KINDS and evidence_faces == 0:
+            message = (
+                f"{', '.join(sorted(evidence & FACE_EVIDENCE_KINDS))} costs {inferences_per_face(evidence)} "
+                f"inferences per face; this server's queue holds {self.settings.max_queue_size}"
+            )
+            raise BadInput("evidence_exceeds_queue", message)
         model = self.models.resolve(options)
         threshold, source = _threshold(model.manifest, options)
-        return _Plan(model, threshold, source, max_frames, evidence)
+        return _Plan(model, threshold, source, max_frames, evidence, evidence_faces)
 
     async def _analyze(self, request: AnalysisRequest, plan: _Plan, ticket: Ticket) -> Report:
         options, context = request.options, request.context
@@ -239,7 +244,13 @@ class AnalysisCore:
             engine = self.models.engines().get(model.label)
             audit = audit_record(digest, manifest, model.package_sha256, threshold, source, engine, context.request_id)
         result = await self._pipeline.run(
-            model, frames, threshold, context.deadline, on_prepared=ticket.prepared, evidence=plan.evidence
+            model,
+            frames,
+            threshold,
+            context.deadline,
+            on_prepared=ticket.prepared,
+            evidence=plan.evidence,
+            evidence_faces=plan.evidence_faces,
         )
         timing = {**result.stage_s, "decode": decode_s + result.stage_s["decode"]}  # a video decodes as it goes
         if request.media is not None:
@@ -287,6 +298,7 @@ class _Plan:
     threshold_source: str
     max_frames: int
     evidence: frozenset[str]
+    evidence_faces: int  # the judged faces that get the heatmap and probes asked for
 
 
 def _input_sha256(request: AnalysisRequest) -> str:

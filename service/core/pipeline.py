@@ -12,9 +12,10 @@ are judged, its largest (``LargestFaces``); the others are reported with the rea
 After a request that decoded many pixels the freed memory goes back to the system (``service/memory.py``).
 
 Evidence (opt-in, ``fsfm/evidence.py``): once the faces are judged, the heatmap's occluded copies and the
-robustness probes of the request's ``max_evidence_faces`` most suspicious judged faces go through the same
-backend in one more ``infer`` call, so they count against its bounded queue like any face (a request
-whose evidence does not fit is refused, 429). Without evidence asked, nothing of this runs.
+robustness probes of the request's ``evidence_faces`` most suspicious judged faces go through the same
+backend in one more ``infer`` call, so they count against its bounded queue like any face (the core
+chooses ``evidence_faces`` so that they fit an idle queue; a busy one refuses them, 429). Without
+evidence asked, nothing of this runs.
 """
 
 from __future__ import annotations
@@ -84,14 +85,11 @@ class EvidenceFace:
 
 
 class Pipeline:
-    def __init__(
-        self, detector: FaceDetector, executor: Executor, metrics: Metrics, max_faces: int, max_evidence_faces: int
-    ) -> None:
+    def __init__(self, detector: FaceDetector, executor: Executor, metrics: Metrics, max_faces: int) -> None:
         self.detector = detector
         self.executor = executor
         self.metrics = metrics
         self.max_faces = max_faces
-        self.max_evidence_faces = max_evidence_faces
 
     async def run(
         self,
@@ -101,9 +99,12 @@ class Pipeline:
         deadline: float,
         on_prepared: Callable[[], None] | None = None,
         evidence: frozenset[str] = frozenset(),
+        evidence_faces: int = 0,
     ) -> PipelineResult:
         """``on_prepared`` is called once detection and cropping are done, before inference (admission
-        gives the request's preprocessing slot to the next one). ``evidence``: the kinds asked for."""
+        gives the request's preprocessing slot to the next one). ``evidence``: the kinds asked for, given
+        to the ``evidence_faces`` most suspicious judged faces (``Settings.evidence_faces``)."""
+        face_kinds = evidence & FACE_EVIDENCE_KINDS
         manifest = model.manifest
         prepared = await asyncio.get_running_loop().run_in_executor(self.executor, self._prepare, frames, manifest)
         if on_prepared is not None:
@@ -126,25 +127,24 @@ class Pipeline:
             offset += judged
             reports.append(FrameReport(frame.index, frame.time_s, results))
             for face, result in zip(frame.faces, results, strict=True):
-                if face.tensor is not None and evidence & FACE_EVIDENCE_KINDS:
+                if face.tensor is not None and face_kinds:
                     square = crop_square(face.face.box, frame.width, frame.height, manifest.crop)
                     explained.append(EvidenceFace(result, face.tensor, square))
         if explained:
             started = time.monotonic()
-            await self._explain(model, explained, evidence & FACE_EVIDENCE_KINDS, threshold, deadline)
+            # The most suspicious first; of equal scores the first (a stable sort).
+            chosen = sorted(explained, key=lambda face: -(face.result.score or 0.0))[:evidence_faces]
+            await self._explain(model, chosen, face_kinds, threshold, deadline)
             stage_s["evidence"] = time.monotonic() - started
             self.metrics.stage_duration.labels("evidence", model.label).observe(stage_s["evidence"])
         return PipelineResult(reports, stage_s)
 
     async def _explain(
-        self, model: ServedModel, faces: list[EvidenceFace], kinds: frozenset[str], threshold: float, deadline: float
+        self, model: ServedModel, chosen: list[EvidenceFace], kinds: frozenset[str], threshold: float, deadline: float
     ) -> None:
-        """Attach the evidence ``kinds`` to the ``max_evidence_faces`` most suspicious of ``faces`` (the
-        first of equal scores): their inputs are made and read on the preprocessing threads, scored by
-        the model's backend in one call."""
+        """Attach the evidence ``kinds`` to the ``chosen`` faces: their inputs are made and read on the
+        preprocessing threads, scored by the model's backend in one call."""
         manifest = model.manifest
-        order = sorted(range(len(faces)), key=lambda i: (-(faces[i].result.score or 0.0), i))
-        chosen = [faces[i] for i in order[: self.max_evidence_faces]]
         loop = asyncio.get_running_loop()
 
         def inputs() -> np.ndarray:
