@@ -7,7 +7,7 @@ gRPC stream) and call ``AnalysisCore.analyze``; nothing else about a request rea
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from service.core.admission import Reservation
@@ -29,7 +29,7 @@ class AnalysisOptions:
     target_fpr: float | None = None
     fps: float | None = None
     max_frames: int | None = None
-    evidence: str | Iterable[str] | None = None
+    evidence: str | Collection[str] | None = None
 
 
 @dataclass(frozen=True)
