@@ -346,3 +346,18 @@ def test_in_redis_mode_a_job_is_cancelled_from_another_node(redis_stack, tmp_pat
         assert cancelled["status"] == "cancelled" and cancelled["progress"]["frames_done"] < SLOW_FRAMES
         assert frames_detected(a) < SLOW_FRAMES
         assert metric(scrape(a.rest_url), "fsfm_request_failure_total", transport="job", reason="cancelled") == 1
+
+
+def test_the_openapi_document_describes_jobs(client) -> None:
+    spec = client.get("/openapi.json").json()
+    submit_op = spec["paths"]["/v1/jobs"]["post"]
+    form = submit_op["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["file", "task"] and {"callback_url", "max_frames", "model"} <= set(form["properties"])
+    assert "Idempotency-Key" in {p["name"] for p in submit_op["parameters"]}
+    assert submit_op["responses"]["202"]["content"]["application/json"]["schema"]["$ref"].endswith("/JobResponse")
+    assert "Retry-After" in submit_op["responses"]["429"]["headers"]
+    assert "409" in spec["paths"]["/v1/jobs/{job_id}"]["delete"]["responses"]
+    examples = spec["components"]["schemas"]["JobResponse"]["examples"]
+    assert [example["status"] for example in examples] == ["running", "succeeded"]
+    for example in examples:
+        JobResponse.model_validate(example)
