@@ -239,7 +239,7 @@ class AnalysisCore:
             threshold,
             context.deadline,
             on_prepared=ticket.prepared,
-            max_faces=min(limits.max_faces, self.settings.max_queue_size),
+            max_faces=limits.max_faces,
             on_frame=None if progress is None else lambda done: progress(done, planned),
         )
         timing = {**result.stage_s, "decode": decode_s + result.stage_s["decode"]}  # a video decodes as it goes

@@ -31,7 +31,7 @@ class AnalysisOptions:
     max_frames: int | None = None
 
 
-Progress = Callable[[int, int], None]  # (frames done, frames planned), called from a preprocessing thread
+ProgressCallback = Callable[[int, int], None]  # (frames done, frames planned), called from a preprocessing thread
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class RequestContext:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     stream_id: str | None = None
     sequence: int = 0
-    progress: Progress | None = None
+    progress: ProgressCallback | None = None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,9 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Coroutine
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from service.core import AnalysisCore, AnalysisOptions, AnalysisRequest, Report, RequestContext
 from service.errors import AnalysisError, Overloaded, Unavailable
@@ -70,7 +72,7 @@ class Submission:
     def fingerprint(self) -> str:
         """What makes two submissions the same request (for ``Idempotency-Key``): media and parameters."""
         digest = hashlib.sha256(self.media)
-        params = {**self.options.__dict__, "callback_url": self.callback_url}
+        params = {**asdict(self.options), "callback_url": self.callback_url}
         digest.update(json.dumps(params, sort_keys=True).encode())
         return digest.hexdigest()
 
@@ -105,7 +107,6 @@ class _Pending:
     slot: JobSlot
     task: asyncio.Task | None = None
     progress: tuple[int, int] | None = None  # set from the preprocessing thread
-    saved_progress: tuple[int, int] | None = field(default=None)
 
 
 class JobRunner:
@@ -173,16 +174,17 @@ class JobRunner:
         self._stopping = True
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *([self._heartbeat] if self._heartbeat else []), return_exceptions=True)
+        await asyncio.gather(*tasks, *([self._heartbeat] if self._heartbeat else []), return_exceptions=True)
         if self.webhooks is not None:
             await self.webhooks.close()
         await self.store.close()
 
     # ---- a job's life -------------------------------------------------------------------------
 
-    def _spawn(self, work) -> asyncio.Task:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -270,6 +272,8 @@ class JobRunner:
                     await self._save(pending, self._with_progress(pending))
                 except AnalysisError as exc:  # the store is unreachable: the lease may lapse
                     log.warning("cannot save job %s: %s", pending.job.job_id, exc.message)
+                except Exception:  # the heartbeat must outlive any one job's failure
+                    log.exception("cannot save job %s", pending.job.job_id)
 
     async def _deliver(self, job: Job) -> None:
         async def record(delivery: Delivery) -> Job | None:
