@@ -369,6 +369,7 @@ def test_the_openapi_document_describes_jobs(client) -> None:
     assert "Idempotency-Key" in {p["name"] for p in submit_op["parameters"]}
     assert submit_op["responses"]["202"]["content"]["application/json"]["schema"]["$ref"].endswith("/JobResponse")
     assert "Retry-After" in submit_op["responses"]["429"]["headers"]
+    assert {"Location", "Idempotent-Replayed"} <= set(submit_op["responses"]["202"]["headers"])
     assert "409" in spec["paths"]["/v1/jobs/{job_id}"]["delete"]["responses"]
     examples = spec["components"]["schemas"]["JobResponse"]["examples"]
     assert [example["status"] for example in examples] == ["running", "succeeded"]

@@ -120,7 +120,19 @@ def _caller_scope(request: Request) -> str:
     "/v1/jobs",
     status_code=202,
     response_model=JobResponse,
-    responses=error_responses(400, 401, 404, 413, 415, 422, 429, 503),
+    responses={
+        202: {
+            "description": "Accepted: the job, stored; its work runs in the background",
+            "headers": {
+                "Location": {"description": "the job's URL, `/v1/jobs/{job_id}`", "schema": {"type": "string"}},
+                "Idempotent-Replayed": {
+                    "description": "`true` when an earlier submission's Idempotency-Key gave this job",
+                    "schema": {"type": "string"},
+                },
+            },
+        },
+        **error_responses(400, 401, 404, 413, 415, 422, 429, 503),
+    },
     openapi_extra=_job_body_schema(),
     summary="Submit an image or video for analysis in the background",
 )
