@@ -344,9 +344,11 @@ def test_in_redis_mode_a_job_survives_its_node_and_any_node_answers(
         assert lost["progress"]["frames_done"] < SLOW_FRAMES
 
 
-def test_in_redis_mode_a_job_is_cancelled_from_another_node(redis_stack, tmp_path, slow_video) -> None:
+def test_in_redis_mode_a_job_is_cancelled_from_another_node_and_a_shutdown_interrupts_one(
+    redis_stack, tmp_path, slow_video
+) -> None:
     with (
-        api_node(redis_stack, tmp_path / "a") as a,
+        api_node(redis_stack, tmp_path / "a", shutdown_grace_s=1) as a,
         api_node(redis_stack, tmp_path / "b") as b,
         httpx.Client(base_url=a.rest_url, timeout=60) as on_a,
         httpx.Client(base_url=b.rest_url, timeout=60) as on_b,
@@ -359,6 +361,12 @@ def test_in_redis_mode_a_job_is_cancelled_from_another_node(redis_stack, tmp_pat
         assert cancelled["status"] == "cancelled" and cancelled["progress"]["frames_done"] < SLOW_FRAMES
         assert frames_detected(a) < SLOW_FRAMES
         assert metric(scrape(a.rest_url), "fsfm_request_failure_total", transport="job", reason="cancelled") == 1
+        # A shuts down (SIGTERM) with a job running: past the grace period it ends the job as interrupted
+        job = accepted(submit(on_a, slow_video))
+        until(on_b, job["job_id"], lambda j: j["progress"]["frames_done"] >= 1)
+        a.terminate()  # exits 0 within its bound
+        interrupted = on_b.get(f"/v1/jobs/{job['job_id']}").json()  # at once: no lease to wait for
+        assert interrupted["status"] == "failed" and interrupted["error"]["reason"] == "interrupted", interrupted
 
 
 def test_the_openapi_document_describes_jobs(client) -> None:
