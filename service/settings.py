@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fsfm.engines.registry import ENGINES, combination_error
@@ -123,7 +123,7 @@ class Settings(BaseSettings):
         default=512 * 1024 * 1024, ge=1, description="media bytes held by this node's queued and running jobs (429)"
     )
     max_running_jobs: int = Field(default=2, ge=1, description="jobs analysed at once on this node; the rest queue")
-    webhook_secret: str | None = Field(
+    webhook_secret: SecretStr | None = Field(
         default=None, description="HMAC-SHA256 key of webhook signatures; a job with a callback_url needs it"
     )
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(

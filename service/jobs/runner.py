@@ -44,7 +44,7 @@ from service.jobs.store import (
     RedisJobStore,
     new_job,
 )
-from service.jobs.webhooks import WebhookSender
+from service.jobs.webhooks import WebhookSender, webhook_secret
 from service.rest.schemas import report_json
 from service.settings import Settings
 
@@ -112,7 +112,8 @@ class _Pending:
 class JobRunner:
     def __init__(self, core: AnalysisCore, settings: Settings, store: JobStore) -> None:
         self.core, self.settings, self.store = core, settings, store
-        self.webhooks = WebhookSender(settings) if settings.webhook_secret else None
+        secret = webhook_secret(settings)
+        self.webhooks = WebhookSender(secret, settings) if secret is not None else None
         self._slots: set[JobSlot] = set()
         self._held_bytes = 0
         self._pending: dict[str, _Pending] = {}

@@ -71,10 +71,16 @@ def verify_signature(
     return any(hmac.compare_digest(expected, signature) for signature in signatures)
 
 
+def webhook_secret(settings: Settings) -> str | None:
+    """The configured secret, None when there is none (webhooks are then refused)."""
+    secret = settings.webhook_secret
+    return (secret.get_secret_value() or None) if secret is not None else None
+
+
 def check_callback(url: str, settings: Settings) -> None:
     """Refuse a ``callback_url`` this server will not call (400): no secret to sign with, not an
     absolute http(s) URL, credentials in it, or a host outside ``webhook_allowed_hosts``."""
-    if not settings.webhook_secret:
+    if webhook_secret(settings) is None:
         raise BadInput(
             "webhooks_not_configured",
             "this server has no webhook secret (FSFM_WEBHOOK_SECRET), so it cannot sign webhooks: "
@@ -100,8 +106,8 @@ Record = Callable[[Delivery], Awaitable[Job | None]]  # store a delivery in the 
 class WebhookSender:
     """Delivers finished jobs to their ``callback_url`` (one HTTP client for all)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.secret = settings.webhook_secret or ""
+    def __init__(self, secret: str, settings: Settings) -> None:
+        self.secret = secret
         self.max_attempts = settings.webhook_max_attempts
         self.backoff_s = settings.webhook_backoff_s
         self._client = httpx.AsyncClient(
