@@ -159,6 +159,7 @@ LOCAL_SETTINGS = {
     "webhook_max_attempts": 3,
     "webhook_allowed_hosts": ["127.0.0.1"],  # the receiver's
     "max_video_frames": 4,  # the synchronous ceiling; jobs take SLOW_FRAMES
+    "max_video_seconds": 3,  # synchronous: the 2 s clip, not the slow video (3.84 s); jobs take 600 s
     "job_max_upload_bytes": 4 * 1024 * 1024,
     "max_pending_job_bytes": 2 * 1024 * 1024,
 }
@@ -249,8 +250,11 @@ def test_a_retried_submission_with_the_same_idempotency_key_gets_the_same_job(cl
     assert accepted(submit(client, astronaut_jpeg))["job_id"] != first["job_id"]  # no key: a new job
 
 
-def test_cancel_stops_the_work(local, client, slow_video) -> None:
+def test_a_video_too_long_for_the_synchronous_call_runs_as_a_job_and_cancel_stops_its_work(
+    local, client, slow_video
+) -> None:
     until_idle(local)
+    error(client.post("/v1/deepfake", files={"file": ("m", slow_video)}), 413, "video_too_long")  # as a job: fine
     detected_before = frames_detected(local)
     job = accepted(submit(client, slow_video))
     running = until(client, job["job_id"], lambda j: j["progress"]["frames_done"] >= 2 or finished(j))
