@@ -226,7 +226,7 @@ def test_a_signature_is_refused_for_another_secret_another_body_or_an_old_timest
     assert verify(SECRET, body, rotated)
 
 
-def test_a_failing_receiver_gets_the_webhook_again_and_each_delivery_is_recorded(client, astronaut_jpeg) -> None:
+def test_a_failing_receiver_gets_the_webhook_again_and_each_delivery_is_recorded(local, client, astronaut_jpeg) -> None:
     with webhook_receiver(failures=2) as receiver:
         job = accepted(submit(client, astronaut_jpeg, callback_url=receiver.url))
         done = until(client, job["job_id"], lambda j: len((j["webhook"] or {}).get("deliveries", [])) == 3)
@@ -236,6 +236,9 @@ def test_a_failing_receiver_gets_the_webhook_again_and_each_delivery_is_recorded
     assert all(r.verified for r in receiver.received) and len(receiver.received) == 3
     # each attempt carries the job as it was then: the deliveries before it
     assert [len(json.loads(r.body)["webhook"]["deliveries"]) for r in receiver.received] == [0, 1, 2]
+    samples = scrape(local.rest_url)
+    assert metric(samples, "fsfm_webhook_deliveries_total", outcome="failed") >= 2
+    assert metric(samples, "fsfm_webhook_deliveries_total", outcome="delivered") >= 1
 
 
 def test_a_retried_submission_with_the_same_idempotency_key_gets_the_same_job(client, astronaut_jpeg, clip) -> None:
@@ -270,6 +273,8 @@ def test_a_video_too_long_for_the_synchronous_call_runs_as_a_job_and_cancel_stop
     assert frames_detected(local) - detected_before < SLOW_FRAMES  # the detector saw fewer frames than the video has
     samples = scrape(local.rest_url)
     assert metric(samples, "fsfm_request_failure_total", transport="job", reason="cancelled") == 1
+    assert metric(samples, "fsfm_jobs_finished_total", status="cancelled") == 1
+    assert metric(samples, "fsfm_jobs", state="running") == metric(samples, "fsfm_jobs", state="queued") == 0
     # cancelling again answers the cancelled job; a finished job cannot be cancelled
     assert client.delete(f"/v1/jobs/{job['job_id']}").json() == client.get(f"/v1/jobs/{job['job_id']}").json()
 

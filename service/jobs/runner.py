@@ -33,6 +33,7 @@ from typing import Any
 
 from service.core import AnalysisCore, AnalysisOptions, AnalysisRequest, Report, RequestContext
 from service.errors import AnalysisError, Overloaded, Unavailable
+from service.jobs.metrics import job_metrics
 from service.jobs.store import (
     Delivery,
     Idempotency,
@@ -121,6 +122,9 @@ class JobRunner:
         self._turns = asyncio.Semaphore(settings.max_running_jobs)
         self._heartbeat: asyncio.Task | None = None
         self._stopping = False
+        self.metrics = job_metrics(core.metrics)
+        for state in ("queued", "running"):
+            self.metrics.pending.labels(state).set_function(lambda state=state: self._count(state))
 
     # ---- the routes' calls --------------------------------------------------------------------
 
@@ -223,6 +227,7 @@ class JobRunner:
         except AnalysisError as exc:  # the store is unreachable: its lease will lapse, and readers see it interrupted
             log.warning("cannot save the outcome of job %s: %s", final.job_id, exc.message)
             return
+        self.metrics.finished.labels((stored or final).status).inc()
         if stored is not None and stored.webhook is not None and self.webhooks is not None and not self._stopping:
             await self._deliver(stored)
 
@@ -280,6 +285,7 @@ class JobRunner:
         async def record(delivery: Delivery) -> Job | None:
             nonlocal job
             assert job.webhook is not None
+            self.metrics.deliveries.labels("delivered" if delivery.error is None else "failed").inc()
             webhook = job.webhook.model_copy(update={"deliveries": [*job.webhook.deliveries, delivery]})
             stored = await self.store.save(job.model_copy(update={"webhook": webhook}))
             job = stored or job
@@ -290,6 +296,9 @@ class JobRunner:
             await self.webhooks.deliver(job, record)
         except AnalysisError as exc:
             log.warning("cannot record the webhook deliveries of job %s: %s", job.job_id, exc.message)
+
+    def _count(self, status: str) -> int:
+        return sum(pending.job.status == status for pending in self._pending.values())
 
     def _check_bytes(self, size: int) -> None:
         limit = self.settings.max_pending_job_bytes
