@@ -101,6 +101,29 @@ def sniff_video_type(data: bytes) -> str | None:
     return None
 
 
+class EncodedMedia:
+    """A request's encoded bytes, handed to the core once: ``take`` gives them up, so that once they
+    are decoded nothing of the request holds them (a job's media is dropped as soon as it is decoded,
+    not kept while its faces wait for inference). A video's frames hold them until their decoding ends
+    (``decode_video`` closes the container then)."""
+
+    __slots__ = ("_data", "size")
+
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+        self.size = len(data)
+
+    @property
+    def taken(self) -> bool:
+        return self._data is None
+
+    def take(self) -> bytes:
+        if self._data is None:
+            raise RuntimeError("the media was already taken")
+        data, self._data = self._data, None
+        return data
+
+
 def decode_media(data: bytes, accept: Collection[MediaKind], limits: ImageLimits, sampling: Sampling) -> Media:
     """Encoded bytes -> an image's one frame or a video's sampled frames, for the kinds in ``accept``."""
     if not data:

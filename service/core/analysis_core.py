@@ -24,6 +24,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from fsfm.analysis import Verdict, verdict
 from fsfm.evidence import AUDIT, FACE_EVIDENCE_KINDS, audit_record, inferences_per_face, parse_evidence
 from fsfm.face.detector import FaceDetector, create_detector
@@ -38,7 +40,7 @@ from service.core.report import AGGREGATE_WINDOW_FRAMES, AggregateSnapshot, Fram
 from service.core.request import AnalysisOptions, AnalysisRequest, RequestContext
 from service.core.streams import Streams
 from service.errors import AnalysisError, BadInput, DeadlineExceeded, InvalidRequest, Unavailable
-from service.media import MAX_SAMPLING_FPS, Sampling, decode_media
+from service.media import MAX_SAMPLING_FPS, EncodedMedia, Sampling, decode_media
 from service.metrics import Metrics
 from service.readiness import not_ready_reason
 from service.settings import Settings, VideoLimits
@@ -235,22 +237,29 @@ class AnalysisCore:
         self.admission.check_queue(model.label, model.backend.pending, self.settings.max_queue_size)
         decode_s = 0.0
         limits = plan.limits
+        loop = asyncio.get_running_loop()
+        digest = None
         if request.media is not None:
+            data = request.media.take() if isinstance(request.media, EncodedMedia) else request.media
+            if AUDIT in plan.evidence:
+                digest = await loop.run_in_executor(self._cpu, _sha256, [data])
             sampling = Sampling(limits.max_seconds, plan.max_frames, options.fps, limits.max_pixels)
             started = time.monotonic()
-            media = await asyncio.get_running_loop().run_in_executor(
-                self._cpu, decode_media, request.media, request.accept, self.settings.image_limits(), sampling
+            media = await loop.run_in_executor(
+                self._cpu, decode_media, data, request.accept, self.settings.image_limits(), sampling
             )
+            del data  # from here only a video's frames hold the bytes, until their decoding ends
             decode_s = time.monotonic() - started
             frames, is_video, planned = media.frames, media.kind == "video", media.planned
         else:
             planned = len(request.frames or [])
             frames, is_video = iter(request.frames or []), planned > 1
+            if AUDIT in plan.evidence:
+                digest = await loop.run_in_executor(self._cpu, _sha256, [f.rgb for f in request.frames or []])
         progress = context.progress
         assert self._pipeline is not None
         audit = None
-        if AUDIT in plan.evidence:  # hashed before the frames are taken: a video's are decoded as they go
-            digest = await asyncio.get_running_loop().run_in_executor(self._cpu, _input_sha256, request)
+        if digest is not None:
             engine = self.models.engines().get(model.label)
             audit = audit_record(digest, manifest, model.package_sha256, threshold, source, engine, context.request_id)
         result = await self._pipeline.run(
@@ -320,13 +329,11 @@ class _Plan:
     limits: VideoLimits
 
 
-def _input_sha256(request: AnalysisRequest) -> str:
-    """SHA-256 of what the request sent: its media's bytes, or its frames' packed RGB pixels (gRPC raw images)."""
-    if request.media is not None:
-        return hashlib.sha256(request.media).hexdigest()
+def _sha256(parts: list[bytes] | list[np.ndarray]) -> str:
+    """SHA-256 of what a request sent: its media's bytes, or its frames' packed RGB pixels (gRPC raw images)."""
     digest = hashlib.sha256()
-    for frame in request.frames or []:
-        digest.update(frame.rgb.tobytes())
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else part.tobytes())
     return digest.hexdigest()
 
 

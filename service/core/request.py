@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from service.core.admission import Reservation
-from service.media import MEDIA_KINDS, Frame, MediaKind
+from service.media import MEDIA_KINDS, EncodedMedia, Frame, MediaKind
 from service.settings import VideoLimits
 
 MAX_MODEL_NAME_CHARS = 200  # a request's model name, at most (both doors): far above any real ``name:version``
@@ -68,7 +68,7 @@ class AnalysisRequest:
 
     options: AnalysisOptions
     context: RequestContext
-    media: bytes | None = None
+    media: bytes | EncodedMedia | None = None  # EncodedMedia: the core takes the bytes and keeps none
     frames: list[Frame] | None = None
     accept: Collection[MediaKind] = MEDIA_KINDS
     reservation: Reservation | None = None  # its place in admission's line, held by the door (``reserve``)

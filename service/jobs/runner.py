@@ -5,8 +5,10 @@ Bounds, per node: at most ``max_pending_jobs`` jobs queued or running, holding a
 ``max_pending_job_bytes`` of media in all; a submission past either is refused 429 ``too_many_jobs``
 before its body is read (``reserve``, on the declared ``Content-Length``) or, for the bytes, as soon
 as it has been (``JobSlot.hold``). ``max_running_jobs`` of them are analysed at once, the rest wait
-in order. A job's media is held in memory only (never on disk), by its analysis request alone, and
-dropped when the analysis ends; its video limits are the job ones (``Settings.job_video_limits``),
+in order. A job's media is held in memory only (never on disk, never in Redis), by its analysis
+request alone (``EncodedMedia``), and dropped as soon as it is decoded (a video's as its last sampled
+frame is decoded): not kept while its faces wait for inference. Its bytes count against
+``max_pending_job_bytes`` until the job ends. Its video limits are the job ones (``Settings.job_video_limits``),
 its deadline ``job_timeout_s`` from when it starts. A core that is full (429 ``overloaded``) is
 asked again after its ``Retry-After``, within that deadline.
 
@@ -46,6 +48,7 @@ from service.jobs.store import (
     new_job,
 )
 from service.jobs.webhooks import WebhookSender, webhook_secret
+from service.media import EncodedMedia
 from service.rest.schemas import report_json
 from service.settings import Settings
 
@@ -157,7 +160,7 @@ class JobRunner:
             slot.release()
             return existing, True
         pending = self._pending[job.job_id] = _Pending(job, slot)
-        pending.task = self._spawn(self._run(pending, submission.options, submission.media))
+        pending.task = self._spawn(self._run(pending, submission.options, EncodedMedia(submission.media)))
         if self._heartbeat is None:
             self._heartbeat = asyncio.create_task(self._beat(), name="job-heartbeat")
         return job, False
@@ -195,7 +198,7 @@ class JobRunner:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _run(self, pending: _Pending, options: AnalysisOptions, media: bytes) -> None:
+    async def _run(self, pending: _Pending, options: AnalysisOptions, media: EncodedMedia) -> None:
         try:
             async with self._turns:
                 if not await self._save(pending, pending.job.model_copy(update={"status": "running"})):
@@ -218,7 +221,7 @@ class JobRunner:
             error = JobError(reason="internal_error", message="the server failed to run the job")
             final = self._with_progress(pending).ended("failed", self.settings.job_ttl_s, error)
         finally:
-            del media  # the job's only reference: the media is dropped now
+            del media  # the holder (its bytes went when the core decoded them)
             pending.slot.release()
         pending.job = final  # the heartbeat leaves it alone from here
         self._pending.pop(final.job_id, None)
@@ -231,8 +234,9 @@ class JobRunner:
         if stored is not None and stored.webhook is not None and self.webhooks is not None and not self._stopping:
             await self._deliver(stored)
 
-    async def _analyze(self, pending: _Pending, options: AnalysisOptions, media: bytes) -> Report:
-        """The core's report on the job's media; a full core is asked again after its Retry-After."""
+    async def _analyze(self, pending: _Pending, options: AnalysisOptions, media: EncodedMedia) -> Report:
+        """The core's report on the job's media; a full core is asked again after its Retry-After, when it
+        refused before taking the media (a queue too full for the evidence of faces already judged is final)."""
         deadline = time.monotonic() + self.settings.job_timeout_s
         limits = self.settings.job_video_limits()
 
@@ -244,7 +248,7 @@ class JobRunner:
             try:
                 return await self.core.analyze(AnalysisRequest(options, context, media=media, video_limits=limits))
             except Overloaded as exc:
-                if time.monotonic() + exc.retry_after_s >= deadline:
+                if media.taken or time.monotonic() + exc.retry_after_s >= deadline:
                     raise
                 await asyncio.sleep(exc.retry_after_s)
 
