@@ -1,0 +1,46 @@
+// The image view: an image dropped or chosen is sent to POST /v1/{task}; the answer is drawn over
+// the image (each face's box, score and label; faces not judged with their reason), with the
+// verdict, the faces' table and the answer itself.
+
+import { analyze } from './api.js';
+import * as format from './format.js';
+import { drawFaces, facesTable } from './overlay.js';
+import { dropZone, errorMessage, setStatus } from './ui.js';
+
+export function imageView(root, choices, showModel) {
+  const status = root.querySelector('#image-status');
+  const result = root.querySelector('#image-result');
+  const picture = root.querySelector('#image-picture');
+  const overlay = root.querySelector('#image-overlay');
+  let shown = null;
+
+  async function run(file) {
+    setStatus(status, `Analysing ${file.name}…`);
+    try {
+      if (picture.src) URL.revokeObjectURL(picture.src);
+      picture.src = URL.createObjectURL(file);
+      const [answer] = await Promise.all([analyze(choices.taskName(), file, choices.params()), picture.decode()]);
+      shown = answer;
+      showModel(answer.model);
+      draw();
+      format.verdict(root.querySelector('#image-verdict'), 'Verdict', answer);
+      facesTable(root.querySelector('#image-faces'), answer.faces, answer.threshold);
+      root.querySelector('#image-json').textContent = JSON.stringify(answer, null, 2);
+      result.hidden = false;
+      const judged = answer.faces.filter((face) => face.score !== null && face.score !== undefined).length;
+      setStatus(status, `${answer.faces.length} face(s) found, ${judged} judged, in ${answer.timing_ms.total} ms.`);
+    } catch (error) {
+      setStatus(status, errorMessage(error), true);
+    }
+  }
+
+  function draw() {
+    if (!shown) return;
+    drawFaces(overlay, picture.naturalWidth, picture.naturalHeight, shown.faces, shown.threshold, {
+      heatmaps: choices.heatmap.checked,
+    });
+  }
+
+  dropZone(root.querySelector('.dropzone'), root.querySelector('#image-file'), run);
+  choices.heatmap.addEventListener('change', draw);
+}
