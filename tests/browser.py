@@ -200,6 +200,17 @@ class Tab:
         node = self.send("DOM.querySelector", {"nodeId": document, "selector": selector})["nodeId"]
         self.send("DOM.setFileInputFiles", {"nodeId": node, "files": [str(path) for path in paths]})
 
+    def drop_files(self, selector: str, *paths: Path) -> None:
+        """Drag files from outside the page and drop them on the middle of the element ``selector``."""
+        box = self.evaluate(
+            f"(() => {{ const r = document.querySelector('{selector}').getBoundingClientRect();"
+            " return [r.left + r.width / 2, r.top + r.height / 2]; })()"
+        )
+        assert isinstance(box, list), selector
+        data = {"items": [], "files": [str(path) for path in paths], "dragOperationsMask": 1}
+        for kind in ("dragEnter", "dragOver", "drop"):
+            self.send("Input.dispatchDragEvent", {"type": kind, "x": box[0], "y": box[1], "data": data})
+
     def type_text(self, text: str) -> None:
         """Type into the focused element."""
         self.send("Input.insertText", {"text": text})

@@ -33,6 +33,7 @@ from tests.test_rest import make_video
 API_KEY = "web-page-key"
 DEMO_DESCRIPTION = "DEMO: a tiny random ViT, at chance on every face"
 MAX_VIDEO_FRAMES = 8
+MAX_FACES = 4  # judged per request: two of the group photo's six faces are not judged (face_limit)
 CAMERA_FPS = 5
 BOX_TOLERANCE_PX = 1.5  # drawn box vs answer, in image pixels: layout rounding of the scaled picture
 PHONE_WIDTH_PX = 390
@@ -60,7 +61,7 @@ def server(tmp_path_factory, mtcnn_dir) -> Iterator[RunningServer]:
     make_tiny_package(models, name="tiny-deepfake", version=1, seed=0, thresholds=calibrated)
     make_tiny_package(models, name="tiny-deepfake", version=2, seed=2, demo=True, description=DEMO_DESCRIPTION)
     make_tiny_package(models, name="tiny-liveness", task="liveness", seed=1)
-    settings = {"api_keys": [API_KEY], "max_video_frames": MAX_VIDEO_FRAMES}
+    settings = {"api_keys": [API_KEY], "max_video_frames": MAX_VIDEO_FRAMES, "max_faces_per_request": MAX_FACES}
     with running_server(models, settings, grpc=False) as running:
         yield running
 
@@ -128,10 +129,14 @@ def page(browser, server) -> Tab:
     return open_page(browser, server)
 
 
-def analysed(tab: Tab, selector: str, path: Path, answer_id: str) -> dict:
-    """Choose ``path`` in the file input ``selector``; the answer the page shows (its JSON panel)."""
+def analysed(tab: Tab, selector: str, path: Path, answer_id: str, drop: bool = False) -> dict:
+    """Choose ``path`` in the file input ``selector``, or drop it on the drop zone around that input; the
+    answer the page shows (its JSON panel)."""
     tab.evaluate(f"document.getElementById('{answer_id}').textContent = ''")
-    tab.choose_files(selector, path)
+    if drop:
+        tab.drop_files(f".dropzone:has({selector})", path)
+    else:
+        tab.choose_files(selector, path)
     return json.loads(tab.wait_for(f"document.getElementById('{answer_id}').textContent"))
 
 
@@ -169,7 +174,7 @@ def test_the_page_asks_for_the_key_and_keeps_it_in_the_tab_memory_only(browser, 
 
 
 def test_the_astronaut_gets_one_box_at_her_face_with_its_score(page, server, astronaut_path, screenshots) -> None:
-    answer = analysed(page, "#image-file", astronaut_path, "image-json")
+    answer = analysed(page, "#image-file", astronaut_path, "image-json", drop=True)
     with httpx.Client(base_url=server.rest_url, headers={"x-api-key": API_KEY}) as client:
         direct = client.post("/v1/deepfake", files={"file": astronaut_path.read_bytes()}).json()
     assert [face["score"] for face in answer["faces"]] == [face["score"] for face in direct["faces"]]
@@ -213,6 +218,11 @@ def test_the_group_photo_gets_six_boxes_with_the_chosen_model_and_operating_poin
     for shown, face in zip(drawn, answer["faces"], strict=True):
         np.testing.assert_allclose(shown["drawn"], face["box"], atol=BOX_TOLERANCE_PX)
     assert_group_faces([d["drawn"] for d in drawn])
+    unjudged = [face for face in answer["faces"] if face.get("judged") is False]
+    assert len(unjudged) == len(answer["faces"]) - MAX_FACES
+    assert [d["caption"] for d in drawn if d["caption"].startswith("not judged")] == ["not judged: face_limit"] * 2
+    notes = page.evaluate("[...document.querySelectorAll('#image-faces tbody tr')].map((r) => r.lastChild.textContent)")
+    assert notes.count("face_limit") == len(unjudged)
     page.screenshot(screenshots / "web-group.png")
     page.evaluate("document.getElementById('threshold-default').click()")
     choose_model(page, "")

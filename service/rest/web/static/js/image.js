@@ -22,11 +22,11 @@ export function imageView(root, choices, showModel) {
       const [answer] = await Promise.all([analyze(choices.taskName(), file, choices.params()), picture.decode()]);
       shown = answer;
       showModel(answer.model);
+      result.hidden = false; // on screen before drawing: captions are sized for the picture's shown size
       draw();
       format.verdict(root.querySelector('#image-verdict'), 'Verdict', answer);
       facesTable(root.querySelector('#image-faces'), answer.faces, answer.threshold);
       root.querySelector('#image-json').textContent = JSON.stringify(answer, null, 2);
-      result.hidden = false;
       const judged = answer.faces.filter((face) => face.score !== null && face.score !== undefined).length;
       setStatus(status, `${answer.faces.length} face(s) found, ${judged} judged, in ${answer.timing_ms.total} ms.`);
     } catch (error) {

@@ -7,7 +7,8 @@
 import * as format from './format.js';
 
 const SVG_NS = 'http://www.w3.org/2000/svg';
-const CAPTION_HEIGHT_SHARE = 0.045; // caption height as a share of the picture's width: legible at any size
+const TAG_HEIGHT_SCREEN_PX = 20; // a caption's height on screen, whatever the picture's scale: legible, not covering
+const UNSHOWN_WIDTH_SCREEN_PX = 600; // the width assumed for a picture not on screen yet (hidden tab)
 
 function svgElement(name, attributes) {
   const element = document.createElementNS(SVG_NS, name);
@@ -22,7 +23,8 @@ function svgElement(name, attributes) {
 export function drawFaces(svg, width, height, faces, threshold, options = {}) {
   svg.setAttribute('viewBox', `0 0 ${width} ${height}`);
   svg.replaceChildren();
-  const tagHeight = Math.max(14, Math.round(width * CAPTION_HEIGHT_SHARE));
+  const shownWidth = svg.getBoundingClientRect().width || UNSHOWN_WIDTH_SCREEN_PX;
+  const tagHeight = (TAG_HEIGHT_SCREEN_PX * width) / shownWidth; // in the picture's pixels
   faces.forEach((face, index) => {
     const [x1, y1, x2, y2] = face.box;
     const group = svgElement('g', {
