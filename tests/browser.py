@@ -220,10 +220,10 @@ class Tab:
         for kind in ("keyDown", "keyUp"):
             self.send("Input.dispatchKeyEvent", {"type": kind, "key": key, "code": key})
 
-    def requested_urls(self) -> list[str]:
-        """Every URL this tab has requested so far (the network log)."""
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, URL) of every request this tab has made so far (the network log)."""
         return [
-            event["params"]["request"]["url"]
+            (event["params"]["request"]["method"], event["params"]["request"]["url"])
             for event in list(self.browser.events)
             if event.get("sessionId") == self.session and event["method"] == "Network.requestWillBeSent"
         ]

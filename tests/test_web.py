@@ -10,6 +10,7 @@ to keep as artefacts; ``docs/web-image.png`` in the README is one of them.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,7 +117,7 @@ def open_page(browser: Browser, server: RunningServer, path: str = "/", width_px
 
 def assert_only_this_server(tab: Tab, server: RunningServer) -> None:
     origin = urlsplit(server.rest_url)
-    urls = tab.requested_urls()
+    urls = [url for _, url in tab.requests()]
     assert urls
     for url in urls:
         parts = urlsplit(url.removeprefix("blob:"))
@@ -239,19 +240,61 @@ def clip_path(tmp_path_factory, astronaut_rgb) -> Path:
     return path
 
 
-def test_a_video_gets_a_timeline_whose_points_show_their_frames(page, server, clip_path, screenshots) -> None:
+def test_a_video_gets_a_timeline_per_track_whose_points_show_their_frames(page, server, clip_path, screenshots) -> None:
+    # A threshold at the most suspicious track's score: some of its frames are at or above it, so a
+    # segment is shaded (a mean of consecutive scores at least the mean exists).
+    with httpx.Client(base_url=server.rest_url, headers={"x-api-key": API_KEY}, timeout=60) as client:
+        sampling = {"max_frames": MAX_VIDEO_FRAMES}
+        direct = client.post("/v1/deepfake", data=sampling, files={"file": clip_path.read_bytes()}).json()
+    threshold = math.floor(direct["verdict"]["score"] * 1000) / 1000
     page.evaluate("document.getElementById('tab-video').click()")
+    page.evaluate("document.getElementById('threshold-custom').click()")
+    page.evaluate(f"document.getElementById('threshold-value').value = '{threshold}'")
+    page.evaluate(f"document.getElementById('video-frames').value = '{MAX_VIDEO_FRAMES}'")
     answer = analysed(page, "#video-file", clip_path, "video-json")
+    assert (answer["threshold"], answer["threshold_source"]) == (threshold, "request")
     judged = [frame for frame in answer["frames"] if any(face.get("score") is not None for face in frame["faces"])]
-    assert 0 < len(judged) < len(answer["frames"]) <= MAX_VIDEO_FRAMES
-    plotted = page.evaluate(
-        "[...document.querySelectorAll('#video-timelines .timeline .point')].map((p) => Number(p.dataset.index))"
+    assert 0 < len(judged) < len(answer["frames"]) == MAX_VIDEO_FRAMES
+    calls = page.requests()
+    if offers_jobs(server):  # uploaded as a job, its progress polled
+        [(_, submitted)] = [(method, url) for method, url in calls if method == "POST" and url.endswith("/v1/jobs")]
+        polled = [url for method, url in calls if method == "GET" and "/v1/jobs/" in url]
+        assert polled and page.evaluate("document.getElementById('video-progress-row').hidden") is False
+        progress = page.evaluate("document.getElementById('video-progress-text').textContent")
+        assert progress == f"succeeded: {MAX_VIDEO_FRAMES} of {MAX_VIDEO_FRAMES} frames"
+    else:
+        assert ("POST", server.rest_url + "/v1/deepfake") in calls
+    plots = page.evaluate(
+        """[...document.querySelectorAll('#video-timelines .timeline')].map((figure) => ({
+             track: figure.dataset.trackId,
+             points: [...figure.querySelectorAll('.point')].map((p) => Number(p.dataset.index)),
+             segments: [...figure.querySelectorAll('.segment')]
+               .map((s) => [Number(s.dataset.start), Number(s.dataset.end)]),
+           }))"""
     )
     if "tracks" in answer:
-        assert sorted(plotted) == sorted(point["index"] for track in answer["tracks"] for point in track["frames"])
-    else:
-        assert plotted == [frame["index"] for frame in judged]
-    assert page.evaluate("document.querySelectorAll('#video-timelines .threshold').length") >= 1
+        tracks = answer["tracks"]
+    else:  # a server without face tracks: one series, each frame's most suspicious face
+        runs: list[list[float]] = []  # times of consecutive frames whose worst face is at or above threshold
+        for frame, previous in zip(judged, [None, *judged], strict=False):
+            if max(face["score"] for face in frame["faces"] if face.get("score") is not None) < threshold:
+                continue
+            if runs and previous is not None and runs[-1][-1] == previous["time_s"]:
+                runs[-1].append(frame["time_s"])
+            else:
+                runs.append([frame["time_s"]])
+        segments = [{"start_s": run[0], "end_s": run[-1]} for run in runs]
+        tracks = [{"track_id": "", "frames": judged, "segments": segments}]
+    assert plots == [
+        {
+            "track": str(track["track_id"]),
+            "points": [point["index"] for point in track["frames"]],
+            "segments": [[segment["start_s"], segment["end_s"]] for segment in track["segments"]],
+        }
+        for track in tracks
+    ]
+    assert any(plot["segments"] for plot in plots)
+    assert page.evaluate("document.querySelectorAll('#video-timelines .threshold').length") == len(plots)
     verdict = page.evaluate("document.getElementById('video-verdict').textContent")
     assert f"{answer['verdict']['label']} {answer['verdict']['score']:.3f}" in verdict
     # Choosing a point (by keyboard) shows that frame with its boxes.
@@ -265,7 +308,12 @@ def test_a_video_gets_a_timeline_whose_points_show_their_frames(page, server, cl
     for shown, face in zip(drawn, chosen["faces"], strict=True):
         np.testing.assert_allclose(shown["drawn"], face["box"], atol=BOX_TOLERANCE_PX)
     page.screenshot(screenshots / "web-video.png")
+    page.evaluate("document.getElementById('threshold-default').click()")
     assert_only_this_server(page, server)
+
+
+def offers_jobs(server: RunningServer) -> bool:
+    return "/v1/jobs" in httpx.get(server.rest_url + "/openapi.json").json()["paths"]
 
 
 def test_a_fake_camera_gets_live_boxes_and_a_running_aggregate(browser, server, screenshots) -> None:

@@ -19,6 +19,11 @@ function svgElement(name, attributes = {}) {
   return element;
 }
 
+/** A segment's times in words: "0.8–1.6 s", or "at 0.8 s" for one frame. */
+function timeSpan(segment) {
+  return segment.start_s === segment.end_s ? `at ${segment.start_s} s` : `${segment.start_s}–${segment.end_s} s`;
+}
+
 /** Time ranges where consecutive points score at or above ``threshold``. */
 export function segmentsOf(points, threshold) {
   const segments = [];
@@ -73,13 +78,13 @@ export function plotTrack(track, threshold, durationS, onPick) {
   svg.setAttribute('aria-label', `${track.title}: score over time; each point is a button that shows its frame`);
 
   for (const segment of track.segments ?? []) {
-    const left = x(segment.start_s);
+    const left = x(segment.start_s) - POINT_RADIUS; // around its points: a one-frame segment shows too
     const shade = svgElement('rect', {
-      class: 'segment', x: left, y: PAD.top, width: Math.max(x(segment.end_s) - left, POINT_RADIUS),
+      class: 'segment', x: left, y: PAD.top, width: x(segment.end_s) + POINT_RADIUS - left,
       height: HEIGHT - PAD.top - PAD.bottom, 'data-start': segment.start_s, 'data-end': segment.end_s,
     });
     const tip = svgElement('title');
-    tip.textContent = `suspicious ${segment.start_s}–${segment.end_s} s, peak ${format.score(segment.peak_score)}`;
+    tip.textContent = `suspicious ${timeSpan(segment)}, peak ${format.score(segment.peak_score)}`;
     shade.append(tip);
     svg.append(shade);
   }
@@ -125,7 +130,7 @@ export function plotTrack(track, threshold, durationS, onPick) {
   }
   const caption = document.createElement('figcaption');
   const segments = (track.segments ?? [])
-    .map((s) => `${s.start_s}–${s.end_s} s (peak ${format.score(s.peak_score)})`).join(', ');
+    .map((s) => `${timeSpan(s)} (peak ${format.score(s.peak_score)})`).join(', ');
   caption.textContent = `${track.title}: ${track.label ?? 'no label'} ${format.score(track.score)} over `
     + `${track.frames.length} frame(s). Suspicious segments: ${segments || 'none'}.`;
   figure.append(svg, caption);
