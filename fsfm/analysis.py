@@ -41,6 +41,7 @@ class FaceResult:
     label: str | None = None
     threshold: float | None = None
     skip_reason: str | None = None
+    track_id: int | None = None  # a video's or stream's judged face: its track (``fsfm/tracking.py``)
 
     def to_json(self) -> dict:
         out: dict = {
@@ -57,11 +58,13 @@ class FaceResult:
 
 @dataclass
 class Verdict:
-    """The most suspicious judged face decides; no judged face gives no label, with a reason."""
+    """The most suspicious judged face decides (of a video or stream: the most suspicious track,
+    ``track_id``); no judged face gives no label, with a reason."""
 
     label: str | None
     score: float | None
     reason: str | None = None
+    track_id: int | None = None
 
     def to_json(self) -> dict:
         out: dict = {"label": self.label, "score": None if self.score is None else round(self.score, 6)}

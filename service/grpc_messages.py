@@ -1,7 +1,7 @@
 """Protobuf <-> core types for the gRPC door (proto/fsfm/v1/analysis.proto): pure translation, no I/O.
 
-Requests become ``AnalysisOptions`` and media bytes or frames; ``Report``, ``AggregateSnapshot``,
-the model listing and ``AnalysisError`` become messages. A message that cannot be translated
+Requests become ``AnalysisOptions`` and media bytes or frames; ``Report``, ``AggregateSnapshot`` (with
+its face tracks), the model listing and ``AnalysisError`` become messages. A message that cannot be translated
 (no task, no image, malformed raw pixels) raises the ``AnalysisError`` the door answers with.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 from fsfm.analysis import FaceResult, Verdict
 from fsfm.imaging import ImageLimits
 from fsfm.package.manifest import TASKS, Manifest
+from fsfm.tracking import Segment, TrackSummary
 from service.core import AggregateSnapshot, AnalysisOptions, Frame, ModelListing, Report
 from service.core.request import MAX_MODEL_NAME_CHARS
 from service.errors import AnalysisError, BadInput
@@ -75,6 +76,8 @@ def face_message(result: FaceResult) -> pb.Face:
     )
     if result.score is not None:
         face.score, face.label, face.threshold = result.score, result.label, result.threshold
+    if result.track_id is not None:
+        face.track_id = result.track_id
     return face
 
 
@@ -82,7 +85,52 @@ def verdict_message(verdict: Verdict) -> pb.Verdict:
     message = pb.Verdict(label=verdict.label or "", reason=verdict.reason or "")
     if verdict.score is not None:
         message.score = verdict.score
+    if verdict.track_id is not None:
+        message.track_id = verdict.track_id
     return message
+
+
+def _segment_messages(segments: tuple[Segment, ...]) -> list[pb.TrackSegment]:
+    return [
+        pb.TrackSegment(
+            start_index=s.start_index, end_index=s.end_index, start_s=s.start_s, end_s=s.end_s, peak_score=s.peak_score
+        )
+        for s in segments
+    ]
+
+
+def track_message(track: TrackSummary) -> pb.Track:
+    """A video's track, with its frames."""
+    frames = [
+        pb.TrackFrame(
+            index=f.index,
+            time_s=f.time_s,
+            box=pb.Box(x1=f.box[0], y1=f.box[1], x2=f.box[2], y2=f.box[3]),
+            score=f.score,
+        )
+        for f in track.frames
+    ]
+    return pb.Track(
+        track_id=track.track_id,
+        score=track.score,
+        label=track.label,
+        frames=frames,
+        segments=_segment_messages(track.segments),
+    )
+
+
+def track_aggregates(snapshot: AggregateSnapshot) -> list[pb.TrackAggregate]:
+    """A stream's tracks so far, as ``FrameResult.tracks``."""
+    return [
+        pb.TrackAggregate(
+            track_id=track.track_id,
+            frames=track.frame_count,
+            score=track.score,
+            label=track.label,
+            segments=_segment_messages(track.segments),
+        )
+        for track in snapshot.tracks
+    ]
 
 
 def _answer_fields(report: Report) -> dict[str, object]:
@@ -108,7 +156,8 @@ def video_message(report: Report) -> pb.VideoAnalysis:
         pb.FrameAnalysis(index=frame.index, time_s=frame.time_s, faces=[face_message(f) for f in frame.faces])
         for frame in report.frames
     ]
-    return pb.VideoAnalysis(frames=frames, **_answer_fields(report))
+    tracks = [track_message(track) for track in report.tracks or ()]
+    return pb.VideoAnalysis(frames=frames, tracks=tracks, **_answer_fields(report))
 
 
 def aggregate_message(snapshot: AggregateSnapshot) -> pb.Aggregate:

@@ -8,7 +8,8 @@ its ``Report`` comes back as protobuf. The door adds only what belongs to gRPC:
 - Deadlines: each request or frame gets min(the client's remaining deadline, ``request_timeout_s``).
   The core answers that deadline; a client's cancellation (or its own deadline) cancels the
   handler, and with it the core call, whose faces then leave the batcher's queue.
-- Streams (``Analyze``): one core stream per call (its running aggregate lives in the core). Frames
+- Streams (``Analyze``): one core stream per call (its running aggregate and its face tracks live in
+  the core; a frame's ``index`` and ``time_s`` go in with it, for its tracks' segments). Frames
   are read, analysed and answered in order through a small pipeline of ``STREAM_PIPELINE_DEPTH``
   frames (so one stream's consecutive frames can share batches). A frame is read only when a
   pipeline slot is free, and a slot frees only when its result has been written to the client. A
@@ -30,6 +31,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import NoReturn
 
 import grpc
@@ -47,6 +49,7 @@ from service.grpc_messages import (
     image_input,
     models_message,
     options_error,
+    track_aggregates,
     video_message,
 )
 from service.grpc_stubs import SERVICE_NAME, pb, pb_grpc
@@ -158,7 +161,9 @@ class FaceSecurityServicer(pb_grpc.FaceSecurityServicer):
                     changed = BadInput("options_changed", "a stream's options are set by its first frame and fixed")
                     raise await self.core.refused(options, self._context(context), changed)
                 assert options is not None
-                frame_context = self._context(context, stream_id, sequence)
+                frame_context = replace(
+                    self._context(context, stream_id, sequence), index=frame.index, time_s=frame.time_s
+                )
                 queued.put_nowait(asyncio.create_task(self._frame(frame, options, frame_context)))
                 sequence += 1
         except Exception as exc:  # noqa: BLE001  delivered to the writer, in order, which ends the call
@@ -178,13 +183,14 @@ class FaceSecurityServicer(pb_grpc.FaceSecurityServicer):
                 raise
             assert context.stream_id is not None
             result.error.CopyFrom(error_message(exc))
-            result.aggregate.CopyFrom(
-                aggregate_message(self.core.failed_frame_aggregate(context.stream_id, context.sequence))
-            )
+            snapshot = self.core.failed_frame_aggregate(context.stream_id, context.sequence)
+            result.aggregate.CopyFrom(aggregate_message(snapshot))
+            result.tracks.extend(track_aggregates(snapshot))
             return result
         assert report.aggregate is not None
         result.analysis.CopyFrom(analysis_message(report))
         result.aggregate.CopyFrom(aggregate_message(report.aggregate))
+        result.tracks.extend(track_aggregates(report.aggregate))
         return result
 
     # ---- shared steps ----------------------------------------------------------------------------

@@ -227,7 +227,10 @@ def test_a_video_gets_its_frames_and_a_video_verdict(mtcnn_dir, astronaut_clip, 
     assert code == 0
     (entry,) = payload
     assert entry["media"] == "video" and "faces" not in entry
-    answer_keys = {"request_id", "model", "media", "threshold", "threshold_source", "frames", "verdict", "timing_ms"}
+    answer_keys = {
+        *("request_id", "model", "media", "threshold", "threshold_source"),
+        *("frames", "tracks", "verdict", "timing_ms"),
+    }
     assert set(entry) == {"path", *answer_keys}
     # The frames the service samples, decoded here by the same code, each judged locally.
     max_frames = int(sampling[1]) if sampling[0] == "--max-frames" else 64
@@ -242,6 +245,8 @@ def test_a_video_gets_its_frames_and_a_video_verdict(mtcnn_dir, astronaut_clip, 
         if want.verdict.score is not None:
             worst_per_frame.append(want.verdict.score)
     assert 0 < len(worst_per_frame) < len(expected)  # some frames with the face, some without
+    # One person, one track: its mean is the mean over the frames with the face.
+    assert [track["track_id"] for track in entry["tracks"]] == [entry["verdict"]["track_id"]] == [1]
     assert entry["verdict"]["score"] == pytest.approx(float(np.mean(worst_per_frame)), abs=1e-5)
 
 

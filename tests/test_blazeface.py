@@ -66,13 +66,15 @@ def test_faces_smaller_than_min_face_size_are_not_reported(mtcnn_dir: Path, grou
 
 def test_scales(mtcnn_dir: Path) -> None:
     detector = _detector(mtcnn_dir, 40)
-    assert detector.scales(720, 1024) == [0.3]  # 40 pixels -> 12: one pass of 307x216 (320x224)
-    # A 1280x720 frame is searched as its 1024x576 copy would be (max_side), without the copy.
-    assert detector.scales(720, 1280) == pytest.approx([0.3 * 0.8])
+    # 40 pixels -> 12 at 0.3: a 307x216 image in a 320x224 input; filled: 318x224.
+    assert detector.scales(720, 1024) == pytest.approx([224 / 720])
+    # A 1280x720 frame is searched as its 1024x576 copy would be (max_side), without the copy: 0.24,
+    # filled to 1/4 (320x180 in 320x192), two halvings.
+    assert detector.scales(720, 1280) == [0.25]
     assert detector.scales(112, 112) == [1.0]  # never enlarged
-    assert detector.scales(300, 400) == [0.64]  # never below the model's 256 pixels
-    # A 1000-pixel face would be 300 pixels at 0.3: a coarser pass looks for it.
-    assert detector.scales(1000, 1000) == [0.3, 0.24]
+    assert detector.scales(300, 400) == [0.64]  # never below the model's 256 pixels (256x192 fills its input)
+    # A 1000-pixel face would be 320 pixels at 0.32 (0.3 filled): a coarser pass looks for it.
+    assert detector.scales(1000, 1000) == [0.32, 0.24]
 
 
 def test_max_side_bounds_the_search_not_the_crops(mtcnn_dir: Path, group: np.ndarray) -> None:

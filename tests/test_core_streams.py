@@ -25,7 +25,9 @@ def manifest(tmp_path_factory):
 
 
 def one_face(manifest, score: float) -> Report:
-    face = DetectedFace(np.zeros(4, np.float32), np.zeros((5, 2), np.float32), 0.99)
+    """A frame with one face, at the same place in every frame (one track)."""
+    landmarks = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], np.float32)
+    face = DetectedFace(np.array([0, 0, 100, 100], np.float32), landmarks, 0.99)
     frame = FrameReport(0, 0.0, [FaceResult(face, score, "x", 0.5)])
     return Report("id", manifest, 0.5, "default", [frame], Verdict(None, None))
 
@@ -52,7 +54,8 @@ def test_frames_settle_in_the_order_sent_whatever_order_they_finish_in(manifest)
         (4, 1, 3),
     ]
     assert [s.max_score for s in snapshots] == [0.2, 0.2, 0.8, 0.8]
-    assert snapshots[-1].verdict.score == pytest.approx((0.2 + 0.8 + 0.4) / 3)
+    assert snapshots[-1].verdict.score == pytest.approx((0.2 + 0.8 + 0.4) / 3)  # its one track's mean
+    assert snapshots[-1].verdict.track_id == 1 and [t.track_id for t in snapshots[-1].tracks] == [1]
 
 
 def test_open_streams_are_bounded() -> None:

@@ -277,7 +277,8 @@ def test_bad_video_requests_get_a_clear_status(stub, astronaut_rgb, media, field
 
 def window_aggregate(window: Iterable[list[float]]) -> tuple[int, float | None, float | None, float | None]:
     """Independently of the server: (judged faces, mean, max, verdict score) of a window given as
-    each analysed frame's face scores; the verdict is the mean of each frame's worst face."""
+    each analysed frame's face scores, of one person (one track): the verdict is the mean of its
+    faces' scores in the window, the mean of each frame's worst face."""
     frames = [scores for scores in window if scores]
     flat = [s for scores in frames for s in scores]
     if not flat:
@@ -313,6 +314,7 @@ def test_a_stream_of_100_frames_gets_100_results_in_order_with_a_running_aggrega
             )
         else:
             assert_faces_match(result.analysis.faces, expected[plan[i]], tolerance=1e-5)
+            assert [face.track_id for face in result.analysis.faces] == [1] * len(result.analysis.faces)
             scores = [face.score for face in result.analysis.faces]
             window.append(scores)
             faces_seen += len(scores)
@@ -324,6 +326,7 @@ def test_a_stream_of_100_frames_gets_100_results_in_order_with_a_running_aggrega
         assert aggregate.max_score == pytest.approx(worst, abs=1e-9)
         assert aggregate.verdict.score == pytest.approx(verdict, abs=1e-9)
         assert aggregate.verdict.label == ("fake" if verdict >= 0.4 else "real")
+        assert aggregate.verdict.track_id == 1 and [track.track_id for track in result.tracks] == [1]
 
 
 def test_a_slow_reader_slows_only_its_own_stream(server, stub) -> None:
@@ -561,13 +564,16 @@ def test_an_api_key_is_required(stub, astronaut_jpeg, metadata, expected_reason)
 # ---- the aggregate, unit -------------------------------------------------------------------------
 
 
-def _report(manifest, threshold: float, scores: list[float | None]) -> tuple[FrameReport, object, float]:
-    """A frame whose faces have these scores (None: a face too small to judge), its model and threshold."""
-    face = DetectedFace(np.zeros(4, np.float32), np.zeros((5, 2), np.float32), 0.99)
-    results = [
-        FaceResult(face, s, "x", threshold) if s is not None else FaceResult(face, skip_reason="face_too_small")
-        for s in scores
-    ]
+def _report(manifest, threshold: float, faces: list[tuple[float, float | None]]) -> tuple[FrameReport, object, float]:
+    """A frame with faces at these x positions (100 px boxes on one row: one person per place) with
+    these scores (None: a face too small to judge), its model and threshold."""
+    landmarks = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], np.float32)
+    results = []
+    for x, score in faces:
+        face = DetectedFace(np.array([x, 0, x + 100, 100], np.float32), landmarks + [x, 0], 0.99)
+        results.append(
+            FaceResult(face, score, "x", threshold) if score is not None else FaceResult(face, skip_reason="too_small")
+        )
     return FrameReport(0, 0.0, results), manifest, threshold
 
 
@@ -577,20 +583,27 @@ def test_the_stream_aggregate_covers_a_window_of_analysed_frames(models) -> None
     assert aggregate_message(aggregate.snapshot()).verdict == pb.Verdict(reason="no_face")
     aggregate.add(*_report(manifest, 0.5, []))
     assert aggregate_message(aggregate.snapshot()).verdict == pb.Verdict(reason="no_face")
-    aggregate.add(*_report(manifest, 0.5, [None]))
+    aggregate.add(*_report(manifest, 0.5, [(0, None)]))
     assert aggregate_message(aggregate.snapshot()).verdict == pb.Verdict(reason="no_judged_face")
-    aggregate.add(*_report(manifest, 0.5, [0.2, 0.9]))
+    aggregate.add(*_report(manifest, 0.5, [(0, 0.2), (300, 0.9)]))  # two people: tracks 1 and 2
     aggregate.add_failure()
-    aggregate.add(*_report(manifest, 0.5, [0.1]))  # the empty frame leaves the window
-    message = aggregate_message(aggregate.snapshot())
+    aggregate.add(*_report(manifest, 0.5, [(10, 0.1)]))  # the empty frame leaves the window
+    snapshot = aggregate.snapshot()
+    message = aggregate_message(snapshot)
     assert (message.frames_seen, message.frames_failed, message.faces_seen) == (5, 1, 4)
     assert (message.window_frames, message.window_faces) == (3, 3)
     assert message.mean_score == pytest.approx(0.4) and message.max_score == pytest.approx(0.9)
-    assert message.verdict.score == pytest.approx(0.5) and message.verdict.label == "fake"  # mean(0.9, 0.1)
+    # The most suspicious track over the window, not the mean over everyone: track 2 (0.9), not 0.4.
+    assert (message.verdict.score, message.verdict.label, message.verdict.track_id) == (pytest.approx(0.9), "fake", 2)
+    assert [(t.track_id, t.frame_count, t.score) for t in snapshot.tracks] == [
+        (1, 2, pytest.approx(0.15)),
+        (2, 1, pytest.approx(0.9)),
+    ]
     for _ in range(3):
-        aggregate.add(*_report(manifest, 0.5, [0.3]))
+        aggregate.add(*_report(manifest, 0.5, [(10, 0.3)]))
     message = aggregate_message(aggregate.snapshot())
-    assert (message.window_faces, message.mean_score, message.verdict.label) == (3, pytest.approx(0.3), "real")
+    assert (message.window_faces, message.mean_score) == (3, pytest.approx(0.3))
+    assert (message.verdict.label, message.verdict.track_id) == ("real", 1)
 
 
 # ---- TLS and the health lifecycle, in-process ------------------------------------------------------

@@ -70,6 +70,10 @@ class OnnxRuntimeEngine:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.enable_cpu_mem_arena = memory_arena
+        # Intra-op threads spin between the operators of a run (a wake-up per operator would cost more
+        # than small operators take), but not after it: spinning on would take the cores from whatever
+        # runs next in this process (another stage, another request's detection).
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         self._ort = ort
         installed = set(ort.get_available_providers())
         if providers is None:

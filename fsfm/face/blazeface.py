@@ -14,8 +14,12 @@ reaching past the image are padded with black for O-Net, so a face cut by the bo
 
 Scales: the image is shrunk so that a face of ``min_face_size`` pixels is ``SMALLEST_FACE`` pixels
 for BlazeFace (never enlarged), and padded (black, right and bottom) to a multiple of ``GRID``;
-the converted graph takes any such size. When faces as large as the image's shorter side would
-then exceed ``LARGEST_FACE``, a second, coarser pass looks for them.
+the converted graph takes any such size. The scale then grows to fill that padded input as far as
+the aspect ratio allows (the pixels cost nothing more, and smaller faces become findable), or, if a
+power of two lies in that range, to it: halving is the cheap resize (see ``shrink``). A 1280x720
+frame is searched at exactly 1/4 (320x180 in a 320x192 input), not at the 0.24 that min_face_size
+asks for. When faces as large as the image's shorter side would then exceed ``LARGEST_FACE``, a
+second, coarser pass looks for them.
 """
 
 from __future__ import annotations
@@ -66,6 +70,16 @@ def _anchors(height: int, width: int) -> np.ndarray:
         centres = (np.stack([xs, ys], axis=-1).reshape(-1, 1, 2) + 0.5) * stride
         layers.append(np.repeat(centres, per_cell, axis=1).reshape(-1, 2))
     return np.concatenate(layers).astype(np.float32)
+
+
+def _fill_grid(scale: float, height: int, width: int) -> float:
+    """The scale, at least ``scale`` and at most 1, whose resized image fills the ``GRID``-padded input
+    that ``scale`` gives as far as the aspect ratio allows; a power of two instead where one lies
+    between the two (``shrink`` halves fast)."""
+    padded_h, padded_w = (-(-round(side * scale) // GRID) * GRID for side in (height, width))
+    filled = min(1.0, padded_w / width, padded_h / height)
+    halving = 2.0 ** np.floor(np.log2(filled))
+    return float(halving) if halving >= scale else filled
 
 
 def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -124,8 +138,8 @@ class BlazeFaceDetector:
         bound = min(1.0, self.max_side / max(height, width))
         longest, shortest = max(height, width) * bound, min(height, width) * bound
         scale = min(1.0, max(SMALLEST_FACE / self.min_face_size, MODEL_SIZE / longest))
-        scales = [scale * bound]
-        if shortest * scale > LARGEST_FACE:
+        scales = [_fill_grid(scale * bound, height, width)]
+        if shortest / bound * scales[0] > LARGEST_FACE:
             scales.append(LARGEST_FACE / shortest * bound)
         return scales
 

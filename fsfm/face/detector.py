@@ -26,7 +26,7 @@ DETECT_MAX_SIDE = 1024
 DetectorKind = Literal["blazeface", "mtcnn", "retinaface"]
 # BlazeFace proposals refined by MTCNN's O-Net (fsfm.face.blazeface): MTCNN's kind of boxes and
 # landmarks at a fraction of its cost (the six faces of a 1280x720 frame in 13 ms of one core, where
-# MTCNN takes 60 ms at min_face_size 40 and 175 ms at 20, measured together).
+# MTCNN takes 60 ms at min_face_size 40 and 175 ms at 20, measured together; 10.6 ms on two cores).
 DEFAULT_DETECTOR: DetectorKind = "blazeface"
 # Faces from 40 pixels are searched (in the max_side copy): the models judge faces from 32
 # (CropSpec.min_face_size), and at 40 BlazeFace searches a 1024-pixel image in one 320x192 pass. 32
@@ -58,8 +58,9 @@ class DetectorConfig(BaseModel):
         default=DEFAULT_SCORE_THRESHOLD, ge=0.0, le=1.0, description="final detection threshold"
     )
     threads: int | None = Field(
-        default=1,
-        description="ONNX Runtime intra-op threads per net (1: detections of concurrent requests run side by side)",
+        default=None,
+        description="ONNX Runtime intra-op threads per net (None: every core, so that one frame's detection takes "
+        "the machine when it is idle; 1 where processes detect side by side, as fsfm prepare's do)",
     )
     max_side: int = Field(
         default=DETECT_MAX_SIDE,

@@ -2,12 +2,12 @@
 
 One entry, ``AnalysisCore.analyze(AnalysisRequest) -> Report``; one module per job: ``request``
 (what a door hands in), ``admission``, ``models`` (load, warm up, choose), ``pipeline`` (detect,
-crop, infer, judge), ``report`` (verdicts, the stream aggregate), ``streams`` (per-stream state).
+crop, infer, judge), ``report`` (verdicts, face tracks, the stream aggregate), ``streams`` (per-stream state).
 """
 
 from service.core.analysis_core import CORE_DEADLINE_SLACK_S, AnalysisCore
 from service.core.models import InferenceBackend, ModelListing, ServedModel
-from service.core.report import AggregateSnapshot, FrameReport, Report, StreamAggregate, overall_verdict
+from service.core.report import AggregateSnapshot, FrameReport, Report, StreamAggregate, tracks_verdict
 from service.core.request import AnalysisOptions, AnalysisRequest, RequestContext
 from service.media import Frame
 
@@ -25,5 +25,5 @@ __all__ = [
     "RequestContext",
     "ServedModel",
     "StreamAggregate",
-    "overall_verdict",
+    "tracks_verdict",
 ]

@@ -2,10 +2,10 @@
 
 A door turns its protocol into an ``AnalysisRequest`` and the ``Report`` back into its protocol;
 everything between is here: admission (``admission.py``), model choice and backends
-(``models.py``), the media step (``service/media.py``), the pipeline (``pipeline.py``), the verdict
-and the per-stream aggregate (``report.py``, ``streams.py``). Every failure of a request is counted
-here once (``fsfm_request_failure``), those a door finds before calling ``analyze`` included
-(``refused``). The request's deadline is enforced here: the backends drop queued faces when it
+(``models.py``), the media step (``service/media.py``), the pipeline (``pipeline.py``), the verdict,
+the face tracks and the per-stream aggregate (``report.py``, ``streams.py``). Every failure of a
+request is counted here once (``fsfm_request_failure``), those a door finds before calling
+``analyze`` included (``refused``). The request's deadline is enforced here: the backends drop queued faces when it
 passes, and a backstop ``CORE_DEADLINE_SLACK_S`` later ends slower stages.
 
 Order of a request: the cheap checks (readiness, model, parameters), then admission (429 at once
@@ -23,6 +23,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from fsfm.analysis import Verdict, verdict
 from fsfm.face.detector import FaceDetector, create_detector
 from fsfm.package import ModelRepository
 from fsfm.package.manifest import Manifest
@@ -31,7 +32,7 @@ from service.cancellation import ContextThreadPool, watch
 from service.core.admission import Admission, Reservation, Ticket
 from service.core.models import ModelListing, ServedModel, ServedModels
 from service.core.pipeline import Pipeline
-from service.core.report import AGGREGATE_WINDOW_FRAMES, AggregateSnapshot, Report, overall_verdict
+from service.core.report import AGGREGATE_WINDOW_FRAMES, AggregateSnapshot, FrameReport, Report
 from service.core.request import AnalysisOptions, AnalysisRequest, RequestContext
 from service.core.streams import Streams
 from service.errors import AnalysisError, BadInput, DeadlineExceeded, InvalidRequest, Unavailable
@@ -130,9 +131,10 @@ class AnalysisCore:
 
     # ---- streams ---------------------------------------------------------------------------
 
-    def open_stream(self, window: int = AGGREGATE_WINDOW_FRAMES) -> str:
-        """A new stream's id; its requests carry it in ``RequestContext.stream_id``. Close it when done."""
-        return self.streams.open(window)
+    def open_stream(self, window: int = AGGREGATE_WINDOW_FRAMES, keep_tracks: bool = False) -> str:
+        """A new stream's id; its requests carry it in ``RequestContext.stream_id``. Close it when done.
+        ``keep_tracks``: keep every track's frames and the ended tracks (a video's stream)."""
+        return self.streams.open(window, keep_tracks)
 
     def close_stream(self, stream_id: str) -> None:
         self.streams.close(stream_id)
@@ -229,23 +231,29 @@ class AnalysisCore:
         timing = {**result.stage_s, "decode": decode_s + result.stage_s["decode"]}  # a video decodes as it goes
         if request.media is not None:
             self.metrics.stage_duration.labels("decode", model.label).observe(timing["decode"])
+        frames = result.frames
+        if context.stream_id is not None:  # a stream's frame: numbered and timed as its client says
+            frames = [FrameReport(context.index, context.time_s, frame.faces) for frame in frames]
         report = Report(
             request_id=context.request_id,
             model=manifest,
             threshold=threshold,
             threshold_source=source,
-            frames=result.frames,
-            verdict=overall_verdict(result.frames, manifest, threshold, is_video),
+            frames=frames,
+            # A video's verdict is its most suspicious track's, set once its faces are tracked (below).
+            verdict=Verdict(None, None, "no_face") if is_video else verdict(frames[0].faces, manifest, threshold),
             timing_ms={stage: round(seconds * 1000, 2) for stage, seconds in timing.items()},
             is_video=is_video,
         )
         if is_video and context.stream_id is None:  # an uploaded video is a stream of its own
             report.aggregate = await self._video_aggregate(report)
+            report.verdict, report.tracks = report.aggregate.verdict, report.aggregate.tracks
         return report
 
     async def _video_aggregate(self, report: Report) -> AggregateSnapshot:
-        """The aggregate of a video's frames, kept as a stream's while the request lasts."""
-        stream_id = self.open_stream(window=len(report.frames))
+        """The aggregate of a video's frames, kept as a stream's while the request lasts: its tracks
+        (with their frames) and its verdict, the most suspicious track over all its frames."""
+        stream_id = self.open_stream(window=len(report.frames), keep_tracks=True)
         try:
             return await self.streams.get(stream_id).settle(0, report)
         finally:

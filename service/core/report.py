@@ -1,21 +1,28 @@
-"""What the core answers: per-frame face results, the verdict, and a stream's running aggregate.
+"""What the core answers: per-frame face results, the verdict, a video's tracks, and a stream's running
+aggregate.
 
-The verdict of an image is its most suspicious judged face; of a video, the mean over the sampled
-frames of each frame's most suspicious face (FSFM's video-level score, arXiv 2412.12032). A stream's
-aggregate applies the video verdict to a window of its latest analysed frames, so an uploaded video
-and a stream of the same frames agree. The doors translate these types into JSON or protobuf.
+The verdict of an image is its most suspicious judged face. Faces of a video (or of a stream) are
+linked into tracks, one per person (``fsfm/tracking.py``, docs/api.md "Tracks"); the verdict of a video
+is its most suspicious track: per track, the mean of its face scores (FSFM's video-level score, arXiv
+2412.12032, per person), the highest deciding (tracks shorter than ``MIN_VERDICT_FRAMES`` only when no
+track is longer). A stream's aggregate applies the same verdict to a window of its latest analysed
+frames (per track, the mean of its faces in the window), so an uploaded video (one window over all its
+frames) and a stream of the same frames agree. The doors translate these types into JSON or protobuf.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
-from fsfm.analysis import FaceResult, Verdict, verdict
+from fsfm.analysis import FaceResult, Verdict
 from fsfm.package.manifest import Manifest
 from fsfm.scoring import label_for
+from fsfm.tracking import Detection, Tracker, TrackSummary, most_suspicious
 from service.media import MediaKind
 
 AGGREGATE_WINDOW_FRAMES = 30  # the analysed frames a stream's aggregate scores cover (docs/grpc.md)
@@ -41,6 +48,7 @@ class AggregateSnapshot:
     mean_score: float | None
     max_score: float | None
     verdict: Verdict
+    tracks: tuple[TrackSummary, ...] = ()  # a stream's live tracks; an uploaded video's every track, with frames
 
 
 @dataclass
@@ -57,42 +65,56 @@ class Report:
     timing_ms: dict[str, float] = field(default_factory=dict)
     is_video: bool = False
     aggregate: AggregateSnapshot | None = None
+    tracks: tuple[TrackSummary, ...] | None = None  # videos: every track, with its frames
 
     @property
     def media(self) -> MediaKind:
         return "video" if self.is_video else "image"
 
 
-def overall_verdict(frames: list[FrameReport], manifest: Manifest, threshold: float, is_video: bool) -> Verdict:
-    """Image: the most suspicious face. Video: the mean over frames of each frame's most
-    suspicious face (FSFM's video score is the mean of frame scores)."""
-    if not is_video:
-        return verdict(frames[0].faces, manifest, threshold)
-    per_frame = [verdict(f.faces, manifest, threshold) for f in frames]
-    scores = [v.score for v in per_frame if v.score is not None]
-    if not scores:
-        any_face = any(f.faces for f in frames)
+def tracks_verdict(frames: Iterable[FrameReport], manifest: Manifest, threshold: float) -> Verdict:
+    """The most suspicious track of these frames (their judged faces carry track ids): per track, the
+    mean of its face scores here (``fsfm.tracking.most_suspicious``)."""
+    scores: dict[int, list[float]] = {}
+    any_face = False
+    for frame in frames:
+        any_face = any_face or bool(frame.faces)
+        for face in frame.faces:
+            if face.score is not None and face.track_id is not None:
+                scores.setdefault(face.track_id, []).append(face.score)
+    if (chosen := most_suspicious(scores)) is None:
         return Verdict(None, None, "no_judged_face" if any_face else "no_face")
-    mean = float(np.mean(scores))
-    return Verdict(label_for(mean, threshold, manifest), mean)
+    track_id, score = chosen
+    return Verdict(label_for(score, threshold, manifest), score, track_id=track_id)
 
 
 class StreamAggregate:
-    """The running aggregate of one stream: counts over the whole stream, scores over the window of
-    its last ``window`` analysed frames. The verdict is the video verdict over the window."""
+    """The running aggregate of one stream: counts over the whole stream, its tracks, and scores over
+    the window of its last ``window`` analysed frames. The verdict is the video verdict over the window.
+    ``keep_tracks`` (an uploaded video) keeps every track's frames and the ended tracks."""
 
-    def __init__(self, window: int = AGGREGATE_WINDOW_FRAMES) -> None:
+    def __init__(self, window: int = AGGREGATE_WINDOW_FRAMES, keep_tracks: bool = False) -> None:
         self.frames_seen = 0
         self.frames_failed = 0
         self.faces_seen = 0
+        self.keep_tracks = keep_tracks
         self._window: deque[FrameReport] = deque(maxlen=window)
         self._scale: tuple[Manifest, float] | None = None  # the stream's model and threshold
+        self._tracker: Tracker | None = None  # made with the stream's threshold, at its first analysed frame
 
     def add(self, frame: FrameReport, model: Manifest, threshold: float) -> None:
+        """Count the frame, link its judged faces to their tracks (setting their ``track_id``), window it."""
         self.frames_seen += 1
         self.faces_seen += len(frame.faces)
         self._window.append(frame)
         self._scale = (model, threshold)
+        if self._tracker is None:
+            self._tracker = Tracker(threshold, keep_frames=self.keep_tracks)
+        judged = [(face, face.score) for face in frame.faces if face.score is not None]
+        detections = [Detection(face.face.box, face.face.landmarks, score) for face, score in judged]
+        track_ids = self._tracker.update(frame.index, frame.time_s, detections)
+        for (face, _), track_id in zip(judged, track_ids, strict=True):
+            face.track_id = track_id
 
     def add_failure(self) -> None:
         self.frames_seen += 1
@@ -102,7 +124,13 @@ class StreamAggregate:
         if self._scale is None or not self._window:
             return Verdict(None, None, "no_face")
         manifest, threshold = self._scale
-        return overall_verdict(list(self._window), manifest, threshold, is_video=True)
+        return tracks_verdict(self._window, manifest, threshold)
+
+    def tracks(self) -> tuple[TrackSummary, ...]:
+        if self._scale is None or self._tracker is None:
+            return ()
+        manifest, threshold = self._scale
+        return tuple(self._tracker.summaries(partial(label_for, threshold=threshold, manifest=manifest)))
 
     def snapshot(self) -> AggregateSnapshot:
         scores = [face.score for frame in self._window for face in frame.faces if face.score is not None]
@@ -115,4 +143,5 @@ class StreamAggregate:
             mean_score=float(np.mean(scores)) if scores else None,
             max_score=max(scores) if scores else None,
             verdict=self.verdict(),
+            tracks=self.tracks(),
         )

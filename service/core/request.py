@@ -36,7 +36,9 @@ class RequestContext:
 
     ``deadline`` is a ``time.monotonic()`` instant. ``stream_id`` (from ``AnalysisCore.open_stream``)
     and ``sequence`` (the frame's position in that stream: 0, 1, 2, ...) make the request one frame
-    of a stream, whose running aggregate the core keeps and reports in order of ``sequence``.
+    of a stream, whose running aggregate the core keeps and reports in order of ``sequence``;
+    ``index`` and ``time_s`` are that frame's number and time as the client gives them (gRPC
+    ``Frame.index``, ``Frame.time_s``): its frame report and the stream's track segments carry them.
     """
 
     transport: str
@@ -44,6 +46,8 @@ class RequestContext:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     stream_id: str | None = None
     sequence: int = 0
+    index: int = 0
+    time_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,10 @@ it. Its frames are analysed concurrently (a door pipelines them) but settle into
 the order of their ``sequence`` (0, 1, 2, ...): a frame waits for its predecessors, so every frame's
 snapshot covers exactly the frames before it. A frame that fails settles as a failure, and its
 snapshot waits for the door in ``failed`` until taken. Memory is bounded: at most
-``MAX_OPEN_STREAMS`` streams, each holding its window of frame reports and the snapshots of failed
-frames not yet answered (a door answers them in order, so at most its pipeline depth).
+``MAX_OPEN_STREAMS`` streams, each holding its window of frame reports, its live face tracks (running
+scores and their latest segments: a few per face in view, ``fsfm/tracking.py``) and the snapshots of
+failed frames not yet answered (a door answers them in order, so at most its pipeline depth). An
+uploaded video's stream (``keep_tracks``) keeps every track with its frames: bounded by its frames.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ MAX_OPEN_STREAMS = 10_000  # ~30 frame reports each: tens of MB at most, far bey
 
 
 class Stream:
-    def __init__(self, window: int) -> None:
-        self.aggregate = StreamAggregate(window)
+    def __init__(self, window: int, keep_tracks: bool = False) -> None:
+        self.aggregate = StreamAggregate(window, keep_tracks)
         self.failed: dict[int, AggregateSnapshot] = {}
         self._turn = 0  # the sequence number that settles next
         self._turn_changed = asyncio.Condition()
@@ -51,11 +53,11 @@ class Streams:
         self._open: dict[str, Stream] = {}
         self._max_open = max_open
 
-    def open(self, window: int = AGGREGATE_WINDOW_FRAMES) -> str:
+    def open(self, window: int = AGGREGATE_WINDOW_FRAMES, keep_tracks: bool = False) -> str:
         if len(self._open) >= self._max_open:
             raise Unavailable("too_many_streams", f"{self._max_open} streams are open; retry when one closes")
         stream_id = uuid.uuid4().hex
-        self._open[stream_id] = Stream(window)
+        self._open[stream_id] = Stream(window, keep_tracks)
         return stream_id
 
     def close(self, stream_id: str) -> None:

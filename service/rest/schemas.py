@@ -7,7 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fsfm.analysis import FaceResult
 from fsfm.package.manifest import TASKS, Manifest
+from fsfm.tracking import TrackSummary
 from service.core import FrameReport, Report
 from service.core.request import MAX_MODEL_NAME_CHARS
 from service.media import MAX_SAMPLING_FPS
@@ -72,17 +74,57 @@ class FaceOut(BaseModel):
     threshold: float | None = None
     judged: bool | None = Field(default=None, description="false when the face was not judged")
     reason: str | None = Field(default=None, description="why the face was not judged")
+    track_id: int | None = Field(
+        default=None, description="videos: the track (person) of a judged face (`tracks`); null when not judged"
+    )
 
 
 class VerdictOut(BaseModel):
-    """Image: the most suspicious judged face. Video: the mean over frames of each frame's most
-    suspicious face. No judged face: ``label`` and ``score`` are null and ``reason`` says why."""
+    """Image: the most suspicious judged face. Video: the most suspicious track (``track_id``): the
+    highest track score (the mean of its face scores), among the tracks with at least 3 judged faces
+    (among all when none has as many); docs/api.md, "Tracks". No judged face: ``label`` and ``score``
+    are null and ``reason`` says why."""
 
     model_config = ConfigDict(extra="forbid")
 
     label: str | None
     score: float | None
     reason: str | None = Field(default=None, description="no_face | no_judged_face")
+    track_id: int | None = Field(default=None, description="videos: the track that decides; absent for images")
+
+
+class TrackFrameOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(description="frame number in the video")
+    time_s: float
+    box: list[float] = Field(min_length=4, max_length=4, description="[x1, y1, x2, y2] in pixels")
+    score: float
+
+
+class SegmentOut(BaseModel):
+    """A maximal run of a track's frames whose smoothed score (mean of its last 3 face scores) is at or
+    above the threshold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start_s: float
+    end_s: float
+    start_index: int = Field(description="first frame of the run")
+    end_index: int = Field(description="last frame of the run")
+    peak_score: float = Field(description="the highest face score in the run")
+
+
+class TrackOut(BaseModel):
+    """One person's faces across the sampled frames (docs/api.md, "Tracks")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    track_id: int = Field(description="1, 2, 3, ... in order of first appearance")
+    score: float = Field(description="the mean of the track's face scores (FSFM's video score, per person)")
+    label: str = Field(description="score against the response's threshold")
+    frames: list[TrackFrameOut] = Field(description="its judged faces, in video order")
+    segments: list[SegmentOut] = Field(description="where its smoothed score stays at or above the threshold")
 
 
 class FrameOut(BaseModel):
@@ -120,9 +162,28 @@ _IMAGE_EXAMPLE = {
     "timing_ms": {"decode": 3.1, "detect": 41.7, "queue": 4.9, "infer": 62.3, "total": 113.5},
 }
 _VIDEO_EXAMPLE = {
-    **{k: v for k, v in _IMAGE_EXAMPLE.items() if k not in ("faces", "media")},
+    **{k: v for k, v in _IMAGE_EXAMPLE.items() if k not in ("faces", "media", "verdict")},
     "media": "video",
-    "frames": [{"index": 0, "time_s": 0.0, "faces": [_FACE_EXAMPLE]}, {"index": 12, "time_s": 0.5, "faces": []}],
+    "frames": [
+        {"index": 0, "time_s": 0.0, "faces": [{**_FACE_EXAMPLE, "track_id": 1}]},
+        {"index": 12, "time_s": 0.5, "faces": [{**_FACE_EXAMPLE, "score": 0.912, "label": "fake", "track_id": 1}]},
+        {"index": 24, "time_s": 1.0, "faces": [{**_FACE_EXAMPLE, "score": 0.957, "label": "fake", "track_id": 1}]},
+    ],
+    "tracks": [
+        {
+            "track_id": 1,
+            "score": 0.633421,
+            "label": "fake",
+            "frames": [
+                {"index": 0, "time_s": 0.0, "box": [184.2, 71.9, 272.5, 185.3], "score": 0.031264},
+                {"index": 12, "time_s": 0.5, "box": [184.2, 71.9, 272.5, 185.3], "score": 0.912},
+                {"index": 24, "time_s": 1.0, "box": [184.2, 71.9, 272.5, 185.3], "score": 0.957},
+            ],
+            # The smoothed score (the mean of the last 3 face scores) reaches the threshold at frame 24.
+            "segments": [{"start_s": 1.0, "end_s": 1.0, "start_index": 24, "end_index": 24, "peak_score": 0.957}],
+        }
+    ],
+    "verdict": {"label": "fake", "score": 0.633421, "track_id": 1},
 }
 
 
@@ -138,6 +199,9 @@ class AnalysisResponse(BaseModel):
     threshold_source: str = Field(description='"default", "request", or the name of a manifest operating point')
     faces: list[FaceOut] | None = Field(default=None, description="images: every detected face")
     frames: list[FrameOut] | None = Field(default=None, description="videos: the sampled frames")
+    tracks: list[TrackOut] | None = Field(
+        default=None, description="videos: the judged faces linked into one track per person, by id"
+    )
     verdict: VerdictOut
     timing_ms: dict[str, float] = Field(description="decode, detect, queue, infer, total")
 
@@ -198,19 +262,49 @@ def report_json(report: Report) -> dict[str, Any]:
         "threshold": report.threshold,
         "threshold_source": report.threshold_source,
     }
-    body.update(faces_json(report.frames, report.is_video))
+    body.update(faces_json(report.frames, report.is_video, tracked=report.is_video))
     body["verdict"] = report.verdict.to_json()
+    if report.is_video:
+        body["tracks"] = [track_json(track) for track in report.tracks or ()]
+        body["verdict"]["track_id"] = report.verdict.track_id
     body["timing_ms"] = report.timing_ms
     return body
 
 
-def faces_json(frames: list[FrameReport], is_video: bool) -> dict[str, Any]:
-    """An image's ``faces`` or a video's ``frames`` (``FrameOut``), as the response carries them."""
+def faces_json(frames: list[FrameReport], is_video: bool, tracked: bool = False) -> dict[str, Any]:
+    """An image's ``faces`` or a video's ``frames`` (``FrameOut``), as the response carries them;
+    ``tracked``: each face with its ``track_id`` (an analysed video's)."""
+
+    def face_json(face: FaceResult) -> dict[str, Any]:
+        return {**face.to_json(), "track_id": face.track_id} if tracked else face.to_json()
+
     if is_video:
         return {
             "frames": [
-                {"index": frame.index, "time_s": frame.time_s, "faces": [face.to_json() for face in frame.faces]}
+                {"index": frame.index, "time_s": frame.time_s, "faces": [face_json(face) for face in frame.faces]}
                 for frame in frames
             ]
         }
-    return {"faces": [face.to_json() for face in frames[0].faces]}
+    return {"faces": [face_json(face) for face in frames[0].faces]}
+
+
+def track_json(track: TrackSummary) -> dict[str, Any]:
+    """A video's track (``TrackOut``)."""
+    return {
+        "track_id": track.track_id,
+        "score": round(track.score, 6),
+        "label": track.label,
+        "frames": [
+            {"index": f.index, "time_s": f.time_s, "box": list(f.box), "score": round(f.score, 6)} for f in track.frames
+        ],
+        "segments": [
+            {
+                "start_s": s.start_s,
+                "end_s": s.end_s,
+                "start_index": s.start_index,
+                "end_index": s.end_index,
+                "peak_score": round(s.peak_score, 6),
+            }
+            for s in track.segments
+        ],
+    }

@@ -81,7 +81,7 @@ class Box(_message.Message):
     def __init__(self, x1: _Optional[float] = ..., y1: _Optional[float] = ..., x2: _Optional[float] = ..., y2: _Optional[float] = ...) -> None: ...
 
 class Face(_message.Message):
-    __slots__ = ("box", "landmarks", "detection_score", "judged", "score", "label", "threshold", "reason")
+    __slots__ = ("box", "landmarks", "detection_score", "judged", "score", "label", "threshold", "reason", "track_id")
     BOX_FIELD_NUMBER: _ClassVar[int]
     LANDMARKS_FIELD_NUMBER: _ClassVar[int]
     DETECTION_SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class Face(_message.Message):
     LABEL_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
     box: Box
     landmarks: _containers.RepeatedCompositeFieldContainer[Point]
     detection_score: float
@@ -98,17 +99,20 @@ class Face(_message.Message):
     label: str
     threshold: float
     reason: str
-    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., landmarks: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., detection_score: _Optional[float] = ..., judged: _Optional[bool] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., threshold: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+    track_id: int
+    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., landmarks: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., detection_score: _Optional[float] = ..., judged: _Optional[bool] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., threshold: _Optional[float] = ..., reason: _Optional[str] = ..., track_id: _Optional[int] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("label", "score", "reason")
+    __slots__ = ("label", "score", "reason", "track_id")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
     label: str
     score: float
     reason: str
-    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+    track_id: int
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., reason: _Optional[str] = ..., track_id: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "task", "demo", "notice")
@@ -179,21 +183,77 @@ class Aggregate(_message.Message):
     verdict: Verdict
     def __init__(self, frames_seen: _Optional[int] = ..., frames_failed: _Optional[int] = ..., faces_seen: _Optional[int] = ..., window_frames: _Optional[int] = ..., window_faces: _Optional[int] = ..., mean_score: _Optional[float] = ..., max_score: _Optional[float] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ...) -> None: ...
 
+class TrackSegment(_message.Message):
+    __slots__ = ("start_index", "end_index", "start_s", "end_s", "peak_score")
+    START_INDEX_FIELD_NUMBER: _ClassVar[int]
+    END_INDEX_FIELD_NUMBER: _ClassVar[int]
+    START_S_FIELD_NUMBER: _ClassVar[int]
+    END_S_FIELD_NUMBER: _ClassVar[int]
+    PEAK_SCORE_FIELD_NUMBER: _ClassVar[int]
+    start_index: int
+    end_index: int
+    start_s: float
+    end_s: float
+    peak_score: float
+    def __init__(self, start_index: _Optional[int] = ..., end_index: _Optional[int] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., peak_score: _Optional[float] = ...) -> None: ...
+
+class TrackFrame(_message.Message):
+    __slots__ = ("index", "time_s", "box", "score")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TIME_S_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    time_s: float
+    box: Box
+    score: float
+    def __init__(self, index: _Optional[int] = ..., time_s: _Optional[float] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., score: _Optional[float] = ...) -> None: ...
+
+class Track(_message.Message):
+    __slots__ = ("track_id", "score", "label", "frames", "segments")
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    track_id: int
+    score: float
+    label: str
+    frames: _containers.RepeatedCompositeFieldContainer[TrackFrame]
+    segments: _containers.RepeatedCompositeFieldContainer[TrackSegment]
+    def __init__(self, track_id: _Optional[int] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[TrackFrame, _Mapping]]] = ..., segments: _Optional[_Iterable[_Union[TrackSegment, _Mapping]]] = ...) -> None: ...
+
+class TrackAggregate(_message.Message):
+    __slots__ = ("track_id", "frames", "score", "label", "segments")
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    track_id: int
+    frames: int
+    score: float
+    label: str
+    segments: _containers.RepeatedCompositeFieldContainer[TrackSegment]
+    def __init__(self, track_id: _Optional[int] = ..., frames: _Optional[int] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[TrackSegment, _Mapping]]] = ...) -> None: ...
+
 class FrameResult(_message.Message):
-    __slots__ = ("sequence", "index", "time_s", "analysis", "error", "aggregate")
+    __slots__ = ("sequence", "index", "time_s", "analysis", "error", "aggregate", "tracks")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TIME_S_FIELD_NUMBER: _ClassVar[int]
     ANALYSIS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     AGGREGATE_FIELD_NUMBER: _ClassVar[int]
+    TRACKS_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     index: int
     time_s: float
     analysis: ImageAnalysis
     error: Error
     aggregate: Aggregate
-    def __init__(self, sequence: _Optional[int] = ..., index: _Optional[int] = ..., time_s: _Optional[float] = ..., analysis: _Optional[_Union[ImageAnalysis, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., aggregate: _Optional[_Union[Aggregate, _Mapping]] = ...) -> None: ...
+    tracks: _containers.RepeatedCompositeFieldContainer[TrackAggregate]
+    def __init__(self, sequence: _Optional[int] = ..., index: _Optional[int] = ..., time_s: _Optional[float] = ..., analysis: _Optional[_Union[ImageAnalysis, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., aggregate: _Optional[_Union[Aggregate, _Mapping]] = ..., tracks: _Optional[_Iterable[_Union[TrackAggregate, _Mapping]]] = ...) -> None: ...
 
 class AnalyzeImageRequest(_message.Message):
     __slots__ = ("image", "options")
@@ -226,7 +286,7 @@ class FrameAnalysis(_message.Message):
     def __init__(self, index: _Optional[int] = ..., time_s: _Optional[float] = ..., faces: _Optional[_Iterable[_Union[Face, _Mapping]]] = ...) -> None: ...
 
 class VideoAnalysis(_message.Message):
-    __slots__ = ("request_id", "model", "threshold", "threshold_source", "frames", "verdict", "timing_ms")
+    __slots__ = ("request_id", "model", "threshold", "threshold_source", "frames", "verdict", "timing_ms", "tracks")
     class TimingMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +301,7 @@ class VideoAnalysis(_message.Message):
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     TIMING_MS_FIELD_NUMBER: _ClassVar[int]
+    TRACKS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: ModelInfo
     threshold: float
@@ -248,7 +309,8 @@ class VideoAnalysis(_message.Message):
     frames: _containers.RepeatedCompositeFieldContainer[FrameAnalysis]
     verdict: Verdict
     timing_ms: _containers.ScalarMap[str, float]
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., threshold: _Optional[float] = ..., threshold_source: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[FrameAnalysis, _Mapping]]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., timing_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    tracks: _containers.RepeatedCompositeFieldContainer[Track]
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., threshold: _Optional[float] = ..., threshold_source: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[FrameAnalysis, _Mapping]]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., timing_ms: _Optional[_Mapping[str, float]] = ..., tracks: _Optional[_Iterable[_Union[Track, _Mapping]]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

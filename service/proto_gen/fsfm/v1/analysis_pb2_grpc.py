@@ -63,7 +63,8 @@ class FaceSecurityServicer:
 
     def Analyze(self, request_iterator, context):
         """Frames of one video stream or camera in, one result per frame out, in the order sent. Each
-        result carries the frame's faces and the stream's running aggregate. The analysis options are
+        result carries the frame's faces (with their track ids), the stream's running aggregate and
+        its tracks so far. The analysis options are
         set by the first frame and fixed for the stream. A frame that cannot be analysed gets a result
         with `error` set and the stream goes on; errors that would repeat on every frame (unknown task or
         model, bad threshold, changed options, server draining) end the stream with their status.
@@ -81,8 +82,8 @@ class FaceSecurityServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AnalyzeVideo(self, request, context):
-        """One short video (MP4/MOV or WebM/Matroska file bytes): its sampled frames' faces and the video
-        verdict, exactly as the REST API answers a video upload. Errors are the call's status.
+        """One short video (MP4/MOV or WebM/Matroska file bytes): its sampled frames' faces, their tracks
+        and the video verdict, exactly as the REST API answers a video upload. Errors are the call's status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
