@@ -241,8 +241,8 @@ def clip_path(tmp_path_factory, astronaut_rgb) -> Path:
 
 
 def test_a_video_gets_a_timeline_per_track_whose_points_show_their_frames(page, server, clip_path, screenshots) -> None:
-    # A threshold at the most suspicious track's score: some of its frames are at or above it, so a
-    # segment is shaded (a mean of consecutive scores at least the mean exists).
+    # A threshold at the most suspicious track's score: the mean of some of its runs of consecutive
+    # frames is at least the track's mean, so a segment is shaded.
     with httpx.Client(base_url=server.rest_url, headers={"x-api-key": API_KEY}, timeout=60) as client:
         sampling = {"max_frames": MAX_VIDEO_FRAMES}
         direct = client.post("/v1/deepfake", data=sampling, files={"file": clip_path.read_bytes()}).json()
@@ -272,19 +272,7 @@ def test_a_video_gets_a_timeline_per_track_whose_points_show_their_frames(page, 
                .map((s) => [Number(s.dataset.start), Number(s.dataset.end)]),
            }))"""
     )
-    if "tracks" in answer:
-        tracks = answer["tracks"]
-    else:  # a server without face tracks: one series, each frame's most suspicious face
-        runs: list[list[float]] = []  # times of consecutive frames whose worst face is at or above threshold
-        for frame, previous in zip(judged, [None, *judged], strict=False):
-            if max(face["score"] for face in frame["faces"] if face.get("score") is not None) < threshold:
-                continue
-            if runs and previous is not None and runs[-1][-1] == previous["time_s"]:
-                runs[-1].append(frame["time_s"])
-            else:
-                runs.append([frame["time_s"]])
-        segments = [{"start_s": run[0], "end_s": run[-1]} for run in runs]
-        tracks = [{"track_id": "", "frames": judged, "segments": segments}]
+    tracks = answer["tracks"]
     assert plots == [
         {
             "track": str(track["track_id"]),
@@ -297,6 +285,7 @@ def test_a_video_gets_a_timeline_per_track_whose_points_show_their_frames(page, 
     assert page.evaluate("document.querySelectorAll('#video-timelines .threshold').length") == len(plots)
     verdict = page.evaluate("document.getElementById('video-verdict').textContent")
     assert f"{answer['verdict']['label']} {answer['verdict']['score']:.3f}" in verdict
+    assert f"most suspicious: face track {answer['verdict']['track_id']}" in verdict
     # Choosing a point (by keyboard) shows that frame with its boxes.
     chosen = judged[-1]
     page.evaluate(f"document.querySelector('.timeline .point[data-index=\"{chosen['index']}\"]').focus()")

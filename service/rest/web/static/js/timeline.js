@@ -1,9 +1,7 @@
 // The timeline of a video answer: per face track, its score over time, the threshold line and the
 // suspicious segments shaded. Points are buttons (mouse, Enter or Space): choosing one shows that frame.
 //
-// Tracks come from the answer's ``tracks`` (docs/api.md). An answer without them (a server without
-// face tracking) gets one track derived from ``frames``: per frame its most suspicious judged face,
-// with segments where that score is at or above the threshold.
+// Tracks, their frames and segments are the answer's ``tracks`` (docs/api.md, "Tracks").
 
 import * as format from './format.js';
 
@@ -24,46 +22,9 @@ function timeSpan(segment) {
   return segment.start_s === segment.end_s ? `at ${segment.start_s} s` : `${segment.start_s}–${segment.end_s} s`;
 }
 
-/** Time ranges where consecutive points score at or above ``threshold``. */
-export function segmentsOf(points, threshold) {
-  const segments = [];
-  let open = null;
-  for (const point of points) {
-    if (point.score >= threshold) {
-      if (open === null) {
-        open = { start_s: point.time_s, start_index: point.index, peak_score: point.score };
-        segments.push(open);
-      }
-      Object.assign(open, { end_s: point.time_s, end_index: point.index });
-      open.peak_score = Math.max(open.peak_score, point.score);
-    } else {
-      open = null;
-    }
-  }
-  return segments;
-}
-
-/** The answer's face tracks, or one derived from its frames. */
+/** The answer's face tracks, titled. */
 export function tracksOf(answer) {
-  if (Array.isArray(answer.tracks)) {
-    return answer.tracks.map((track) => ({ ...track, title: `Face track ${track.track_id}` }));
-  }
-  const points = [];
-  for (const frame of answer.frames) {
-    const judged = frame.faces.filter((face) => face.score !== null && face.score !== undefined);
-    if (!judged.length) continue;
-    const worst = judged.reduce((a, b) => (b.score > a.score ? b : a));
-    points.push({ index: frame.index, time_s: frame.time_s, box: worst.box, score: worst.score });
-  }
-  if (!points.length) return [];
-  return [{
-    track_id: null,
-    title: 'All faces (per frame, its most suspicious face)',
-    score: answer.verdict.score,
-    label: answer.verdict.label,
-    frames: points,
-    segments: segmentsOf(points, answer.threshold),
-  }];
+  return answer.tracks.map((track) => ({ ...track, title: `Face track ${track.track_id}` }));
 }
 
 /** A <figure> with the plot of ``track``; ``onPick(point, track)`` when a point is chosen. */

@@ -1,7 +1,7 @@
 // The video view: a video dropped or chosen is uploaded as a job (POST /v1/jobs, then GET
 // /v1/jobs/{id} until it ends, with its progress) where the server offers jobs, else analysed in one
 // call (POST /v1/{task}). The answer gives the video verdict and a timeline per face track; choosing
-// a point on a timeline shows that frame of the video with its boxes.
+// a point on a timeline shows that frame of the video with its boxes, the chosen track's face bold.
 
 import { analyze, ApiError, request, uploadForm } from './api.js';
 import * as format from './format.js';
@@ -92,9 +92,8 @@ export function videoView(root, choices, showModel, capabilities) {
 
   function render(answer) {
     format.verdict(root.querySelector('#video-verdict'), 'Video verdict', answer);
-    const verdictTrack = answer.verdict.track_id;
-    if (verdictTrack !== undefined && verdictTrack !== null) {
-      root.querySelector('#video-verdict').append(` (most suspicious: face track ${verdictTrack})`);
+    if (answer.verdict.track_id !== null) {
+      root.querySelector('#video-verdict').append(` (most suspicious: face track ${answer.verdict.track_id})`);
     }
     const tracks = tracksOf(answer);
     const duration = Math.max(0, ...answer.frames.map((frame) => frame.time_s));
@@ -116,7 +115,7 @@ export function videoView(root, choices, showModel, capabilities) {
     }
     const width = player.videoWidth || Math.max(...frame.faces.map((face) => face.box[2]));
     const height = player.videoHeight || Math.max(...frame.faces.map((face) => face.box[3]));
-    const dim = track.track_id === null ? undefined : (face) => face.track_id !== track.track_id;
+    const dim = (face) => face.track_id !== track.track_id; // the chosen track's face stands out
     drawFaces(overlay, width, height, frame.faces, shown.threshold, { dim, heatmaps: choices.heatmap.checked });
     overlay.dataset.frame = point.index;
     caption.textContent = `Frame ${point.index} at ${point.time_s} s: ${frame.faces.length} face(s)`
