@@ -54,6 +54,33 @@ DRAWN_BOXES_JS = """(() => {
 })()"""
 
 
+# Text whose contrast with its background is under WCAG AA's 4.5:1: every visible element with text of
+# its own, its colour against the first opaque background up its ancestors (HTML only: SVG captions are
+# drawn on their own tags).
+LOW_CONTRAST_JS = """(() => {
+  const rgb = (text) => text.match(/[\\d.]+/g).map(Number);
+  const luminance = ([r, g, b]) => [r, g, b].map((v) => v / 255)
+    .map((v) => (v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4))
+    .reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+  const background = (element) => {
+    for (let e = element; e; e = e.parentElement) {
+      const colour = rgb(getComputedStyle(e).backgroundColor);
+      if (colour.length < 4 || colour[3] === 1) return colour;
+    }
+    return [255, 255, 255];
+  };
+  return [...document.body.querySelectorAll('*')]
+    .filter((e) => !(e instanceof SVGElement) && e.checkVisibility()
+      && [...e.childNodes].some((n) => n.nodeType === Node.TEXT_NODE && n.textContent.trim()))
+    .map((e) => {
+      const [a, b] = [luminance(rgb(getComputedStyle(e).color)), luminance(background(e))];
+      const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+      return [`${e.tagName}#${e.id} ${e.textContent.trim().slice(0, 30)}`, ratio];
+    })
+    .filter(([, ratio]) => ratio < 4.5);
+})()"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, mtcnn_dir) -> Iterator[RunningServer]:
     models = tmp_path_factory.mktemp("models")
@@ -332,6 +359,7 @@ def test_the_page_fits_a_phone_and_works_by_keyboard(browser, server, screenshot
              .map((c) => c.outerHTML)"""
     )
     assert unlabelled == []
+    assert tab.evaluate(LOW_CONTRAST_JS) == []
     tab.evaluate("document.getElementById('tab-image').focus()")
     tab.press("ArrowRight")
     assert tab.evaluate("document.activeElement.id") == "tab-video"
