@@ -225,6 +225,15 @@ def test_the_astronaut_gets_one_box_at_her_face_with_its_score(page, server, ast
     assert_only_this_server(page, server)
 
 
+def test_a_file_the_api_refuses_gets_its_reason_in_words(page, server, tmp_path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    page.choose_files("#image-file", notes)
+    status = page.wait_for("document.querySelector('#image-status.error')?.textContent")
+    assert status.startswith("Failed (unsupported_type): ")
+    assert_only_this_server(page, server)
+
+
 def choose_model(tab: Tab, ref: str) -> None:
     tab.evaluate(f"document.getElementById('model').value = '{ref}'")
     tab.evaluate("document.getElementById('model').dispatchEvent(new Event('change', {bubbles: true}))")

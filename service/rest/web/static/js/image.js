@@ -19,7 +19,8 @@ export function imageView(root, choices, showModel) {
     try {
       if (picture.src) URL.revokeObjectURL(picture.src);
       picture.src = URL.createObjectURL(file);
-      const [answer] = await Promise.all([analyze(choices.taskName(), file, choices.params()), picture.decode()]);
+      const answer = await analyze(choices.taskName(), file, choices.params()); // the API judges the file first
+      await picture.decode();
       shown = answer;
       showModel(answer.model);
       result.hidden = false; // on screen before drawing: captions are sized for the picture's shown size
