@@ -155,18 +155,28 @@ def pipeline(
     min_face_size: int | None = typer.Option(
         None, min=8, help="The detector's smallest face, as the service's FSFM_MIN_FACE_SIZE (default: its default)."
     ),
+    evidence: str = typer.Option(
+        "",
+        help="Also measure evidence kinds, comma-separated (heatmap, robustness, audit): per judged face, audit per "
+        "request.",
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
-    """Measure the cost of each stage of one request: decode, detect, crop, infer, encode."""
+    """Measure the cost of each stage of one request: decode, detect, crop, infer, encode; and of evidence."""
     from benchmarks.engine import create_bench_engine
     from benchmarks.pipeline import bench_pipeline, pipeline_table
     from fsfm.engines.base import EngineError
+    from fsfm.evidence import parse_evidence
 
+    try:
+        kinds = parse_evidence(evidence)
+    except ValueError as exc:
+        fail(f"--evidence: {exc}")
     chosen = _package(model, package)
     detector = _detector(plain(detector_kind), min_face_size)
     data = _request_image(detector, image, group_frame)
     try:
-        result = bench_pipeline(data, chosen, detector, create_bench_engine(engine_kind, chosen), repeats)
+        result = bench_pipeline(data, chosen, detector, create_bench_engine(engine_kind, chosen), repeats, kinds)
     except (EngineError, ValueError) as exc:
         fail(str(exc))
     typer.echo(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fsfm.evidence import FaceEvidence
 from fsfm.face.crop import crop_face, normalize
 from fsfm.face.types import DetectedFace
 from fsfm.package.manifest import Manifest
@@ -42,6 +43,7 @@ class FaceResult:
     threshold: float | None = None
     skip_reason: str | None = None
     track_id: int | None = None  # a video's or stream's judged face: its track (``fsfm/tracking.py``)
+    evidence: FaceEvidence | None = None  # only when a request asks for it (``fsfm/evidence.py``)
 
     def to_json(self) -> dict:
         out: dict = {
@@ -53,6 +55,8 @@ class FaceResult:
             out.update(score=round(self.score, 6), label=self.label, threshold=self.threshold)
         elif self.skip_reason is not None:
             out.update(judged=False, reason=self.skip_reason)
+        if self.evidence is not None:
+            out["evidence"] = self.evidence.to_json()
         return out
 
 

@@ -13,12 +13,18 @@ Contract (docs/api.md, "Tracks"):
 - Lifetime: a track that has missed ``MAX_MISSED_FRAMES`` consecutive frames ends; a gap of fewer
   frames (a face the detector lost for a moment, or too small to judge) is bridged.
 - Track score: the mean of its frame scores (FSFM's video score, arXiv 2412.12032, per person).
-- Segments: maximal runs of a track's frames whose smoothed score (the mean of its last
-  ``SMOOTHING_WINDOW_FRAMES`` frame scores, this one included) is at least the threshold; each with its
-  first and last frame and the highest frame score in it. The window trails, so segments are final
+- Smoothed score: the mean of the track's last ``SMOOTHING_WINDOW_FRAMES`` frame scores, this one
+  included, from its ``SMOOTHING_WINDOW_FRAMES``-th frame on (before that it has none: one odd first
+  frame cannot open a segment). A track's peak is its highest smoothed score (the mean of all its
+  scores while it has fewer frames than the window).
+- Segments: maximal runs of a track's frames whose smoothed score is at least the threshold; each with
+  its first and last frame and the highest frame score in it. The window trails, so segments are final
   when a frame arrives: a stream's "segments so far" never change in the past.
-- Verdict (``most_suspicious``): the track with the highest mean score decides, among the tracks with
-  at least ``MIN_VERDICT_FRAMES`` frames (all tracks, when none has that many).
+- Label: a track is labelled by its peak, so it is flagged (the attack label) exactly when it has a
+  segment: a person manipulated for part of a video is flagged though the mean over the whole video
+  (the track score) stays below the threshold.
+- Verdict (``most_suspicious``): the track with the highest peak decides, with its peak as the score,
+  among the tracks with at least ``MIN_VERDICT_FRAMES`` frames (all tracks, when none has that many).
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ class TrackSummary:
     track_id: int
     frame_count: int
     score: float
+    peak_score: float  # the highest smoothed score: the track's label is this one's
     label: str
     segments: tuple[Segment, ...]
     frames: tuple[TrackFrame, ...]
@@ -115,10 +122,15 @@ class SegmentFinder:
         self._recent: deque[float] = deque(maxlen=SMOOTHING_WINDOW_FRAMES)
         self._closed: deque[Segment] = deque(maxlen=max_kept)
         self._open: Segment | None = None  # the run the last frame belongs to, if any
+        self.peak: float | None = None  # the highest smoothed score so far; None before a full window
 
     def add(self, index: int, time_s: float, score: float) -> None:
         self._recent.append(score)
-        if sum(self._recent) / len(self._recent) < self.threshold:
+        if len(self._recent) < SMOOTHING_WINDOW_FRAMES:
+            return
+        smoothed = sum(self._recent) / SMOOTHING_WINDOW_FRAMES
+        self.peak = smoothed if self.peak is None else max(self.peak, smoothed)
+        if smoothed < self.threshold:
             if self._open is not None:
                 self._closed.append(self._open)
                 self._open = None
@@ -151,6 +163,10 @@ class Track:
     def score(self) -> float:
         return self.score_sum / self.frame_count
 
+    @property
+    def peak_score(self) -> float:
+        return self.score if self.segments.peak is None else self.segments.peak
+
     def predict(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """The box and landmarks expected at ``step``, moved on at the last velocity."""
         moved = self._velocity * (step - self.last_step)
@@ -175,7 +191,8 @@ class Track:
             self.track_id,
             self.frame_count,
             self.score,
-            label(self.score),
+            self.peak_score,
+            label(self.peak_score),
             self.segments.segments(),
             tuple(self.frames or ()),
         )
@@ -231,10 +248,19 @@ class Tracker:
         return [track.summary(label) for track in tracks]
 
 
+def peak_score(scores: Sequence[float]) -> float:
+    """The highest smoothed score of a track's scores, in order (their mean when fewer than the window)."""
+    values = np.asarray(scores, np.float64)
+    if len(values) < SMOOTHING_WINDOW_FRAMES:
+        return float(values.mean())
+    window = np.full(SMOOTHING_WINDOW_FRAMES, 1.0 / SMOOTHING_WINDOW_FRAMES)
+    return float(np.convolve(values, window, mode="valid").max())
+
+
 def most_suspicious(scores: Mapping[int, Sequence[float]]) -> tuple[int, float] | None:
-    """(track id, mean score) of the track with the highest mean score among those with at least
-    ``MIN_VERDICT_FRAMES`` scores (among all when none has as many); of equal means the lower id.
+    """(track id, peak) of the track with the highest peak (``peak_score``) among those with at least
+    ``MIN_VERDICT_FRAMES`` scores (among all when none has as many); of equal peaks the lower id.
     None without a track."""
     eligible = {tid: s for tid, s in scores.items() if len(s) >= MIN_VERDICT_FRAMES} or scores
-    means = sorted((-float(np.mean(s)), tid) for tid, s in eligible.items() if len(s))
-    return (means[0][1], -means[0][0]) if means else None
+    peaks = sorted((-peak_score(s), tid) for tid, s in eligible.items() if len(s))
+    return (peaks[0][1], -peaks[0][0]) if peaks else None

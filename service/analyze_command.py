@@ -53,6 +53,8 @@ OPTION_REASONS = frozenset(
         "unknown_task",
         "unknown_operating_point",
         "bad_threshold",
+        "unknown_evidence",
+        "evidence_exceeds_queue",
     }
 )
 
@@ -80,6 +82,9 @@ def analyze(
     fps: float | None = typer.Option(None, help="Videos: frames sampled per second (default: evenly spread)."),
     max_frames: int | None = typer.Option(
         None, min=1, help="Videos: frames analysed, at most (default: FSFM_MAX_VIDEO_FRAMES)."
+    ),
+    evidence: str | None = typer.Option(
+        None, help="Add evidence, comma-separated: heatmap, robustness, audit (docs/api.md, Evidence)."
     ),
     detect_only: bool = typer.Option(False, "--detect-only", help="Only detect faces; no model needed."),
     detector: DetectorChoice | None = option("detector", "Face detector."),
@@ -127,6 +132,7 @@ def analyze(
         target_fpr=target_fpr,
         fps=fps,
         max_frames=max_frames,
+        evidence=evidence,
     )
     inputs = list(media_inputs(paths))
     with Output(output_format, len(inputs)) as out:

@@ -7,7 +7,10 @@ its face tracks), the model listing and ``AnalysisError`` become messages. A mes
 
 from __future__ import annotations
 
+import json
+
 from fsfm.analysis import FaceResult, Verdict
+from fsfm.evidence import FaceEvidence
 from fsfm.imaging import ImageLimits
 from fsfm.package.manifest import TASKS, Manifest
 from fsfm.tracking import Segment, TrackSummary
@@ -33,6 +36,7 @@ def analysis_options(message: pb.AnalysisOptions, fps: float | None = None, max_
         target_fpr=message.target_fpr if message.HasField("target_fpr") else None,
         fps=fps,
         max_frames=max_frames or None,
+        evidence=tuple(message.evidence) or None,
     )
 
 
@@ -78,7 +82,44 @@ def face_message(result: FaceResult) -> pb.Face:
         face.score, face.label, face.threshold = result.score, result.label, result.threshold
     if result.track_id is not None:
         face.track_id = result.track_id
+    if result.evidence is not None:
+        face.evidence.CopyFrom(evidence_message(result.evidence))
     return face
+
+
+def evidence_message(evidence: FaceEvidence) -> pb.FaceEvidence:
+    message = pb.FaceEvidence()
+    if (heatmap := evidence.heatmap) is not None:
+        x1, y1, x2, y2 = heatmap.box
+        rows, cols = heatmap.grid.shape
+        message.heatmap.CopyFrom(
+            pb.Heatmap(
+                method=heatmap.method,
+                rows=rows,
+                cols=cols,
+                grid=heatmap.grid.ravel().tolist(),
+                png=heatmap.png,
+                box=pb.Box(x1=x1, y1=y1, x2=x2, y2=y2),
+            )
+        )
+    if (robustness := evidence.robustness) is not None:
+        message.robustness.CopyFrom(pb.Robustness(probes=robustness.probes, fragile=robustness.fragile))
+    return message
+
+
+def audit_message(audit: dict) -> pb.Audit:
+    """``fsfm.evidence.audit_record`` as ``Audit``."""
+    return pb.Audit(
+        request_id=audit["request_id"],
+        input_sha256=audit["input_sha256"],
+        model=pb.AuditModel(**audit["model"]),
+        thresholds_json=json.dumps(audit["thresholds"]),
+        threshold=audit["threshold"],
+        threshold_source=audit["threshold_source"],
+        engine=pb.EngineChoice(**audit["engine"]) if audit["engine"] else None,
+        code_version=audit["code_version"],
+        created_at=audit["created_at"],
+    )
 
 
 def verdict_message(verdict: Verdict) -> pb.Verdict:
@@ -113,6 +154,7 @@ def track_message(track: TrackSummary) -> pb.Track:
     return pb.Track(
         track_id=track.track_id,
         score=track.score,
+        peak_score=track.peak_score,
         label=track.label,
         frames=frames,
         segments=_segment_messages(track.segments),
@@ -126,6 +168,7 @@ def track_aggregates(snapshot: AggregateSnapshot) -> list[pb.TrackAggregate]:
             track_id=track.track_id,
             frames=track.frame_count,
             score=track.score,
+            peak_score=track.peak_score,
             label=track.label,
             segments=_segment_messages(track.segments),
         )
@@ -142,6 +185,7 @@ def _answer_fields(report: Report) -> dict[str, object]:
         "threshold_source": report.threshold_source,
         "verdict": verdict_message(report.verdict),
         "timing_ms": report.timing_ms,
+        "audit": audit_message(report.audit) if report.audit is not None else None,
     }
 
 

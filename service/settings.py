@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fsfm.engines.registry import ENGINES, combination_error
 from fsfm.engines.select import AUTO
+from fsfm.evidence import inferences_per_face
 from fsfm.face.detector import (
     DEFAULT_DETECTOR,
     DEFAULT_MIN_FACE_SIZE,
@@ -81,6 +83,12 @@ class Settings(BaseSettings):
     max_faces_per_request: int = Field(
         default=64, ge=1, description="faces judged per request, the largest first (at most max_queue_size)"
     )
+    max_evidence_faces: int = Field(
+        default=4,
+        ge=1,
+        description="faces per request that get the heatmap and robustness evidence when asked, the most "
+        "suspicious first (each costs up to 51 extra inferences; at most what max_queue_size holds)",
+    )
     max_grpc_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(default=30.0, gt=0, description="per-request deadline")
     api_keys: Annotated[list[str], NoDecode] = Field(
@@ -131,6 +139,12 @@ class Settings(BaseSettings):
         """The faces a request may have judged: never more than the queue holds, so that no request is
         refused for its size on an idle server."""
         return min(self.max_faces_per_request, self.max_queue_size)
+
+    def evidence_faces(self, kinds: Collection[str]) -> int:
+        """The judged faces of a request that get the per-face evidence ``kinds``: ``max_evidence_faces``, never
+        more than the queue holds with their extra inferences (0: not even one face's fit)."""
+        per_face = inferences_per_face(kinds)
+        return min(self.max_evidence_faces, self.max_queue_size // per_face) if per_face else 0
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_pixels=self.max_pixels, max_side=self.max_side)

@@ -86,6 +86,24 @@ def test_scores_match_the_model_on_the_same_crop(mtcnn_dir, astronaut_path, mode
     assert entry["verdict"]["score"] == face["score"]
 
 
+def test_evidence_is_added_when_asked_and_unknown_kinds_are_an_option_error(mtcnn_dir, astronaut_path, models) -> None:
+    import hashlib
+
+    code, payload, _ = analyze(str(astronaut_path), "--models", str(models), "--evidence", "robustness,audit")
+    assert code == 0
+    (entry,) = payload
+    assert entry["audit"]["input_sha256"] == hashlib.sha256(astronaut_path.read_bytes()).hexdigest()
+    assert set(entry["faces"][0]["evidence"]) == {"robustness"}
+    code, _, stderr = analyze(str(astronaut_path), "--models", str(models), "--evidence", "saliency")
+    assert code == 2 and "saliency" in stderr
+    small_queue = CliRunner().invoke(
+        app,
+        ["analyze", str(astronaut_path), "--models", str(models), "--evidence", "heatmap"],
+        env={"FSFM_MAX_QUEUE_SIZE": "48"},  # under the heatmap's 49 inferences per face
+    )
+    assert small_queue.exit_code == 2 and "49 inferences per face" in small_queue.stderr
+
+
 def test_group_photo_reports_every_face(mtcnn_dir, group_photo_path, models) -> None:
     code, payload, _ = analyze(str(group_photo_path), "--models", str(models), "--threshold", "0.0")
     assert code == 0

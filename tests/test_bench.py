@@ -194,6 +194,22 @@ def test_pipeline_times_every_stage(package: ModelPackage, mtcnn_dir, astronaut_
     assert (result.width, result.height, result.faces) == (512, 512, 1)
 
 
+def test_pipeline_measures_each_evidence_kind_per_face(package: ModelPackage, mtcnn_dir, astronaut_jpeg) -> None:
+    from benchmarks.engine import create_bench_engine
+    from benchmarks.pipeline import pipeline_table
+
+    engine = create_bench_engine("onnxruntime", package)
+    result = bench_pipeline(astronaut_jpeg, package, create_detector(), engine, 1, {"audit", "heatmap", "robustness"})
+    assert [(c.kind, c.inferences, c.per) for c in result.evidence] == [
+        ("heatmap", 49, "face"),
+        ("robustness", 2, "face"),
+        ("audit", 0, "request"),
+    ]
+    assert all(c.median_ms > 0 for c in result.evidence)
+    assert "| heatmap " in pipeline_table(result) and [s.stage for s in result.stages] == list(STAGES)
+    assert bench_pipeline(astronaut_jpeg, package, create_detector(), engine, 1).evidence == []
+
+
 def test_pipeline_refuses_an_image_without_faces(package: ModelPackage, mtcnn_dir) -> None:
     from benchmarks.engine import create_bench_engine
 

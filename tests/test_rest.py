@@ -425,12 +425,13 @@ def test_openapi_documents_the_upload_the_answers_and_the_errors(client) -> None
     operation = spec["paths"]["/v1/deepfake"]["post"]
     form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert form["required"] == ["file"] and form["properties"]["file"]["format"] == "binary"
-    assert {"model", "threshold", "target_fpr", "fps", "max_frames"} <= set(form["properties"])
-    assert {p["name"] for p in operation["parameters"]} == {"model", "threshold", "target_fpr", "fps", "max_frames"}
+    params = {"model", "threshold", "target_fpr", "fps", "max_frames", "evidence"}
+    assert params <= set(form["properties"])
+    assert {p["name"] for p in operation["parameters"]} == params
     ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
     assert "notice" in spec["components"]["schemas"]["ModelRef"]["properties"]
     assert ok["$ref"].endswith("/AnalysisResponse")
-    assert len(spec["components"]["schemas"]["AnalysisResponse"]["examples"]) == 2
+    assert len(spec["components"]["schemas"]["AnalysisResponse"]["examples"]) == 3  # image, video, with evidence
     for status in ("400", "401", "404", "413", "415", "422", "429", "503", "504"):
         content = operation["responses"][status]["content"]["application/json"]
         assert content["schema"]["$ref"].endswith("/ErrorResponse") and content["example"]["error"]["reason"], status

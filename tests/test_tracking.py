@@ -106,6 +106,11 @@ def test_segments_are_runs_of_the_smoothed_score_at_or_above_the_threshold() -> 
         Segment(114, 115, 1.4, 1.5, 0.8),
     )
     assert SegmentFinder(threshold=0.5).segments() == ()
+    # The smoothed score starts with the track's third frame: one odd first frame opens nothing.
+    odd_start = SegmentFinder(threshold=0.5)
+    for i, score in enumerate([0.95, 0.1, 0.1, 0.1]):
+        odd_start.add(i, i, score)
+    assert odd_start.segments() == () and odd_start.peak == pytest.approx(0.383, abs=1e-3)
 
 
 def test_the_track_score_is_the_mean_of_its_frames_and_labels_by_threshold() -> None:
@@ -114,12 +119,26 @@ def test_the_track_score_is_the_mean_of_its_frames_and_labels_by_threshold() -> 
         tracker.update(step, step, [face(0, 0, score=score)])
     (summary,) = tracker.summaries(label)
     assert summary.score == pytest.approx(0.725) and summary.label == "fake"
-    assert summary.segments == (Segment(1, 3, 1.0, 3.0, 0.9),)
+    assert summary.peak_score == pytest.approx(0.9)
+    assert summary.segments == (Segment(2, 3, 2.0, 3.0, 0.9),)
+
+
+def test_a_person_manipulated_for_part_of_the_video_is_flagged_though_their_mean_is_low() -> None:
+    """The label follows the peak of the smoothed score (a segment), not the mean over the video."""
+    tracker = Tracker(threshold=0.5, keep_frames=True)
+    for step, score in enumerate([0.1] * 10 + [0.9] * 4 + [0.1] * 10):
+        tracker.update(step, step, [face(0, 0, score=score)])
+    (summary,) = tracker.summaries(label)
+    assert summary.score == pytest.approx(0.233, abs=1e-3) and summary.peak_score == pytest.approx(0.9)
+    assert summary.label == "fake" and [(s.start_index, s.end_index) for s in summary.segments] == [(11, 14)]
+    partly_fake, mildly_odd = [0.1] * 10 + [0.9] * 4 + [0.1] * 10, [0.4] * 24
+    assert most_suspicious({1: mildly_odd, 2: partly_fake}) == (2, pytest.approx(0.9))
 
 
 def test_the_verdict_is_the_most_suspicious_track_long_enough_to_decide() -> None:
     long_real, long_fake, short_fake = [0.1] * 10, [0.2, 0.9, 0.9, 0.8], [0.99] * (MIN_VERDICT_FRAMES - 1)
-    assert most_suspicious({1: long_real, 2: long_fake, 3: short_fake}) == (2, pytest.approx(0.7))
+    # The long fake track's peak: the mean of its last three scores, 0.867.
+    assert most_suspicious({1: long_real, 2: long_fake, 3: short_fake}) == (2, pytest.approx(2.6 / 3))
     # Not the mean over everyone: one fake person among many real ones still decides.
     crowd = {i: [0.05] * 10 for i in range(1, 10)} | {10: [0.9] * 10}
     assert most_suspicious(crowd) == (10, pytest.approx(0.9))

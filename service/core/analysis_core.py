@@ -19,11 +19,13 @@ period) ends every admitted request with ``Unavailable("shutting_down")``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
 
 from fsfm.analysis import Verdict, verdict
+from fsfm.evidence import AUDIT, FACE_EVIDENCE_KINDS, audit_record, inferences_per_face, parse_evidence
 from fsfm.face.detector import FaceDetector, create_detector
 from fsfm.package import ModelRepository
 from fsfm.package.manifest import Manifest
@@ -201,11 +203,22 @@ class AnalysisCore:
         self.metrics.request_failure.labels(label, options.task, transport, reason).inc()
 
     def _plan(self, options: AnalysisOptions) -> _Plan:
-        """The checks that need no work: the model, the threshold, the video sampling parameters."""
+        """The checks that need no work: the model, the threshold, the video sampling parameters, the evidence."""
         max_frames = self._max_frames(options)
+        try:
+            evidence = parse_evidence(options.evidence)
+        except ValueError as exc:
+            raise BadInput("unknown_evidence", str(exc)) from None
+        evidence_faces = self.settings.evidence_faces(evidence)
+        if evidence & FACE_EVIDENCE_KINDS and evidence_faces == 0:
+            message = (
+                f"{', '.join(sorted(evidence & FACE_EVIDENCE_KINDS))} costs {inferences_per_face(evidence)} "
+                f"inferences per face; this server's queue holds {self.settings.max_queue_size}"
+            )
+            raise BadInput("evidence_exceeds_queue", message)
         model = self.models.resolve(options)
         threshold, source = _threshold(model.manifest, options)
-        return _Plan(model, threshold, source, max_frames)
+        return _Plan(model, threshold, source, max_frames, evidence, evidence_faces)
 
     async def _analyze(self, request: AnalysisRequest, plan: _Plan, ticket: Ticket) -> Report:
         options, context = request.options, request.context
@@ -227,7 +240,20 @@ class AnalysisCore:
         else:
             frames, is_video = iter(request.frames or []), len(request.frames or []) > 1
         assert self._pipeline is not None
-        result = await self._pipeline.run(model, frames, threshold, context.deadline, on_prepared=ticket.prepared)
+        audit = None
+        if AUDIT in plan.evidence:  # hashed before the frames are taken: a video's are decoded as they go
+            digest = await asyncio.get_running_loop().run_in_executor(self._cpu, _input_sha256, request)
+            engine = self.models.engines().get(model.label)
+            audit = audit_record(digest, manifest, model.package_sha256, threshold, source, engine, context.request_id)
+        result = await self._pipeline.run(
+            model,
+            frames,
+            threshold,
+            context.deadline,
+            on_prepared=ticket.prepared,
+            evidence=plan.evidence,
+            evidence_faces=plan.evidence_faces,
+        )
         timing = {**result.stage_s, "decode": decode_s + result.stage_s["decode"]}  # a video decodes as it goes
         if request.media is not None:
             self.metrics.stage_duration.labels("decode", model.label).observe(timing["decode"])
@@ -244,6 +270,7 @@ class AnalysisCore:
             verdict=Verdict(None, None, "no_face") if is_video else verdict(frames[0].faces, manifest, threshold),
             timing_ms={stage: round(seconds * 1000, 2) for stage, seconds in timing.items()},
             is_video=is_video,
+            audit=audit,
         )
         if is_video and context.stream_id is None:  # an uploaded video is a stream of its own
             report.aggregate = await self._video_aggregate(report)
@@ -278,6 +305,18 @@ class _Plan:
     threshold: float
     threshold_source: str
     max_frames: int
+    evidence: frozenset[str]
+    evidence_faces: int  # the judged faces that get the heatmap and probes asked for
+
+
+def _input_sha256(request: AnalysisRequest) -> str:
+    """SHA-256 of what the request sent: its media's bytes, or its frames' packed RGB pixels (gRPC raw images)."""
+    if request.media is not None:
+        return hashlib.sha256(request.media).hexdigest()
+    digest = hashlib.sha256()
+    for frame in request.frames or []:
+        digest.update(frame.rgb.tobytes())
+    return digest.hexdigest()
 
 
 def _threshold(manifest: Manifest, options: AnalysisOptions) -> tuple[float, str]:

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from fsfm.evidence import package_sha256
 from fsfm.package import ModelPackage, ModelRepository, PackageError
 from fsfm.package.manifest import TASKS, Manifest
 from service.batcher import DynamicBatcher, InferenceResult
@@ -51,6 +52,7 @@ class InferenceBackend(Protocol):
 class ServedModel:
     package: ModelPackage
     backend: InferenceBackend
+    package_sha256: str  # ``fsfm.evidence.package_sha256``, read once at load for audit records
 
     @property
     def manifest(self) -> Manifest:
@@ -104,7 +106,7 @@ class ServedModels:
             log.error("skipping model package %s: %s", folder, error)
         for package in self.repository.packages:
             backend = load_backend(package, self.settings, self.metrics)
-            self.models[package.manifest.ref] = ServedModel(package, backend)
+            self.models[package.manifest.ref] = ServedModel(package, backend, package_sha256(package.path))
 
     def start(self) -> None:
         engines = self.engines()

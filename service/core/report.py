@@ -66,6 +66,7 @@ class Report:
     is_video: bool = False
     aggregate: AggregateSnapshot | None = None
     tracks: tuple[TrackSummary, ...] | None = None  # videos: every track, with its frames
+    audit: dict | None = None  # when the request asked for it: ``fsfm.evidence.audit_record``
 
     @property
     def media(self) -> MediaKind:

@@ -20,7 +20,8 @@ MAX_MODEL_NAME_CHARS = 200  # a request's model name, at most (both doors): far 
 class AnalysisOptions:
     """What a request may choose; both doors build one from their parameters. ``fps`` and
     ``max_frames`` apply to videos only (default and ceiling of ``max_frames``: the server's
-    ``max_video_frames``)."""
+    ``max_video_frames``). ``evidence``: the per-request evidence asked for, as a comma-separated
+    string or its parts (``fsfm/evidence.py``; the core refuses unknown kinds)."""
 
     task: str
     model: str | None = None
@@ -28,6 +29,7 @@ class AnalysisOptions:
     target_fpr: float | None = None
     fps: float | None = None
     max_frames: int | None = None
+    evidence: str | Collection[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fsfm.analysis import FaceResult
-from fsfm.package.manifest import TASKS, Manifest
+from fsfm.evidence import EVIDENCE_KINDS, OCCLUSION_METHOD, PROBES
+from fsfm.package.manifest import TASKS, Manifest, Thresholds
 from fsfm.tracking import TrackSummary
 from service.core import FrameReport, Report
 from service.core.request import MAX_MODEL_NAME_CHARS
@@ -44,6 +45,13 @@ class AnalysisParams(BaseModel):
         ge=1,
         description="video only: frames analysed, at most (default and ceiling: the server's max_video_frames)",
     )
+    evidence: str | None = Field(
+        default=None,
+        max_length=100,
+        description=f"comma-separated subset of {', '.join(EVIDENCE_KINDS)}: per-face heatmap and robustness probe, "
+        "and the response's audit record (docs/api.md, Evidence); none by default, and then nothing extra is computed",
+        examples=["heatmap,robustness,audit"],
+    )
 
 
 class ModelRef(BaseModel):
@@ -56,6 +64,64 @@ class ModelRef(BaseModel):
     notice: str | None = Field(
         default=None, description="demo models only: what the model is and how poorly it generalises (its description)"
     )
+
+
+class HeatmapOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal[OCCLUSION_METHOD] = Field(  # type: ignore[valid-type]
+        description="occlusion: each grid cell greyed in turn and the face re-scored (docs/api.md, Evidence)"
+    )
+    grid: list[list[float]] = Field(description="rows x cols: |score - score with the cell greyed|, 0..1")
+    png: str = Field(description="base64 PNG of the grid upsampled to the crop's side, colour-mapped (JET)")
+    box: list[float] = Field(
+        min_length=4,
+        max_length=4,
+        description="[x1, y1, x2, y2]: the crop's square in image pixels, where the PNG goes",
+    )
+
+
+class RobustnessOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    probes: dict[str, float] = Field(description=f"attack score of each probe: {', '.join(PROBES)}")
+    fragile: bool = Field(description="true when some probe's label differs from the face's")
+
+
+class FaceEvidenceOut(BaseModel):
+    """The evidence a request asked for, on each of its most suspicious judged faces (``max_evidence_faces``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    heatmap: HeatmapOut | None = None
+    robustness: RobustnessOut | None = None
+
+
+class AuditModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    version: int
+    package_sha256: str = Field(description="SHA-256 of the package's manifest.json, which pins every graph file")
+    onnx_sha256: str = Field(description="SHA-256 of the package's reference ONNX graph")
+
+
+class AuditOut(BaseModel):
+    """What traces the decision without keeping the media."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str
+    input_sha256: str = Field(description="SHA-256 of the uploaded file's bytes")
+    model: AuditModel
+    thresholds: Thresholds = Field(description="the model's default threshold and operating points")
+    threshold: float = Field(description="the threshold applied")
+    threshold_source: str
+    engine: dict[str, str] | None = Field(
+        description="engine, precision and graph file (null on an API node with a Redis queue: its workers run it)"
+    )
+    code_version: str = Field(description="fsfm <version>+g<commit> (a checkout) or +wheel (installed)")
+    created_at: str = Field(description="ISO 8601, UTC")
 
 
 class FaceOut(BaseModel):
@@ -77,13 +143,14 @@ class FaceOut(BaseModel):
     track_id: int | None = Field(
         default=None, description="videos: the track (person) of a judged face (`tracks`); null when not judged"
     )
+    evidence: FaceEvidenceOut | None = Field(default=None, description="only when the request asked for evidence")
 
 
 class VerdictOut(BaseModel):
     """Image: the most suspicious judged face. Video: the most suspicious track (``track_id``): the
-    highest track score (the mean of its face scores), among the tracks with at least 3 judged faces
-    (among all when none has as many); docs/api.md, "Tracks". No judged face: ``label`` and ``score``
-    are null and ``reason`` says why."""
+    highest track peak (its highest smoothed score, ``TrackOut.peak_score``), among the tracks with at
+    least 3 judged faces (among all when none has as many); docs/api.md, "Tracks". No judged face:
+    ``label`` and ``score`` are null and ``reason`` says why."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -122,7 +189,10 @@ class TrackOut(BaseModel):
 
     track_id: int = Field(description="1, 2, 3, ... in order of first appearance")
     score: float = Field(description="the mean of the track's face scores (FSFM's video score, per person)")
-    label: str = Field(description="score against the response's threshold")
+    peak_score: float = Field(
+        description="its highest smoothed score (mean of 3 consecutive face scores; the mean of all below 3)"
+    )
+    label: str = Field(description="peak_score against the response's threshold: the attack label iff it has a segment")
     frames: list[TrackFrameOut] = Field(description="its judged faces, in video order")
     segments: list[SegmentOut] = Field(description="where its smoothed score stays at or above the threshold")
 
@@ -142,6 +212,31 @@ _FACE_EXAMPLE = {
     "score": 0.031264,
     "label": "real",
     "threshold": 0.5,
+}
+_EVIDENCE_EXAMPLE = {
+    "heatmap": {
+        "method": "occlusion",
+        "grid": [[0.01, 0.02, 0.0], [0.03, 0.21, 0.04], [0.0, 0.05, 0.01]],  # 7 x 7 in answers; shortened
+        "png": "iVBORw0KGgoAAAANSUhEUgAAAOAAAADgCAIAAACVT/22...",
+        "box": [163.0, 55.0, 293.0, 185.0],
+    },
+    "robustness": {"probes": {"jpeg_q50": 0.041, "downscale_0.5": 0.62}, "fragile": True},
+}
+_AUDIT_EXAMPLE = {
+    "request_id": "4f1c2a9e7b3d4e5f8a6b7c8d9e0f1a2b",
+    "input_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "model": {
+        "name": "fsfm-dfd",
+        "version": 1,
+        "package_sha256": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+        "onnx_sha256": "fcde2b2edba56bf408601fb721fe9b5c338d10ee429ea04fae5511b68fbf8fb9",
+    },
+    "thresholds": {"default": 0.5, "operating_points": []},
+    "threshold": 0.5,
+    "threshold_source": "default",
+    "engine": {"engine": "onnxruntime", "precision": "fp32", "file": "model.onnx"},
+    "code_version": "fsfm 0.1.0+g1a2b3c4d5e6f",
+    "created_at": "2026-12-03T15:04:05.123+00:00",
 }
 _IMAGE_EXAMPLE = {
     "request_id": "4f1c2a9e7b3d4e5f8a6b7c8d9e0f1a2b",
@@ -173,6 +268,7 @@ _VIDEO_EXAMPLE = {
         {
             "track_id": 1,
             "score": 0.633421,
+            "peak_score": 0.633421,
             "label": "fake",
             "frames": [
                 {"index": 0, "time_s": 0.0, "box": [184.2, 71.9, 272.5, 185.3], "score": 0.031264},
@@ -185,12 +281,20 @@ _VIDEO_EXAMPLE = {
     ],
     "verdict": {"label": "fake", "score": 0.633421, "track_id": 1},
 }
+_EVIDENCE_RESPONSE_EXAMPLE = {  # evidence=heatmap,robustness,audit
+    **{k: v for k, v in _IMAGE_EXAMPLE.items() if k not in ("faces", "timing_ms")},
+    "faces": [{**_FACE_EXAMPLE, "evidence": _EVIDENCE_EXAMPLE}],
+    "timing_ms": {**_IMAGE_EXAMPLE["timing_ms"], "evidence": 1650.2, "total": 1763.7},
+    "audit": _AUDIT_EXAMPLE,
+}
 
 
 class AnalysisResponse(BaseModel):
     """An image's faces (``faces``) or a video's sampled frames (``frames``), and the verdict."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_IMAGE_EXAMPLE, _VIDEO_EXAMPLE]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [_IMAGE_EXAMPLE, _VIDEO_EXAMPLE, _EVIDENCE_RESPONSE_EXAMPLE]}
+    )
 
     request_id: str
     model: ModelRef
@@ -203,7 +307,8 @@ class AnalysisResponse(BaseModel):
         default=None, description="videos: the judged faces linked into one track per person, by id"
     )
     verdict: VerdictOut
-    timing_ms: dict[str, float] = Field(description="decode, detect, queue, infer, total")
+    timing_ms: dict[str, float] = Field(description="decode, detect, queue, infer, total; evidence when asked for")
+    audit: AuditOut | None = Field(default=None, description="only when the request asked for evidence=audit")
 
 
 class ErrorDetail(BaseModel):
@@ -268,6 +373,8 @@ def report_json(report: Report) -> dict[str, Any]:
         body["tracks"] = [track_json(track) for track in report.tracks or ()]
         body["verdict"]["track_id"] = report.verdict.track_id
     body["timing_ms"] = report.timing_ms
+    if report.audit is not None:
+        body["audit"] = report.audit
     return body
 
 
@@ -293,6 +400,7 @@ def track_json(track: TrackSummary) -> dict[str, Any]:
     return {
         "track_id": track.track_id,
         "score": round(track.score, 6),
+        "peak_score": round(track.peak_score, 6),
         "label": track.label,
         "frames": [
             {"index": f.index, "time_s": f.time_s, "box": list(f.box), "score": round(f.score, 6)} for f in track.frames

@@ -37,16 +37,18 @@ class Image(_message.Message):
     def __init__(self, encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ...) -> None: ...
 
 class AnalysisOptions(_message.Message):
-    __slots__ = ("task", "model", "threshold", "target_fpr")
+    __slots__ = ("task", "model", "threshold", "target_fpr", "evidence")
     TASK_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     TARGET_FPR_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     task: Task
     model: str
     threshold: float
     target_fpr: float
-    def __init__(self, task: _Optional[_Union[Task, str]] = ..., model: _Optional[str] = ..., threshold: _Optional[float] = ..., target_fpr: _Optional[float] = ...) -> None: ...
+    evidence: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task: _Optional[_Union[Task, str]] = ..., model: _Optional[str] = ..., threshold: _Optional[float] = ..., target_fpr: _Optional[float] = ..., evidence: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("image", "options", "index", "time_s")
@@ -81,7 +83,7 @@ class Box(_message.Message):
     def __init__(self, x1: _Optional[float] = ..., y1: _Optional[float] = ..., x2: _Optional[float] = ..., y2: _Optional[float] = ...) -> None: ...
 
 class Face(_message.Message):
-    __slots__ = ("box", "landmarks", "detection_score", "judged", "score", "label", "threshold", "reason", "track_id")
+    __slots__ = ("box", "landmarks", "detection_score", "judged", "score", "label", "threshold", "reason", "track_id", "evidence")
     BOX_FIELD_NUMBER: _ClassVar[int]
     LANDMARKS_FIELD_NUMBER: _ClassVar[int]
     DETECTION_SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +93,7 @@ class Face(_message.Message):
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     box: Box
     landmarks: _containers.RepeatedCompositeFieldContainer[Point]
     detection_score: float
@@ -100,7 +103,81 @@ class Face(_message.Message):
     threshold: float
     reason: str
     track_id: int
-    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., landmarks: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., detection_score: _Optional[float] = ..., judged: _Optional[bool] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., threshold: _Optional[float] = ..., reason: _Optional[str] = ..., track_id: _Optional[int] = ...) -> None: ...
+    evidence: FaceEvidence
+    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., landmarks: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., detection_score: _Optional[float] = ..., judged: _Optional[bool] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., threshold: _Optional[float] = ..., reason: _Optional[str] = ..., track_id: _Optional[int] = ..., evidence: _Optional[_Union[FaceEvidence, _Mapping]] = ...) -> None: ...
+
+class Heatmap(_message.Message):
+    __slots__ = ("method", "rows", "cols", "grid", "png", "box")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    GRID_FIELD_NUMBER: _ClassVar[int]
+    PNG_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    rows: int
+    cols: int
+    grid: _containers.RepeatedScalarFieldContainer[float]
+    png: bytes
+    box: Box
+    def __init__(self, method: _Optional[str] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., grid: _Optional[_Iterable[float]] = ..., png: _Optional[bytes] = ..., box: _Optional[_Union[Box, _Mapping]] = ...) -> None: ...
+
+class Robustness(_message.Message):
+    __slots__ = ("probes", "fragile")
+    class ProbesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    PROBES_FIELD_NUMBER: _ClassVar[int]
+    FRAGILE_FIELD_NUMBER: _ClassVar[int]
+    probes: _containers.ScalarMap[str, float]
+    fragile: bool
+    def __init__(self, probes: _Optional[_Mapping[str, float]] = ..., fragile: _Optional[bool] = ...) -> None: ...
+
+class FaceEvidence(_message.Message):
+    __slots__ = ("heatmap", "robustness")
+    HEATMAP_FIELD_NUMBER: _ClassVar[int]
+    ROBUSTNESS_FIELD_NUMBER: _ClassVar[int]
+    heatmap: Heatmap
+    robustness: Robustness
+    def __init__(self, heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., robustness: _Optional[_Union[Robustness, _Mapping]] = ...) -> None: ...
+
+class AuditModel(_message.Message):
+    __slots__ = ("name", "version", "package_sha256", "onnx_sha256")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ONNX_SHA256_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    package_sha256: str
+    onnx_sha256: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., package_sha256: _Optional[str] = ..., onnx_sha256: _Optional[str] = ...) -> None: ...
+
+class Audit(_message.Message):
+    __slots__ = ("request_id", "input_sha256", "model", "thresholds_json", "threshold", "threshold_source", "engine", "code_version", "created_at")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_JSON_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    CODE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    input_sha256: str
+    model: AuditModel
+    thresholds_json: str
+    threshold: float
+    threshold_source: str
+    engine: EngineChoice
+    code_version: str
+    created_at: str
+    def __init__(self, request_id: _Optional[str] = ..., input_sha256: _Optional[str] = ..., model: _Optional[_Union[AuditModel, _Mapping]] = ..., thresholds_json: _Optional[str] = ..., threshold: _Optional[float] = ..., threshold_source: _Optional[str] = ..., engine: _Optional[_Union[EngineChoice, _Mapping]] = ..., code_version: _Optional[str] = ..., created_at: _Optional[str] = ...) -> None: ...
 
 class Verdict(_message.Message):
     __slots__ = ("label", "score", "reason", "track_id")
@@ -129,7 +206,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., demo: _Optional[bool] = ..., notice: _Optional[str] = ...) -> None: ...
 
 class ImageAnalysis(_message.Message):
-    __slots__ = ("request_id", "model", "threshold", "threshold_source", "faces", "verdict", "timing_ms")
+    __slots__ = ("request_id", "model", "threshold", "threshold_source", "faces", "verdict", "timing_ms", "audit")
     class TimingMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +221,7 @@ class ImageAnalysis(_message.Message):
     FACES_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     TIMING_MS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: ModelInfo
     threshold: float
@@ -151,7 +229,8 @@ class ImageAnalysis(_message.Message):
     faces: _containers.RepeatedCompositeFieldContainer[Face]
     verdict: Verdict
     timing_ms: _containers.ScalarMap[str, float]
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., threshold: _Optional[float] = ..., threshold_source: _Optional[str] = ..., faces: _Optional[_Iterable[_Union[Face, _Mapping]]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., timing_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    audit: Audit
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., threshold: _Optional[float] = ..., threshold_source: _Optional[str] = ..., faces: _Optional[_Iterable[_Union[Face, _Mapping]]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., timing_ms: _Optional[_Mapping[str, float]] = ..., audit: _Optional[_Union[Audit, _Mapping]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "reason", "message")
@@ -210,32 +289,36 @@ class TrackFrame(_message.Message):
     def __init__(self, index: _Optional[int] = ..., time_s: _Optional[float] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., score: _Optional[float] = ...) -> None: ...
 
 class Track(_message.Message):
-    __slots__ = ("track_id", "score", "label", "frames", "segments")
+    __slots__ = ("track_id", "score", "label", "frames", "segments", "peak_score")
     TRACK_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    PEAK_SCORE_FIELD_NUMBER: _ClassVar[int]
     track_id: int
     score: float
     label: str
     frames: _containers.RepeatedCompositeFieldContainer[TrackFrame]
     segments: _containers.RepeatedCompositeFieldContainer[TrackSegment]
-    def __init__(self, track_id: _Optional[int] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[TrackFrame, _Mapping]]] = ..., segments: _Optional[_Iterable[_Union[TrackSegment, _Mapping]]] = ...) -> None: ...
+    peak_score: float
+    def __init__(self, track_id: _Optional[int] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[TrackFrame, _Mapping]]] = ..., segments: _Optional[_Iterable[_Union[TrackSegment, _Mapping]]] = ..., peak_score: _Optional[float] = ...) -> None: ...
 
 class TrackAggregate(_message.Message):
-    __slots__ = ("track_id", "frames", "score", "label", "segments")
+    __slots__ = ("track_id", "frames", "score", "label", "segments", "peak_score")
     TRACK_ID_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    PEAK_SCORE_FIELD_NUMBER: _ClassVar[int]
     track_id: int
     frames: int
     score: float
     label: str
     segments: _containers.RepeatedCompositeFieldContainer[TrackSegment]
-    def __init__(self, track_id: _Optional[int] = ..., frames: _Optional[int] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[TrackSegment, _Mapping]]] = ...) -> None: ...
+    peak_score: float
+    def __init__(self, track_id: _Optional[int] = ..., frames: _Optional[int] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[TrackSegment, _Mapping]]] = ..., peak_score: _Optional[float] = ...) -> None: ...
 
 class FrameResult(_message.Message):
     __slots__ = ("sequence", "index", "time_s", "analysis", "error", "aggregate", "tracks")
@@ -286,7 +369,7 @@ class FrameAnalysis(_message.Message):
     def __init__(self, index: _Optional[int] = ..., time_s: _Optional[float] = ..., faces: _Optional[_Iterable[_Union[Face, _Mapping]]] = ...) -> None: ...
 
 class VideoAnalysis(_message.Message):
-    __slots__ = ("request_id", "model", "threshold", "threshold_source", "frames", "verdict", "timing_ms", "tracks")
+    __slots__ = ("request_id", "model", "threshold", "threshold_source", "frames", "verdict", "timing_ms", "tracks", "audit")
     class TimingMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -302,6 +385,7 @@ class VideoAnalysis(_message.Message):
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     TIMING_MS_FIELD_NUMBER: _ClassVar[int]
     TRACKS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: ModelInfo
     threshold: float
@@ -310,7 +394,8 @@ class VideoAnalysis(_message.Message):
     verdict: Verdict
     timing_ms: _containers.ScalarMap[str, float]
     tracks: _containers.RepeatedCompositeFieldContainer[Track]
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., threshold: _Optional[float] = ..., threshold_source: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[FrameAnalysis, _Mapping]]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., timing_ms: _Optional[_Mapping[str, float]] = ..., tracks: _Optional[_Iterable[_Union[Track, _Mapping]]] = ...) -> None: ...
+    audit: Audit
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., threshold: _Optional[float] = ..., threshold_source: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[FrameAnalysis, _Mapping]]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., timing_ms: _Optional[_Mapping[str, float]] = ..., tracks: _Optional[_Iterable[_Union[Track, _Mapping]]] = ..., audit: _Optional[_Union[Audit, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
