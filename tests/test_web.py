@@ -9,6 +9,7 @@ to keep as artefacts; ``docs/web-image.png`` in the README is one of them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -334,6 +335,7 @@ def test_a_video_gets_a_timeline_per_track_whose_points_show_their_frames(page, 
         np.testing.assert_allclose(shown["drawn"], face["box"], atol=BOX_TOLERANCE_PX)
     page.screenshot(screenshots / "web-video.png")
     page.evaluate("document.getElementById('threshold-default').click()")
+    page.evaluate("document.getElementById('threshold-value').value = '0.5'")
     assert_only_this_server(page, server)
 
 
@@ -376,3 +378,39 @@ def test_the_page_fits_a_phone_and_works_by_keyboard(browser, server, screenshot
     assert hidden == [True, False]
     tab.screenshot(screenshots / "web-phone.png")
     assert_only_this_server(tab, server)
+
+
+EVIDENCE_BOXES = ("evidence-heatmap", "evidence-robustness", "evidence-audit")
+
+
+def test_evidence_the_heatmap_on_the_face_crop_the_probes_and_the_audit(
+    page, server, astronaut_path, screenshots
+) -> None:
+    page.evaluate("document.getElementById('tab-image').click()")
+    for box in EVIDENCE_BOXES:
+        page.evaluate(f"document.getElementById('{box}').click()")
+    answer = analysed(page, "#image-file", astronaut_path, "image-json")
+    [face] = answer["faces"]
+    heatmap = face["evidence"]["heatmap"]
+    drawn = page.evaluate(
+        """[...document.querySelectorAll('#image-overlay .heatmap')].map((image) => ({
+             href: image.getAttribute('href'),
+             box: ['x', 'y', 'width', 'height'].map((name) => Number(image.getAttribute(name))),
+             shown: image.getBBox().width > 0,
+           }))"""
+    )
+    x1, y1, x2, y2 = heatmap["box"]
+    png = f"data:image/png;base64,{heatmap['png']}"
+    assert drawn == [{"href": png, "box": [x1, y1, x2 - x1, y2 - y1], "shown": True}]
+    robustness = face["evidence"]["robustness"]
+    note = page.evaluate("document.querySelector('#image-faces tbody tr').lastChild.textContent")
+    probes = ", ".join(f"{name} {value:.3f}" for name, value in robustness["probes"].items())
+    assert note == f"{'fragile' if robustness['fragile'] else 'robust'} ({probes})"
+    audit = page.evaluate("document.getElementById('image-audit').textContent")
+    assert answer["audit"]["input_sha256"] == hashlib.sha256(astronaut_path.read_bytes()).hexdigest()
+    assert f"upload SHA-256 {answer['audit']['input_sha256']}" in audit
+    page.screenshot(screenshots / "web-evidence.png")
+    for box in EVIDENCE_BOXES:
+        page.evaluate(f"document.getElementById('{box}').click()")
+    assert page.evaluate("document.querySelectorAll('#image-overlay .heatmap').length") == 0
+    assert_only_this_server(page, server)

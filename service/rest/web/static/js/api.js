@@ -70,12 +70,8 @@ export function listModels() {
   return request('/v1/models');
 }
 
-/** What this server offers beyond the analysis routes, read from its OpenAPI document. */
-export async function capabilities() {
+/** Whether this server offers the job API, read from its OpenAPI document. */
+export async function offersJobs() {
   const openapi = await request('/openapi.json');
-  const paths = openapi.paths || {};
-  const upload = paths['/v1/deepfake']?.post?.requestBody?.content?.['multipart/form-data']?.schema;
-  const evidence = upload?.properties?.evidence !== undefined
-    || JSON.stringify(openapi.components?.schemas?.AnalysisParams || {}).includes('"evidence"');
-  return { jobs: '/v1/jobs' in paths, evidence };
+  return '/v1/jobs' in (openapi.paths || {});
 }

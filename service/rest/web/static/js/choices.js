@@ -12,7 +12,7 @@ function option(value, text) {
 }
 
 export class Choices {
-  constructor(form, listing, capabilities, onChange) {
+  constructor(form, listing, onChange) {
     this.form = form;
     this.entries = listing.models;
     this.onChange = onChange;
@@ -21,11 +21,6 @@ export class Choices {
     this.thresholdValue = form.querySelector('#threshold-value');
     this.fprValue = form.querySelector('#fpr-value');
     this.heatmap = form.querySelector('#evidence-heatmap');
-    const note = form.querySelector('#evidence-note');
-    if (!capabilities.evidence) {
-      this.heatmap.disabled = true;
-      note.textContent = 'This server does not offer evidence.';
-    }
     const tasks = [...new Set(this.entries.map((entry) => entry.manifest.task))];
     tasks.sort((a, b) => TASK_ORDER.indexOf(a) - TASK_ORDER.indexOf(b));
     this.task.replaceChildren(...tasks.map((task) => option(task, task)));
@@ -86,7 +81,8 @@ export class Choices {
     if (this.model.value) params.model = this.model.value;
     if (mode === 'threshold') params.threshold = this.thresholdValue.value;
     if (mode === 'target_fpr' && this.fprValue.value) params.target_fpr = this.fprValue.value;
-    if (this.heatmap.checked && !this.heatmap.disabled) params.evidence = 'heatmap';
+    const evidence = [...this.form.querySelectorAll('input[name="evidence"]:checked')].map((box) => box.value);
+    if (evidence.length) params.evidence = evidence.join(',');
     return params;
   }
 

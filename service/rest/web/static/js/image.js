@@ -27,6 +27,12 @@ export function imageView(root, choices, showModel) {
       draw();
       format.verdict(root.querySelector('#image-verdict'), 'Verdict', answer);
       facesTable(root.querySelector('#image-faces'), answer.faces, answer.threshold);
+      const audit = root.querySelector('#image-audit');
+      audit.hidden = !answer.audit;
+      if (answer.audit) {
+        audit.textContent = `Audit: upload SHA-256 ${answer.audit.input_sha256}, model package SHA-256 `
+          + `${answer.audit.model.package_sha256}, ${answer.audit.code_version}, ${answer.audit.created_at}.`;
+      }
       root.querySelector('#image-json').textContent = JSON.stringify(answer, null, 2);
       const judged = answer.faces.filter((face) => face.score !== null && face.score !== undefined).length;
       setStatus(status, `${answer.faces.length} face(s) found, ${judged} judged, in ${answer.timing_ms.total} ms.`);

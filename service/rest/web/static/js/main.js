@@ -2,7 +2,7 @@
 // (/v1/models and /openapi.json), then wires the settings, the three views and their tabs, and keeps
 // the model line and the demo banner up to date (a demo model's verdicts are not fit for decisions).
 
-import { capabilities, listModels, onKeyNeeded } from './api.js';
+import { listModels, offersJobs, onKeyNeeded } from './api.js';
 import { Choices } from './choices.js';
 import * as format from './format.js';
 import { imageView } from './image.js';
@@ -70,10 +70,10 @@ async function start() {
   tabs();
   const line = document.getElementById('model-line');
   let listing;
-  let offers;
+  let jobs;
   try {
     listing = await listModels();
-    offers = await capabilities();
+    jobs = await offersJobs();
   } catch (error) {
     setStatus(line, `Cannot read the served models (${error.reason ?? 'error'}): ${error.message}`, true);
     return;
@@ -82,11 +82,11 @@ async function start() {
     setStatus(line, 'This server serves no model.', true);
     return;
   }
-  const choices = new Choices(document.getElementById('choices'), listing, offers, (entry) => {
+  const choices = new Choices(document.getElementById('choices'), listing, (entry) => {
     if (entry) showModel({ ...entry.manifest, notice: entry.manifest.description || undefined });
   });
   imageView(document.getElementById('view-image'), choices, showModel);
-  videoView(document.getElementById('view-video'), choices, showModel, offers);
+  videoView(document.getElementById('view-video'), choices, showModel, jobs);
   webcamView(document.getElementById('view-webcam'), choices, showModel);
   document.body.dataset.ready = 'true';
 }

@@ -58,6 +58,18 @@ export function drawFaces(svg, width, height, faces, threshold, options = {}) {
   });
 }
 
+/** What the table says of a judged face besides its score: its track, its robustness probes. */
+function notes(face) {
+  const said = [];
+  if (face.track_id !== undefined && face.track_id !== null) said.push(`track ${face.track_id}`);
+  const robustness = face.evidence?.robustness;
+  if (robustness) {
+    const probes = Object.entries(robustness.probes).map(([name, value]) => `${name} ${format.score(value)}`);
+    said.push(`${robustness.fragile ? 'fragile' : 'robust'} (${probes.join(', ')})`);
+  }
+  return said;
+}
+
 /** The faces as a table: number, verdict, score, threshold, detection score, box, note. */
 export function facesTable(table, faces, threshold) {
   const head = document.createElement('thead');
@@ -76,7 +88,7 @@ export function facesTable(table, faces, threshold) {
       format.score(face.threshold),
       format.score(face.detection_score),
       face.box.map((v) => Math.round(v)).join(', '),
-      judged ? (face.track_id !== undefined && face.track_id !== null ? `track ${face.track_id}` : '') : face.reason,
+      judged ? notes(face).join('; ') : face.reason,
     ];
     cells.forEach((value, column) => {
       const cell = document.createElement(column === 0 ? 'th' : 'td');

@@ -92,8 +92,8 @@ export function plotTrack(track, threshold, durationS, onPick) {
   const caption = document.createElement('figcaption');
   const segments = (track.segments ?? [])
     .map((s) => `${timeSpan(s)} (peak ${format.score(s.peak_score)})`).join(', ');
-  caption.textContent = `${track.title}: ${track.label ?? 'no label'} ${format.score(track.score)} over `
-    + `${track.frames.length} frame(s). Suspicious segments: ${segments || 'none'}.`;
+  caption.textContent = `${track.title}: ${track.label} (peak ${format.score(track.peak_score)}, mean `
+    + `${format.score(track.score)} over ${track.frames.length} frame(s)). Suspicious segments: ${segments || 'none'}.`;
   figure.append(svg, caption);
   return figure;
 }

@@ -14,7 +14,7 @@ const ENDED = new Set(['succeeded', 'failed', 'cancelled']);
 
 const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 
-export function videoView(root, choices, showModel, capabilities) {
+export function videoView(root, choices, showModel, offersJobs) {
   const status = root.querySelector('#video-status');
   const result = root.querySelector('#video-result');
   const player = root.querySelector('#video-player');
@@ -25,7 +25,7 @@ export function videoView(root, choices, showModel, capabilities) {
   const cancel = root.querySelector('#video-cancel');
   let jobId = null;
   let shown = null;
-  let useJobs = capabilities.jobs;
+  let useJobs = offersJobs;
 
   function showProgress(job) {
     const done = job.progress?.frames_done ?? 0;
