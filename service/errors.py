@@ -57,14 +57,29 @@ class ModelNotFound(AnalysisError):
     grpc_code = "NOT_FOUND"
 
 
+class NotFound(AnalysisError):
+    """A resource the request names does not exist (or has expired), e.g. a job."""
+
+    http_status = HTTPStatus.NOT_FOUND
+    grpc_code = "NOT_FOUND"
+
+
+class Conflict(AnalysisError):
+    """The resource's state forbids the request, e.g. cancelling a job that has finished."""
+
+    http_status = HTTPStatus.CONFLICT
+    grpc_code = "FAILED_PRECONDITION"
+
+
 class Overloaded(AnalysisError):
-    """The bounded queue is full: retry later."""
+    """A bounded queue is full: retry later. ``reason`` is ``overloaded`` (the analysis) unless a
+    more specific limit says otherwise (``too_many_jobs``)."""
 
     http_status = HTTPStatus.TOO_MANY_REQUESTS
     grpc_code = "RESOURCE_EXHAUSTED"
 
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
-        super().__init__("overloaded", message)
+    def __init__(self, message: str, retry_after_s: float = 1.0, reason: str = "overloaded") -> None:
+        super().__init__(reason, message)
         self.retry_after_s = retry_after_s
 
 

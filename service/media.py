@@ -60,10 +60,23 @@ class Sampling:
 
 @dataclass
 class Media:
-    """An image's one frame or a video's sampled frames, decoded as ``frames`` is iterated (once)."""
+    """An image's one frame or a video's sampled frames, decoded as ``frames`` is iterated (once);
+    ``planned``: how many frames it will give at most (a video's pixel budget may stop it sooner)."""
 
     kind: MediaKind
     frames: Iterator[Frame]
+    planned: int = 1
+
+
+class VideoFrames(Iterator[Frame]):
+    """A video's sampled frames, decoded as they are iterated; ``planned``: the frames sampled at most."""
+
+    def __init__(self, frames: Iterator[Frame], planned: int) -> None:
+        self._frames = frames
+        self.planned = planned
+
+    def __next__(self) -> Frame:
+        return next(self._frames)
 
 
 _IMAGE_ERRORS: dict[str, type[AnalysisError]] = {
@@ -101,7 +114,7 @@ def decode_media(data: bytes, accept: Collection[MediaKind], limits: ImageLimits
         kinds = "a JPEG, PNG or WebP image, nor an MP4 or WebM video" if "image" in accept else "an MP4 or WebM video"
         raise UnsupportedMedia("unsupported_type", f"not {kinds}")
     frames = decode_video(data, limits, sampling.max_seconds, sampling.max_frames, sampling.fps, sampling.max_pixels)
-    return Media("video", frames)
+    return Media("video", frames, frames.planned)
 
 
 def raw_frame(width: int, height: int, rgb: bytes, limits: ImageLimits) -> np.ndarray:
@@ -138,7 +151,7 @@ def decode_video(
     max_frames: int,
     fps: float | None = None,
     max_pixels: int | None = None,
-) -> Iterator[Frame]:
+) -> VideoFrames:
     """Video bytes -> the sampled frames ``(frame_index, time_s, rgb uint8 (H, W, 3))``, decoded one
     at a time as the iterator is advanced. The header (stream, codec, duration, frame size) is checked
     here; a frame that fails to decode raises while iterating. ``max_pixels`` caps the sampled frames'
@@ -161,7 +174,7 @@ def decode_video(
     except BaseException:
         container.close()
         raise
-    return _decoded_frames(container, stream, targets, limits, max_pixels)
+    return VideoFrames(_decoded_frames(container, stream, targets, limits, max_pixels), len(targets))
 
 
 @contextmanager

@@ -13,7 +13,7 @@ in flight finishes within ``shutdown_grace_s``; what is still in the core then i
 (``core.abort_in_flight``), so each door answers it with its documented error (REST: JSON 503
 ``shutting_down``; gRPC: UNAVAILABLE) before the servers stop. Then both servers stop
 (``STOP_BOUND_S`` at most) and the process exits. A second signal skips what is left of the grace
-period.
+period. Jobs still pending then (``service/jobs/runner.py``) end as failed, ``interrupted``.
 """
 
 from __future__ import annotations
@@ -92,9 +92,10 @@ async def serve(settings: Settings, grpc: bool = True) -> int:
     startup = check_startup(settings, grpc=grpc)  # before anything is bound or announced
     core = AnalysisCore(settings)
     rest_socket = listen(settings.host, settings.port)
+    app = create_app(core, settings)
     rest = HttpServer(
         uvicorn.Config(
-            create_app(core, settings),
+            app,
             lifespan="off",
             log_config=None,
             server_header=False,
@@ -120,6 +121,7 @@ async def serve(settings: Settings, grpc: bool = True) -> int:
 
     code = await _run_until_signal(core, startup, rest_task, signals)
     await _shutdown(core, settings, rest, rest_task, grpc_server, signals)
+    await app.state.jobs.stop()
     return code
 
 

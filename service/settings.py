@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fsfm.engines.registry import ENGINES, combination_error
@@ -23,6 +24,18 @@ from fsfm.face.detector import (
 )
 from fsfm.imaging import ImageLimits
 from fsfm.package.manifest import PRECISIONS
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """What one video request may cost: its longest duration, the frames analysed at most (the ceiling
+    of ``max_frames``), the pixels of those frames in all, and the faces judged (the largest first).
+    Synchronous requests get the server's (``Settings.video_limits``); asynchronous jobs their own."""
+
+    max_seconds: float
+    max_frames: int
+    max_pixels: int
+    max_faces: int
 
 
 class Settings(BaseSettings):
@@ -99,6 +112,37 @@ class Settings(BaseSettings):
     grpc_tls_key: Path | None = None
     shutdown_grace_s: float = Field(default=20.0, ge=0, description="drain time for in-flight work on SIGTERM")
 
+    # Asynchronous jobs and their webhooks (docs/api.md, "Jobs" and "Webhooks").
+    job_ttl_s: float = Field(default=3600.0, gt=0, description="how long a finished job and its result are kept")
+    job_timeout_s: float = Field(default=600.0, gt=0, description="a job's analysis deadline, from when it starts")
+    job_max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1, description="a job's request body limit (413)")
+    job_max_video_seconds: float = Field(default=600.0, gt=0, description="longest video a job accepts")
+    job_max_video_frames: int = Field(default=512, ge=1, description="frames a job analyses per video, at most")
+    job_max_video_pixels: int = Field(
+        default=200_000_000, ge=1, description="pixels of a job video's analysed frames in all; fewer frames past it"
+    )
+    job_max_faces: int = Field(
+        default=256, ge=1, description="faces a job judges, the largest first (at most max_queue_size)"
+    )
+    max_pending_jobs: int = Field(
+        default=16, ge=1, description="jobs queued or running on this node before 429 too_many_jobs"
+    )
+    max_pending_job_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1, description="media bytes held by this node's queued and running jobs (429)"
+    )
+    max_running_jobs: int = Field(default=2, ge=1, description="jobs analysed at once on this node; the rest queue")
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 key of webhook signatures; a job with a callback_url needs it"
+    )
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="hosts a callback_url may name, comma-separated (empty: any host)"
+    )
+    webhook_max_attempts: int = Field(default=5, ge=1, description="deliveries of one webhook, at most")
+    webhook_backoff_s: float = Field(
+        default=1.0, ge=0, description="wait before the 2nd delivery; doubled before each next one"
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="one delivery's time limit")
+
     @field_validator("engine")
     @classmethod
     def _registered_engine(cls, value: str) -> str:
@@ -119,7 +163,7 @@ class Settings(BaseSettings):
             raise ValueError(error)
         return self
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -148,3 +192,14 @@ class Settings(BaseSettings):
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_pixels=self.max_pixels, max_side=self.max_side)
+
+    def video_limits(self) -> VideoLimits:
+        """A synchronous request's video limits."""
+        return VideoLimits(
+            self.max_video_seconds, self.max_video_frames, self.max_video_pixels, self.faces_per_request()
+        )
+
+    def job_video_limits(self) -> VideoLimits:
+        """An asynchronous job's video limits: longer videos than a synchronous request may bring."""
+        faces = min(self.job_max_faces, self.max_queue_size)
+        return VideoLimits(self.job_max_video_seconds, self.job_max_video_frames, self.job_max_video_pixels, faces)

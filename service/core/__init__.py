@@ -10,6 +10,7 @@ from service.core.models import InferenceBackend, ModelListing, ServedModel
 from service.core.report import AggregateSnapshot, FrameReport, Report, StreamAggregate, tracks_verdict
 from service.core.request import AnalysisOptions, AnalysisRequest, RequestContext
 from service.media import Frame
+from service.settings import VideoLimits
 
 __all__ = [
     "CORE_DEADLINE_SLACK_S",
@@ -25,5 +26,6 @@ __all__ = [
     "RequestContext",
     "ServedModel",
     "StreamAggregate",
+    "VideoLimits",
     "tracks_verdict",
 ]

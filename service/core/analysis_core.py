@@ -41,7 +41,7 @@ from service.errors import AnalysisError, BadInput, DeadlineExceeded, InvalidReq
 from service.media import MAX_SAMPLING_FPS, Sampling, decode_media
 from service.metrics import Metrics
 from service.readiness import not_ready_reason
-from service.settings import Settings
+from service.settings import Settings, VideoLimits
 
 log = logging.getLogger("fsfm.service")
 
@@ -154,12 +154,18 @@ class AnalysisCore:
         refused at once, rather than each request after its upload has been read."""
         return self.admission.reserve()
 
+    def check(self, options: AnalysisOptions, video_limits: VideoLimits | None = None) -> None:
+        """The cheap checks ``analyze`` makes first (the model, the threshold, the sampling parameters),
+        for a door that accepts a request now and analyses it later (an asynchronous job); raises
+        their ``AnalysisError`` (not counted: the door counts it through ``refused``)."""
+        self._plan(options, video_limits or self.settings.video_limits())
+
     async def analyze(self, request: AnalysisRequest) -> Report:
         """Admit, analyse and count one request; raises ``AnalysisError`` (counted) when it fails."""
         options, context = request.options, request.context
         try:
             self.admission.check()
-            plan = self._plan(options)
+            plan = self._plan(options, request.video_limits or self.settings.video_limits())
             queued = plan.model.backend.pending
             ticket = self.admission.admit(plan.model.label, queued, self.settings.max_queue_size, request.reservation)
         except AnalysisError as exc:
@@ -202,9 +208,9 @@ class AnalysisCore:
         label = self.models.metric_label(options.model)
         self.metrics.request_failure.labels(label, options.task, transport, reason).inc()
 
-    def _plan(self, options: AnalysisOptions) -> _Plan:
+    def _plan(self, options: AnalysisOptions, limits: VideoLimits) -> _Plan:
         """The checks that need no work: the model, the threshold, the video sampling parameters, the evidence."""
-        max_frames = self._max_frames(options)
+        max_frames = self._max_frames(options, limits.max_frames)
         try:
             evidence = parse_evidence(options.evidence)
         except ValueError as exc:
@@ -218,7 +224,7 @@ class AnalysisCore:
             raise BadInput("evidence_exceeds_queue", message)
         model = self.models.resolve(options)
         threshold, source = _threshold(model.manifest, options)
-        return _Plan(model, threshold, source, max_frames, evidence, evidence_faces)
+        return _Plan(model, threshold, source, max_frames, evidence, evidence_faces, limits)
 
     async def _analyze(self, request: AnalysisRequest, plan: _Plan, ticket: Ticket) -> Report:
         options, context = request.options, request.context
@@ -228,17 +234,19 @@ class AnalysisCore:
         await ticket.preprocessing()
         self.admission.check_queue(model.label, model.backend.pending, self.settings.max_queue_size)
         decode_s = 0.0
+        limits = plan.limits
         if request.media is not None:
-            settings = self.settings
-            sampling = Sampling(settings.max_video_seconds, plan.max_frames, options.fps, settings.max_video_pixels)
+            sampling = Sampling(limits.max_seconds, plan.max_frames, options.fps, limits.max_pixels)
             started = time.monotonic()
             media = await asyncio.get_running_loop().run_in_executor(
-                self._cpu, decode_media, request.media, request.accept, settings.image_limits(), sampling
+                self._cpu, decode_media, request.media, request.accept, self.settings.image_limits(), sampling
             )
             decode_s = time.monotonic() - started
-            frames, is_video = media.frames, media.kind == "video"
+            frames, is_video, planned = media.frames, media.kind == "video", media.planned
         else:
-            frames, is_video = iter(request.frames or []), len(request.frames or []) > 1
+            planned = len(request.frames or [])
+            frames, is_video = iter(request.frames or []), planned > 1
+        progress = context.progress
         assert self._pipeline is not None
         audit = None
         if AUDIT in plan.evidence:  # hashed before the frames are taken: a video's are decoded as they go
@@ -253,6 +261,8 @@ class AnalysisCore:
             on_prepared=ticket.prepared,
             evidence=plan.evidence,
             evidence_faces=plan.evidence_faces,
+            max_faces=limits.max_faces,
+            on_frame=None if progress is None else lambda done: progress(done, planned),
         )
         timing = {**result.stage_s, "decode": decode_s + result.stage_s["decode"]}  # a video decodes as it goes
         if request.media is not None:
@@ -286,11 +296,11 @@ class AnalysisCore:
         finally:
             self.close_stream(stream_id)
 
-    def _max_frames(self, options: AnalysisOptions) -> int:
-        """The frames a video may give: the request's ``max_frames`` within the server's ceiling."""
+    def _max_frames(self, options: AnalysisOptions, ceiling: int) -> int:
+        """The frames a video may give: the request's ``max_frames`` within the ceiling (the server's
+        ``max_video_frames``, or a job's own)."""
         if options.fps is not None and not 0 < options.fps <= MAX_SAMPLING_FPS:
             raise InvalidRequest("invalid_parameter", f"fps is {options.fps}; it must be in (0, {MAX_SAMPLING_FPS:g}]")
-        ceiling = self.settings.max_video_frames
         if options.max_frames is not None and not 1 <= options.max_frames <= ceiling:
             message = f"max_frames is {options.max_frames}; this server allows {ceiling}"
             raise InvalidRequest("invalid_parameter", message)
@@ -307,6 +317,7 @@ class _Plan:
     max_frames: int
     evidence: frozenset[str]
     evidence_faces: int  # the judged faces that get the heatmap and probes asked for
+    limits: VideoLimits
 
 
 def _input_sha256(request: AnalysisRequest) -> str:

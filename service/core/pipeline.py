@@ -100,13 +100,19 @@ class Pipeline:
         on_prepared: Callable[[], None] | None = None,
         evidence: frozenset[str] = frozenset(),
         evidence_faces: int = 0,
+        max_faces: int | None = None,
+        on_frame: Callable[[int], None] | None = None,
     ) -> PipelineResult:
         """``on_prepared`` is called once detection and cropping are done, before inference (admission
-        gives the request's preprocessing slot to the next one). ``evidence``: the kinds asked for, given
-        to the ``evidence_faces`` most suspicious judged faces (``Settings.evidence_faces``)."""
+        gives the request's preprocessing slot to the next one); ``on_frame`` after each frame, with
+        the frames done so far (on the preprocessing thread). ``max_faces`` replaces the pipeline's.
+        ``evidence``: the kinds asked for, given to the ``evidence_faces`` most suspicious judged faces
+        (``Settings.evidence_faces``)."""
         face_kinds = evidence & FACE_EVIDENCE_KINDS
         manifest = model.manifest
-        prepared = await asyncio.get_running_loop().run_in_executor(self.executor, self._prepare, frames, manifest)
+        prepared = await asyncio.get_running_loop().run_in_executor(
+            self.executor, self._prepare, frames, manifest, max_faces or self.max_faces, on_frame
+        )
         if on_prepared is not None:
             on_prepared()
         stage_s = {"decode": prepared.decode_s, "detect": prepared.detect_s, "queue": 0.0, "infer": 0.0}
@@ -162,19 +168,28 @@ class Pipeline:
 
         await loop.run_in_executor(self.executor, attach)
 
-    def _prepare(self, frames: Iterator[Frame], manifest: Manifest) -> Prepared:
+    def _prepare(
+        self, frames: Iterator[Frame], manifest: Manifest, max_faces: int, on_frame: Callable[[int], None] | None
+    ) -> Prepared:
         prepared = Prepared()
         try:
-            self._detect_and_crop(frames, manifest, prepared)
+            self._detect_and_crop(frames, manifest, prepared, max_faces, on_frame)
         finally:
             if prepared.pixels > RELEASE_AFTER_PIXELS:
                 release_memory()  # the frames are gone by now, decoded to the end or not
         return prepared
 
-    def _detect_and_crop(self, frames: Iterator[Frame], manifest: Manifest, prepared: Prepared) -> None:
+    def _detect_and_crop(
+        self,
+        frames: Iterator[Frame],
+        manifest: Manifest,
+        prepared: Prepared,
+        max_faces: int,
+        on_frame: Callable[[int], None] | None,
+    ) -> None:
         """Take the frames one by one (decoding them, for a video) into ``prepared``: their faces, and the
         crops of the request's ``max_faces`` largest."""
-        largest = LargestFaces(self.max_faces)
+        largest = LargestFaces(max_faces)
         while True:
             stop_if_ended()  # the request ended: no more decoding or detection
             started = time.monotonic()
@@ -191,3 +206,5 @@ class Pipeline:
             prepared.frames.append(PreparedFrame(frame.index, frame.time_s, width, height, crops))
             del frame  # before the next one is decoded
             prepared.detect_s += time.monotonic() - detecting
+            if on_frame is not None:
+                on_frame(len(prepared.frames))

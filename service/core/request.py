@@ -7,11 +7,12 @@ gRPC stream) and call ``AnalysisCore.analyze``; nothing else about a request rea
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from service.core.admission import Reservation
 from service.media import MEDIA_KINDS, Frame, MediaKind
+from service.settings import VideoLimits
 
 MAX_MODEL_NAME_CHARS = 200  # a request's model name, at most (both doors): far above any real ``name:version``
 
@@ -32,6 +33,9 @@ class AnalysisOptions:
     evidence: str | Collection[str] | None = None
 
 
+ProgressCallback = Callable[[int, int], None]  # (frames done, frames planned), called from a preprocessing thread
+
+
 @dataclass(frozen=True)
 class RequestContext:
     """Where a request comes from and how long it may take.
@@ -41,6 +45,8 @@ class RequestContext:
     of a stream, whose running aggregate the core keeps and reports in order of ``sequence``;
     ``index`` and ``time_s`` are that frame's number and time as the client gives them (gRPC
     ``Frame.index``, ``Frame.time_s``): its frame report and the stream's track segments carry them.
+    ``progress``, when given, is told after each frame is detected and cropped (an asynchronous job
+    reports it); it runs on a preprocessing thread, so it must only record.
     """
 
     transport: str
@@ -50,13 +56,15 @@ class RequestContext:
     sequence: int = 0
     index: int = 0
     time_s: float = 0.0
+    progress: ProgressCallback | None = None
 
 
 @dataclass(frozen=True)
 class AnalysisRequest:
     """Either ``media`` (encoded bytes, sniffed and decoded by the core; ``accept`` says which kinds
     the door allows) or ``frames`` (already decoded RGB pixels, e.g. gRPC raw images). A door that
-    held the request's place before reading it passes the ``reservation`` on."""
+    held the request's place before reading it passes the ``reservation`` on. ``video_limits``
+    replaces the server's synchronous limits (an asynchronous job's own)."""
 
     options: AnalysisOptions
     context: RequestContext
@@ -64,6 +72,7 @@ class AnalysisRequest:
     frames: list[Frame] | None = None
     accept: Collection[MediaKind] = MEDIA_KINDS
     reservation: Reservation | None = None  # its place in admission's line, held by the door (``reserve``)
+    video_limits: VideoLimits | None = None
 
     def __post_init__(self) -> None:
         if (self.media is None) == (self.frames is None):

@@ -29,6 +29,7 @@ _ERROR_EXAMPLES: dict[int, tuple[str, str]] = {
     401: ("invalid_api_key", "the x-api-key header does not hold an accepted key"),
     404: ("model_not_found", "no model named 'fsfm-dfx'; models: ['fsfm-dfd', 'fsfm-fas']"),
     413: ("body_too_large", "the request body exceeds 26214400 bytes"),
+    409: ("job_finished", "the job has succeeded; only a queued or running job can be cancelled"),
     415: ("unsupported_type", "not a JPEG, PNG or WebP image, nor an MP4 or WebM video"),
     422: ("missing_file", "upload the image or video in the multipart field 'file'; got fields: ['image']"),
     429: ("overloaded", "model fsfm-dfd:1: 256 faces queued, limit 256"),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -33,6 +33,7 @@ TRANSPORT = "rest"
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client went away before its answer
 
 router = APIRouter(tags=["analysis"])
+Params = TypeVar("Params", bound=AnalysisParams)
 
 
 async def analyze(
@@ -78,22 +79,24 @@ async def _disconnect(request: Request) -> None:
         pass
 
 
-def merge_params(query: AnalysisParams, form: dict[str, str]) -> AnalysisParams:
-    """Query parameters and form fields, validated alike; one parameter given both ways is refused."""
+def merge_params(query: Params, form: dict[str, str]) -> Params:
+    """Query parameters and form fields, validated alike (by ``query``'s class: ``AnalysisParams`` or
+    an extension of it); one parameter given both ways is refused."""
+    params = type(query)
     try:
-        from_form = AnalysisParams.model_validate(form)
+        from_form = params.model_validate(form)
     except ValidationError as exc:
         raise InvalidRequest("invalid_parameter", validation_message(exc.errors())) from None
     in_query = query.model_dump(exclude_none=True)
     in_form = from_form.model_dump(exclude_none=True)
     if twice := sorted(in_query.keys() & in_form.keys()):
         raise InvalidRequest("invalid_parameter", f"given both as query parameter and form field: {twice}")
-    return AnalysisParams(**in_query, **in_form)
+    return params(**in_query, **in_form)
 
 
-def _upload_body_schema() -> dict[str, object]:
+def upload_body_schema(params: type[AnalysisParams] = AnalysisParams) -> dict[str, object]:
     """The multipart body, for OpenAPI: the route parses it itself (as a bounded stream), so FastAPI
-    cannot derive it from the signature."""
+    cannot derive it from the signature. ``params``: the form fields besides the upload."""
     properties: dict[str, object] = {
         UPLOAD_FIELD: {
             "type": "string",
@@ -101,7 +104,7 @@ def _upload_body_schema() -> dict[str, object]:
             "description": "JPEG, PNG or WebP image, or MP4/WebM video; the type is sniffed from the bytes",
         },
     }
-    properties.update(AnalysisParams.model_json_schema()["properties"])
+    properties.update(params.model_json_schema()["properties"])
     return {
         "requestBody": {
             "required": True,
@@ -139,6 +142,6 @@ for _task in TASKS:
         methods=["POST"],
         response_model=AnalysisResponse,
         responses=error_responses(400, 401, 404, 413, 415, 422, 429, 503, 504),
-        openapi_extra=_upload_body_schema(),
+        openapi_extra=upload_body_schema(),
         summary=f"Judge the faces of an image or video ({_task})",
     )
