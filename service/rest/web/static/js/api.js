@@ -69,9 +69,3 @@ export function analyze(task, file, params) {
 export function listModels() {
   return request('/v1/models');
 }
-
-/** Whether this server offers the job API, read from its OpenAPI document. */
-export async function offersJobs() {
-  const openapi = await request('/openapi.json');
-  return '/v1/jobs' in (openapi.paths || {});
-}

@@ -1,8 +1,8 @@
 // The page's entry: asks for an API key when the server wants one, reads what the server serves
-// (/v1/models and /openapi.json), then wires the settings, the three views and their tabs, and keeps
+// (/v1/models), then wires the settings, the three views and their tabs, and keeps
 // the model line and the demo banner up to date (a demo model's verdicts are not fit for decisions).
 
-import { listModels, offersJobs, onKeyNeeded } from './api.js';
+import { listModels, onKeyNeeded } from './api.js';
 import { Choices } from './choices.js';
 import * as format from './format.js';
 import { imageView } from './image.js';
@@ -70,10 +70,8 @@ async function start() {
   tabs();
   const line = document.getElementById('model-line');
   let listing;
-  let jobs;
   try {
     listing = await listModels();
-    jobs = await offersJobs();
   } catch (error) {
     setStatus(line, `Cannot read the served models (${error.reason ?? 'error'}): ${error.message}`, true);
     return;
@@ -86,7 +84,7 @@ async function start() {
     if (entry) showModel({ ...entry.manifest, notice: entry.manifest.description || undefined });
   });
   imageView(document.getElementById('view-image'), choices, showModel);
-  videoView(document.getElementById('view-video'), choices, showModel, jobs);
+  videoView(document.getElementById('view-video'), choices, showModel);
   webcamView(document.getElementById('view-webcam'), choices, showModel);
   document.body.dataset.ready = 'true';
 }

@@ -1,9 +1,10 @@
 // The video view: a video dropped or chosen is uploaded as a job (POST /v1/jobs, then GET
-// /v1/jobs/{id} until it ends, with its progress) where the server offers jobs, else analysed in one
-// call (POST /v1/{task}). The answer gives the video verdict and a timeline per face track; choosing
-// a point on a timeline shows that frame of the video with its boxes, the chosen track's face bold.
+// /v1/jobs/{id} until it ends, with its progress; Cancel is DELETE /v1/jobs/{id}), so a long video
+// needs no open request and gets the job limits (docs/api.md, "Jobs"). The answer gives the video
+// verdict and a timeline per face track; choosing a point on a timeline shows that frame of the video
+// with its boxes, the chosen track's face bold.
 
-import { analyze, ApiError, request, uploadForm } from './api.js';
+import { ApiError, request, uploadForm } from './api.js';
 import * as format from './format.js';
 import { drawFaces } from './overlay.js';
 import { plotTrack, tracksOf } from './timeline.js';
@@ -14,7 +15,7 @@ const ENDED = new Set(['succeeded', 'failed', 'cancelled']);
 
 const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 
-export function videoView(root, choices, showModel, offersJobs) {
+export function videoView(root, choices, showModel) {
   const status = root.querySelector('#video-status');
   const result = root.querySelector('#video-result');
   const player = root.querySelector('#video-player');
@@ -25,7 +26,6 @@ export function videoView(root, choices, showModel, offersJobs) {
   const cancel = root.querySelector('#video-cancel');
   let jobId = null;
   let shown = null;
-  let useJobs = offersJobs;
 
   function showProgress(job) {
     const done = job.progress?.frames_done ?? 0;
@@ -35,15 +35,9 @@ export function videoView(root, choices, showModel, offersJobs) {
     progressText.textContent = total ? `${job.status}: ${done} of ${total} frames` : job.status;
   }
 
-  /** The job's answer, or null when this server has no job API. */
+  /** The finished job's answer; ApiError when it failed or was cancelled. */
   async function asJob(task, file, params) {
-    let job;
-    try {
-      job = await request('/v1/jobs', { method: 'POST', body: uploadForm(file, { ...params, task }) });
-    } catch (error) {
-      if (error instanceof ApiError && error.status === 404 && error.reason === 'not_found') return null;
-      throw error;
-    }
+    let job = await request('/v1/jobs', { method: 'POST', body: uploadForm(file, { ...params, task }) });
     jobId = job.job_id;
     progressRow.hidden = false;
     cancel.disabled = false;
@@ -75,12 +69,7 @@ export function videoView(root, choices, showModel, offersJobs) {
     if (player.src) URL.revokeObjectURL(player.src);
     player.src = URL.createObjectURL(file);
     try {
-      let answer = useJobs ? await asJob(task, file, params) : null;
-      if (answer === null) {
-        useJobs = false;
-        setStatus(status, `Analysing ${file.name} (this server has no job API: one request)…`);
-        answer = await analyze(task, file, params);
-      }
+      const answer = await asJob(task, file, params);
       shown = answer;
       showModel(answer.model);
       render(answer);
