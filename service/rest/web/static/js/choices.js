@@ -2,8 +2,6 @@
 // false-positive rate (the chosen model's calibrated operating points), and evidence options.
 // ``params()`` gives the parameters every analysis request carries (docs/api.md, POST /v1/{task}).
 
-const TASK_ORDER = ['deepfake', 'liveness', 'diffusion'];
-
 function option(value, text) {
   const element = document.createElement('option');
   element.value = value;
@@ -21,8 +19,7 @@ export class Choices {
     this.thresholdValue = form.querySelector('#threshold-value');
     this.fprValue = form.querySelector('#fpr-value');
     this.heatmap = form.querySelector('#evidence-heatmap');
-    const tasks = [...new Set(this.entries.map((entry) => entry.manifest.task))];
-    tasks.sort((a, b) => TASK_ORDER.indexOf(a) - TASK_ORDER.indexOf(b));
+    const tasks = [...new Set(this.entries.map((entry) => entry.manifest.task))]; // in the listing's order
     this.task.replaceChildren(...tasks.map((task) => option(task, task)));
     this.task.addEventListener('change', () => this.fillModels());
     this.model.addEventListener('change', () => this.fillThresholds());

@@ -27,8 +27,7 @@ export function webcamView(root, choices, showModel) {
 
   async function loop() {
     const answered = [];
-    const scores = [];
-    let judgedFrames = 0;
+    const scores = []; // each judged frame's most suspicious face
     while (running) {
       const scale = Math.min(1, MAX_SIDE_PX / Math.max(video.videoWidth, video.videoHeight));
       canvas.width = Math.round(video.videoWidth * scale);
@@ -55,12 +54,11 @@ export function webcamView(root, choices, showModel) {
       });
       if (answer.verdict.score !== null && answer.verdict.score !== undefined) {
         scores.push(answer.verdict.score);
-        judgedFrames += 1;
       }
       const fps = answered.length > 1 ? ((answered.length - 1) * 1000) / (now - answered[0]) : null;
       show('#webcam-fps', fps === null ? '–' : `${fps.toFixed(1)} frames/s`);
       show('#webcam-latency', `${Math.round(now - sent)} ms`);
-      show('#webcam-frames', String(judgedFrames));
+      show('#webcam-frames', String(scores.length));
       if (scores.length) {
         const mean = scores.reduce((a, b) => a + b, 0) / scores.length;
         const labels = choices.labelsOf(answer.model);
