@@ -1,7 +1,7 @@
 // The webcam view: live frames from getUserMedia, each drawn on a canvas, sent to POST /v1/{task} as
 // a JPEG, one request at a time (the next frame goes when the answer is back, so the rate follows
 // the server and the network). Each answer's boxes and scores are drawn over the live video, with
-// the running aggregate (the mean over frames of each frame's most suspicious face, as for a video)
+// the running aggregate (the mean, over the frames so far, of each frame's most suspicious face)
 // and the measured frame rate (answers per second over the last FPS_WINDOW frames) and round trip.
 
 import { analyze } from './api.js';
