@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -39,6 +40,7 @@ MAX_FACES = 4  # judged per request: two of the group photo's six faces are not 
 CAMERA_FPS = 5
 BOX_TOLERANCE_PX = 1.5  # drawn box vs answer, in image pixels: layout rounding of the scaled picture
 PHONE_WIDTH_PX = 390
+LONG_CLIP_FRAMES = 120  # frames of a job long enough (seconds on 2 cores) to cancel while it runs
 
 # The boxes drawn in an overlay, in the pixels of the picture under it: each box's on-screen rectangle
 # mapped back through the picture's on-screen rectangle and natural size.
@@ -339,6 +341,31 @@ def test_a_video_gets_a_timeline_per_track_whose_points_show_their_frames(page, 
     page.screenshot(screenshots / "web-video.png")
     page.evaluate("document.getElementById('threshold-default').click()")
     page.evaluate("document.getElementById('threshold-value').value = '0.5'")
+    assert_only_this_server(page, server)
+
+
+def test_a_running_video_job_can_be_cancelled(page, server, tmp_path, astronaut_rgb) -> None:
+    frames = [np.roll(astronaut_rgb, shift, axis=1) for shift in range(LONG_CLIP_FRAMES)]
+    path = tmp_path / "long.webm"
+    path.write_bytes(make_video(frames, "webm", "libvpx", fps=25))
+    page.evaluate("document.getElementById('tab-video').click()")
+    page.evaluate(f"document.getElementById('video-frames').value = '{LONG_CLIP_FRAMES}'")
+    page.choose_files("#video-file", path)
+    page.wait_for("document.getElementById('video-progress-text').textContent.startsWith('running')")
+    page.evaluate("document.getElementById('video-cancel').click()")
+    status = page.wait_for("document.querySelector('#video-status.error')?.textContent")
+    assert status == "Failed (cancelled): the job was cancelled"
+    done, total = map(
+        int,
+        re.fullmatch(
+            r"cancelled: (\d+) of (\d+) frames",
+            page.evaluate("document.getElementById('video-progress-text').textContent"),
+        ).groups(),
+    )
+    assert done < total == LONG_CLIP_FRAMES
+    [(_, job)] = [(method, url) for method, url in page.requests() if method == "DELETE"]
+    assert job.startswith(server.rest_url + "/v1/jobs/")
+    page.evaluate("document.getElementById('video-frames').value = ''")
     assert_only_this_server(page, server)
 
 
