@@ -4,7 +4,7 @@ analysed through it, and what it drew is compared with the API's JSON answers an
 positions. Every tab's network log must hold this server's URLs only (and blob:/data: ones).
 
 A screenshot of each view is written to ``$FSFM_SCREENSHOTS`` (default: a pytest temp folder), for CI
-to keep as artefacts; ``docs/web-image.png`` in the README is one of them.
+to keep as artefacts; ``docs/web-image.png`` (in the README) and ``docs/web-video.png`` are two of them.
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ from tests.browser import Browser, Tab
 from tests.faces import ASTRONAUT_FACE_BOX, assert_group_faces, iou
 from tests.packages import make_tiny_package
 from tests.servers import RunningServer, running_server
-from tests.test_rest import make_video
+from tests.test_rest import DEMO_DESCRIPTION, make_video
 
 API_KEY = "web-page-key"
-DEMO_DESCRIPTION = "DEMO: a tiny random ViT, at chance on every face"
 MAX_VIDEO_FRAMES = 8
 MAX_FACES = 4  # judged per request: two of the group photo's six faces are not judged (face_limit)
 CAMERA_FPS = 5
