@@ -2,7 +2,8 @@
 
 ``create_app(core, settings)``: the API (docs/api.md). API keys, when configured, guard the ``/v1``
 routers (analysis, models, jobs); the probes, the OpenAPI document and its pages (``/docs``,
-``/redoc``, served from packaged assets: ``service/rest/docs.py``) stay open for probes, scrapers
+``/redoc``, served from packaged assets: ``service/rest/docs.py``) and the web page (``/``, ``/ui``:
+``service/rest/web/``, which asks for a key when the API answers 401) stay open for probes, scrapers
 and people. ``create_probe_app``: the operations routes alone, over any ``Probes`` (``fsfm worker``
 serves it on its metrics port). The caller starts and stops the core, and stops the job runner
 (``app.state.jobs``): ``service/server.py``.
@@ -21,6 +22,7 @@ from service.rest.docs import add_offline_docs
 from service.rest.errors import add_error_handlers
 from service.rest.gate import AdmissionGate
 from service.rest.routes import analysis, jobs, models, operations
+from service.rest.web import add_web_page
 from service.settings import Settings
 
 TITLE = "fsfm"
@@ -39,6 +41,7 @@ def create_app(core: AnalysisCore, settings: Settings) -> FastAPI:
     app.include_router(models.router, dependencies=guarded)
     app.include_router(jobs.router, dependencies=guarded)
     app.include_router(operations.router)
+    add_web_page(app)
     add_error_handlers(app)
     app.add_middleware(AdmissionGate, core=core, api_keys=app.state.api_keys)  # refusals before any routing
     if settings.cors_origins:
