@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ from fsfm.package.manifest import Manifest
 from fsfm.scoring import resolve_threshold
 from service.cancellation import ContextThreadPool, watch
 from service.core.admission import Admission, Reservation, Ticket
+from service.core.detection import LoadAwareDetector
 from service.core.models import ModelListing, ServedModel, ServedModels
 from service.core.pipeline import Pipeline
 from service.core.report import AGGREGATE_WINDOW_FRAMES, AggregateSnapshot, FrameReport, Report
@@ -71,9 +73,13 @@ class AnalysisCore:
         ``repository`` and ``detector``, when given, are what the start-up checks already read
         (``service/startup.py``); else they are made here."""
         loop = asyncio.get_running_loop()
+        config = self.settings.detector_config()
         if detector is None:
-            detector = await loop.run_in_executor(self._cpu, create_detector, self.settings.detector_config())
-        self.detector = detector
+            detector = await loop.run_in_executor(self._cpu, create_detector, config)
+        shared = None  # a one-thread copy for when other requests are in flight (``service/core/detection.py``)
+        if config.threads != 1 and (os.cpu_count() or 1) > 1:
+            shared = await loop.run_in_executor(self._cpu, create_detector, config.model_copy(update={"threads": 1}))
+        self.detector = LoadAwareDetector(detector, shared, lambda: self.admission.in_flight <= 1)
         self._pipeline = Pipeline(self.detector, self._cpu, self.metrics, self.settings.faces_per_request())
         await loop.run_in_executor(self._cpu, self.models.load, repository)
         self.models.start()
