@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.rest.web import ASSETS, PAGE_PATHS, STATIC_DIR
 from tests.deploy_files import docker_build_context
 from tests.queue_processes import free_port
 from tests.servers import REPO_ROOT
@@ -172,3 +173,15 @@ def test_fsfm_serve_from_the_wheel_serves_the_demo_model(served: tuple[str, Path
     assert "people it never saw" in body["model"]["notice"]  # how poorly the demo generalises
     (face,) = body["faces"]
     assert 0.0 <= face["score"] <= 1.0
+
+
+def test_the_wheel_serves_the_web_page_and_every_file_of_it(served: tuple[str, Path]) -> None:
+    base, log = served
+    wait_ready(base, log)
+    for path in PAGE_PATHS:
+        page = httpx.get(f"{base}{path}", timeout=10)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), path
+    for file in sorted(p for p in STATIC_DIR.rglob("*") if p.is_file()):
+        relative = file.relative_to(STATIC_DIR).as_posix()
+        response = httpx.get(f"{base}{ASSETS}/{relative}", timeout=10)
+        assert response.status_code == 200 and response.content == file.read_bytes(), relative
