@@ -75,6 +75,10 @@ def test_scales(mtcnn_dir: Path) -> None:
     assert detector.scales(300, 400) == [0.64]  # never below the model's 256 pixels (256x192 fills its input)
     # A 1000-pixel face would be 320 pixels at 0.32 (0.3 filled): a coarser pass looks for it.
     assert detector.scales(1000, 1000) == [0.32, 0.24]
+    # A face photo of a few hundred pixels: the coarse pass alone still finds 40-pixel faces (at 12
+    # pixels or more), so it is searched once, where a face filling it is 240 pixels.
+    assert detector.scales(298, 299) == [240 / 298]
+    assert detector.scales(512, 512) == [240 / 512]
 
 
 def test_max_side_bounds_the_search_not_the_crops(mtcnn_dir: Path, group: np.ndarray) -> None:

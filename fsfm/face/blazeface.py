@@ -131,17 +131,22 @@ class BlazeFaceDetector:
         self._onet = OutputNet(Path(onet), threads, providers, pad=True)
 
     def scales(self, height: int, width: int) -> list[float]:
-        """The scales BlazeFace runs at: one where ``min_face_size`` is ``SMALLEST_FACE`` pixels, but
-        never below the model's own ``MODEL_SIZE`` nor above 1; and a coarser one when a face as large
-        as the shorter side would be too large there. All as if on a copy of at most ``max_side``
-        pixels (``fsfm.face.bounded``), without making it."""
+        """The scales BlazeFace runs at, in image pixels: one where ``min_face_size`` is
+        ``SMALLEST_FACE`` pixels, but never below the model's own ``MODEL_SIZE`` nor above 1 (filled,
+        ``_fill_grid``); and when a face as large as the shorter side would be too large there, a
+        coarser one where it is ``LARGEST_FACE``, which is the only pass when it still finds faces of
+        ``min_face_size`` (a small image, such as a face photo of a few hundred pixels, is searched
+        once). As if on a copy of at most ``max_side`` pixels (``fsfm.face.bounded``), without making it."""
         bound = min(1.0, self.max_side / max(height, width))
-        longest, shortest = max(height, width) * bound, min(height, width) * bound
-        scale = min(1.0, max(SMALLEST_FACE / self.min_face_size, MODEL_SIZE / longest))
-        scales = [_fill_grid(scale * bound, height, width)]
-        if shortest / bound * scales[0] > LARGEST_FACE:
-            scales.append(LARGEST_FACE / shortest * bound)
-        return scales
+        longest = max(height, width) * bound
+        smallest_face = SMALLEST_FACE / self.min_face_size * bound  # the coarsest scale that finds min_face_size
+        fine = _fill_grid(
+            min(1.0, max(SMALLEST_FACE / self.min_face_size, MODEL_SIZE / longest)) * bound, height, width
+        )
+        coarse = LARGEST_FACE / min(height, width)
+        if fine <= coarse:
+            return [fine]
+        return [coarse] if coarse >= smallest_face else [fine, coarse]
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         """Faces in an RGB uint8 (H, W, 3) image, highest score first; boxes may extend past the edges."""
