@@ -1,12 +1,18 @@
 """Prometheus metrics with Triton's semantics under the ``fsfm_`` prefix (names in the README).
 
 Each ``Metrics`` owns its registry, so several services (tests, an API node beside a worker) never
-share or double-register collectors.
+share or double-register collectors. A part of the service with metrics of its own (the Redis queue,
+the jobs) registers them as a group on that registry, once (``Metrics.group``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+Group = TypeVar("Group")
 
 STAGES = ("decode", "detect", "queue", "infer", "total")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -60,6 +66,14 @@ class Metrics:
             ["model", "engine", "precision"],
             registry=r,
         )
+        self._groups: dict[Callable[[CollectorRegistry], object], object] = {}
+
+    def group(self, kind: Callable[[CollectorRegistry], Group]) -> Group:
+        """The metrics ``kind`` registers on this registry, made on the first call and shared after it
+        (every model's queue client, every job runner of this process)."""
+        if kind not in self._groups:
+            self._groups[kind] = kind(self.registry)
+        return self._groups[kind]  # type: ignore[return-value]  (made by ``kind``)
 
     def model_loaded(self, model: str, selection: dict[str, str] | None) -> None:
         """A model is ready; ``selection``: its engine's (``Selection.describe()``), where this process runs one."""

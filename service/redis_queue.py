@@ -41,7 +41,6 @@ import os
 import socket
 import time
 import uuid
-import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -332,16 +331,6 @@ class QueueMetrics:
         )
 
 
-_QUEUE_METRICS: weakref.WeakKeyDictionary[Metrics, QueueMetrics] = weakref.WeakKeyDictionary()
-
-
-def queue_metrics(metrics: Metrics) -> QueueMetrics:
-    """The ``QueueMetrics`` of ``metrics``' registry, created once (every model's client shares it)."""
-    if metrics not in _QUEUE_METRICS:
-        _QUEUE_METRICS[metrics] = QueueMetrics(metrics.registry)
-    return _QUEUE_METRICS[metrics]
-
-
 @dataclass
 class StreamStats:
     depth: int  # not yet delivered to a worker
@@ -576,7 +565,7 @@ class RedisInferenceClient:
         self.maxlen = stream_maxlen(settings.max_queue_size)
         self.request_timeout_s = settings.request_timeout_s
         self.metrics = metrics
-        self.queue_metrics = queue_metrics(metrics)
+        self.queue_metrics = metrics.group(QueueMetrics)
         self._node: _ApiNode | None = None
         self._pending = 0
 

@@ -60,7 +60,6 @@ from service.redis_queue import (
     describe,
     is_connection_error,
     monitor_streams,
-    queue_metrics,
     work_stream,
 )
 from service.rest.app import create_probe_app
@@ -170,7 +169,7 @@ class ModelConsumer:
         self.redis = redis
         self.name = settings.consumer
         self.metrics = metrics
-        self.queue_metrics = queue_metrics(metrics)
+        self.queue_metrics = metrics.group(QueueMetrics)
         self.stream = work_stream(self.model)
         self.dead_stream = dead_letter_stream(self.model)
         self.batch_size = settings.max_batch_size

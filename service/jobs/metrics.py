@@ -1,13 +1,9 @@
-"""The jobs' Prometheus series, in the registry of the core's ``Metrics`` (created once per registry,
-as the queue's are: ``service/redis_queue.py``). Names and meanings: docs/api.md, "Metrics"."""
+"""The jobs' Prometheus series, a group on the registry of the core's ``Metrics`` (``Metrics.group``,
+as the queue's are). Names and meanings: docs/api.md, "Metrics"."""
 
 from __future__ import annotations
 
-import weakref
-
 from prometheus_client import CollectorRegistry, Counter, Gauge
-
-from service.metrics import Metrics
 
 
 class JobMetrics:
@@ -23,13 +19,3 @@ class JobMetrics:
             ["outcome"],
             registry=r,
         )
-
-
-_JOB_METRICS: weakref.WeakKeyDictionary[Metrics, JobMetrics] = weakref.WeakKeyDictionary()
-
-
-def job_metrics(metrics: Metrics) -> JobMetrics:
-    """The ``JobMetrics`` of ``metrics``' registry, created once."""
-    if metrics not in _JOB_METRICS:
-        _JOB_METRICS[metrics] = JobMetrics(metrics.registry)
-    return _JOB_METRICS[metrics]

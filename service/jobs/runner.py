@@ -35,7 +35,7 @@ from typing import Any
 
 from service.core import AnalysisCore, AnalysisOptions, AnalysisRequest, Report, RequestContext
 from service.errors import AnalysisError, Overloaded, Unavailable
-from service.jobs.metrics import job_metrics
+from service.jobs.metrics import JobMetrics
 from service.jobs.store import (
     Delivery,
     Idempotency,
@@ -125,7 +125,7 @@ class JobRunner:
         self._turns = asyncio.Semaphore(settings.max_running_jobs)
         self._heartbeat: asyncio.Task | None = None
         self._stopping = False
-        self.metrics = job_metrics(core.metrics)
+        self.metrics = core.metrics.group(JobMetrics)
         for state in ("queued", "running"):
             self.metrics.pending.labels(state).set_function(lambda state=state: self._count(state))
 
