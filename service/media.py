@@ -124,18 +124,27 @@ class EncodedMedia:
         return data
 
 
+def media_kind(data: bytes, accept: Collection[MediaKind] = MEDIA_KINDS) -> MediaKind:
+    """What ``decode_media`` takes ``data`` for, by its first bytes: an image when they say so (or when only
+    images are accepted: decoding then says what is wrong), a video when they say so; else
+    ``UnsupportedMedia``. Nothing is decoded."""
+    if "image" in accept and (sniff_image_type(data) is not None or "video" not in accept):
+        return "image"
+    if sniff_video_type(data) is None:
+        kinds = "a JPEG, PNG or WebP image, nor an MP4 or WebM video" if "image" in accept else "an MP4 or WebM video"
+        raise UnsupportedMedia("unsupported_type", f"not {kinds}")
+    return "video"
+
+
 def decode_media(data: bytes, accept: Collection[MediaKind], limits: ImageLimits, sampling: Sampling) -> Media:
     """Encoded bytes -> an image's one frame or a video's sampled frames, for the kinds in ``accept``."""
     if not data:
         raise BadInput("empty", "the media is empty (0 bytes)")
-    if "image" in accept and (sniff_image_type(data) is not None or "video" not in accept):
+    if media_kind(data, accept) == "image":
         try:
             return Media("image", iter([Frame(0, 0.0, decode_image(data, limits))]))
         except ImageError as exc:
             raise image_error(exc) from None
-    if sniff_video_type(data) is None:
-        kinds = "a JPEG, PNG or WebP image, nor an MP4 or WebM video" if "image" in accept else "an MP4 or WebM video"
-        raise UnsupportedMedia("unsupported_type", f"not {kinds}")
     frames = decode_video(data, limits, sampling.max_seconds, sampling.max_frames, sampling.fps, sampling.max_pixels)
     return Media("video", frames, frames.planned)
 

@@ -41,7 +41,7 @@ from service.core.pipeline import Pipeline
 from service.core.report import AGGREGATE_WINDOW_FRAMES, AggregateSnapshot, FrameReport, Report
 from service.core.request import AnalysisOptions, AnalysisRequest, RequestContext
 from service.core.streams import Streams
-from service.errors import AnalysisError, BadInput, DeadlineExceeded, InvalidRequest, Unavailable
+from service.errors import AnalysisError, BadInput, DeadlineExceeded, InvalidRequest, ModelNotFound, Unavailable
 from service.media import MAX_SAMPLING_FPS, EncodedMedia, Sampling, decode_media
 from service.metrics import Metrics
 from service.readiness import not_ready_reason
@@ -161,6 +161,12 @@ class AnalysisCore:
         for readiness or a full line, raised (the door counts it through ``refused``). So a burst is
         refused at once, rather than each request after its upload has been read."""
         return self.admission.reserve()
+
+    def check_task(self, task: str) -> None:
+        """404 ``task_not_served`` once the models are loaded and none is of ``task``: what a door asks
+        before it reads an upload."""
+        if self.ready and task not in self.tasks():
+            raise ModelNotFound("task_not_served", f"no {task} model is loaded; served tasks: {self.tasks()}")
 
     def check(self, options: AnalysisOptions, video_limits: VideoLimits | None = None) -> None:
         """The cheap checks ``analyze`` makes first (the model, the threshold, the sampling parameters),

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from fsfm.package.manifest import TASKS
 from service.core import AnalysisOptions, AnalysisRequest, Report, RequestContext
-from service.errors import AnalysisError, DeadlineExceeded, InvalidRequest, ModelNotFound
+from service.errors import AnalysisError, DeadlineExceeded, InvalidRequest
 from service.rest.deps import CoreDep, SettingsDep
 from service.rest.errors import error_responses, validation_message
 from service.rest.gate import RESERVATION
@@ -43,8 +43,7 @@ async def analyze(
     options = AnalysisOptions(task=task, model=query.model)
     try:
         async with asyncio.timeout(settings.request_timeout_s):
-            if core.ready and task not in core.tasks():
-                raise ModelNotFound("task_not_served", f"no {task} model is loaded; served tasks: {core.tasks()}")
+            core.check_task(task)
             upload = await read_upload(request, settings.max_upload_bytes)
             options = AnalysisOptions(task=task, **merge_params(query, upload.fields).model_dump())
     except TimeoutError:

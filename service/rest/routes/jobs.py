@@ -23,15 +23,14 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, Field
 
-from fsfm.imaging import sniff_image_type
 from fsfm.package.manifest import TASKS
 from service.auth import API_KEY_HEADER
 from service.core import AnalysisOptions
-from service.errors import DeadlineExceeded, InvalidRequest, ModelNotFound, NotFound, UnsupportedMedia
+from service.errors import DeadlineExceeded, InvalidRequest, NotFound
 from service.jobs.runner import JobRunner, Submission
 from service.jobs.store import Job, idempotency_key
 from service.jobs.webhooks import MAX_CALLBACK_URL_CHARS, check_callback
-from service.media import sniff_video_type
+from service.media import media_kind
 from service.rest.deps import CoreDep, SettingsDep
 from service.rest.errors import error_responses
 from service.rest.multipart import read_upload
@@ -166,12 +165,10 @@ async def submit_job(
         params = merge_params(query, upload.fields)
         if params.task not in TASKS:
             raise InvalidRequest("invalid_parameter", f"task: one of {list(TASKS)} is required; got {params.task!r}")
-        if core.ready and params.task not in core.tasks():
-            raise ModelNotFound("task_not_served", f"no {params.task} model is loaded; served tasks: {core.tasks()}")
+        core.check_task(params.task)
         options = AnalysisOptions(**params.model_dump(exclude={"callback_url"}))
         core.check(options, settings.job_video_limits())
-        if sniff_image_type(upload.data) is None and sniff_video_type(upload.data) is None:
-            raise UnsupportedMedia("unsupported_type", "not a JPEG, PNG or WebP image, nor an MP4 or WebM video")
+        media_kind(upload.data)  # 415 unsupported_type now, not when the job runs
         if params.callback_url is not None:
             check_callback(params.callback_url, settings)
         slot.hold(len(upload.data))
