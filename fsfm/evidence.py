@@ -49,7 +49,7 @@ OCCLUSION_CELLS_PER_SIDE = 7  # 49 extra inferences per face; at 224 px each cel
 JPEG_PROBE_QUALITY = 50  # a social-media grade recompression: a robust detector keeps its label through it
 DOWNSCALE_PROBE_FACTOR = 0.5  # half the resolution and back, as a re-upload at lower resolution would
 PROBES = (f"jpeg_q{JPEG_PROBE_QUALITY}", f"downscale_{DOWNSCALE_PROBE_FACTOR}")
-GIT_TIMEOUT_S = 2.0  # reading the checkout's commit once at start-up; a slow or absent git only drops it
+GIT_TIMEOUT_S = 2.0  # reading the checkout's commit once (the service does it at start-up); a slow git only drops it
 
 
 def parse_evidence(value: str | Iterable[str] | None) -> frozenset[str]:

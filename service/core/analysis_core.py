@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fsfm.analysis import Verdict, verdict
-from fsfm.evidence import AUDIT, FACE_EVIDENCE_KINDS, audit_record, inferences_per_face, parse_evidence
+from fsfm.evidence import AUDIT, FACE_EVIDENCE_KINDS, audit_record, code_version, inferences_per_face, parse_evidence
 from fsfm.face.detector import FaceDetector, create_detector
 from fsfm.package import ModelRepository
 from fsfm.package.manifest import Manifest
@@ -82,6 +82,7 @@ class AnalysisCore:
         self.detector = LoadAwareDetector(detector, shared, lambda: self.admission.in_flight <= 1)
         self._pipeline = Pipeline(self.detector, self._cpu, self.metrics, self.settings.faces_per_request())
         await loop.run_in_executor(self._cpu, self.models.load, repository)
+        await loop.run_in_executor(self._cpu, code_version)  # audit records carry it: git runs here, not in a request
         self.models.start()
         self.admission.ready = True
         chosen = ", ".join(f"{ref} on {e['engine']} {e['precision']}" for ref, e in self.models.engines().items())
