@@ -77,7 +77,7 @@ class AnalysisCore:
         if detector is None:
             detector = await loop.run_in_executor(self._cpu, create_detector, config)
         shared = None  # a one-thread copy for when other requests are in flight (``service/core/detection.py``)
-        if config.threads != 1 and (os.cpu_count() or 1) > 1:
+        if (os.cpu_count() or 1) > 1:
             shared = await loop.run_in_executor(self._cpu, create_detector, config.model_copy(update={"threads": 1}))
         self.detector = LoadAwareDetector(detector, shared, lambda: self.admission.in_flight <= 1)
         self._pipeline = Pipeline(self.detector, self._cpu, self.metrics, self.settings.faces_per_request())
